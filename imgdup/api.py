@@ -1,0 +1,283 @@
+"""The public Python API behind the CLI: one function per user-facing job."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from .index.report import SIDE_COLUMNS, empty_report, make_report, write_report
+from .index.search import pairs_against, pairs_within
+from .index.store import PanelRow, Store, StoreError
+from .model.api import Embedder, load_model
+from .pipeline import DocResult, ExtractOptions, Limits, extract_many, write_panels
+from .pipeline.extract import sha256_file
+
+
+def extract_panels(pdfs: Sequence[str | Path], out_dir: str | Path, workers: int = 2,
+                   progress: bool = False, echo: Callable[[str], None] | None = None,
+                   **limits_kw) -> list[DocResult]:
+    """PDFs -> panels as PNGs plus panels.parquet under out_dir; bad documents are skipped with
+    their reason (see each DocResult.error)."""
+    results = []
+    stream = extract_many(pdfs, Limits(**limits_kw), ExtractOptions(), workers=workers)
+    for res in tqdm(stream, total=len(pdfs), desc="extract", unit="doc", disable=not progress):
+        results.append(res)
+        if echo:
+            echo(res.summary())
+    write_panels(results, out_dir)
+    return results
+
+
+# ---------------------------------------------------------------------------------------- store
+
+@dataclass
+class IngestSummary:
+    documents: int = 0
+    ingested: int = 0
+    already: int = 0
+    panels: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)   # path -> reason
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        return (f"{self.documents} documents: {self.ingested} ingested ({self.panels} panels), "
+                f"{self.already} already in the store, {len(self.skipped)} skipped; {self.seconds:.1f}s")
+
+
+def default_index() -> Path:
+    return Path(os.environ.get("IMGDUP_INDEX") or "imgdup-index")
+
+
+def _panel_rows(res: DocResult) -> list[PanelRow]:
+    return [PanelRow(p.doc_sha256, p.page, p.figure_id, p.panel_id, p.kind, tuple(map(float, p.bbox)),
+                     p.width, p.height, p.content_hash, ",".join(map(str, p.xrefs)), p.source,
+                     p.rotation, p.flipped) for p in res.panels]
+
+
+def _doc_row(res: DocResult, sha: str) -> dict:
+    return {"sha256": sha, "path": res.path, "status": "skipped" if res.error else "ok",
+            "reason": res.error, "pages": res.pages, "images": res.images, "figures": res.figures,
+            "panels": len(res.panels), "dropped": res.dropped, "seconds": res.seconds}
+
+
+def _file_key(path: str | Path) -> str:
+    """The store key of an input: its sha256, or a path key for what cannot be read."""
+    p = Path(path)
+    try:
+        return sha256_file(p) if p.is_file() else f"path:{p.resolve()}"
+    except OSError:
+        return f"path:{p.resolve()}"
+
+
+def ingest(pdfs: Sequence[str | Path], index: str | Path | None = None, model: Embedder | None = None,
+           workers: int = 2, commit_every: int = 8, progress: bool = False,
+           echo: Callable[[str], None] | None = None, **limits_kw) -> IngestSummary:
+    """Extract -> embed -> add.  Idempotent (by document sha256) and resumable after a kill."""
+    t0 = time.time()
+    model = model or load_model()
+    store = Store(index or default_index())
+    summary = IngestSummary(documents=len(pdfs))
+    with store.writer():
+        store.check_model(model.sha256, model.card.name, model.net.fc2.out_features)
+        known = store.documents()
+        todo, keys = [], {}
+        for p in pdfs:
+            key = _file_key(p)
+            if known.get(key) == "ok" or key in keys.values():
+                summary.already += 1
+                continue
+            todo.append(str(p))
+            keys[str(p)] = key
+        docs, rows, vecs = [], [], []
+
+        def flush() -> None:
+            if docs:
+                store.add_batch(docs, rows, np.concatenate(vecs) if vecs else np.zeros((0, 128), np.float32))
+                docs.clear(), rows.clear(), vecs.clear()
+
+        stream = extract_many(todo, Limits(**limits_kw), ExtractOptions(), workers=workers)
+        for res in tqdm(stream, total=len(todo), desc="ingest", unit="doc", disable=not progress):
+            key = res.sha256 or keys[res.path]
+            if res.error:
+                summary.skipped[res.path] = res.error
+            else:
+                summary.ingested += 1
+                summary.panels += len(res.panels)
+                if res.panels:
+                    vecs.append(model.embed([p.pixels for p in res.panels]))
+                    rows.extend(_panel_rows(res))
+            docs.append(_doc_row(res, key))
+            if echo:
+                echo(res.summary())
+            if len(docs) >= commit_every or len(rows) >= 4096:
+                flush()
+        flush()
+        store.save_index()
+    store.close()
+    summary.seconds = time.time() - t0
+    return summary
+
+
+@dataclass
+class QueryResult:
+    report: pd.DataFrame
+    documents: list[DocResult]
+    path: Path | None = None
+
+
+def _info_from_results(results: list[DocResult]) -> pd.DataFrame:
+    recs = []
+    for res in results:
+        for p in res.panels:
+            recs.append({"doc_path": res.path, "doc_sha256": p.doc_sha256, "page": p.page,
+                         "x0": p.bbox[0], "y0": p.bbox[1], "x1": p.bbox[2], "y1": p.bbox[3],
+                         "panel_key": p.panel_id, "figure_id": p.figure_id, "kind": p.kind,
+                         "content_hash": p.content_hash, "xrefs": ",".join(map(str, p.xrefs)),
+                         "panel_id": -1})
+    return pd.DataFrame(recs, columns=SIDE_COLUMNS)
+
+
+def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold: float | None = None,
+          out: str | Path | None = None, add: bool = False, model: Embedder | None = None,
+          workers: int = 2, progress: bool = False, **limits_kw) -> QueryResult:
+    """Compare manuscript panels with each other and with the store (read-only unless add)."""
+    model = model or load_model()
+    t = float(threshold if threshold is not None else model.threshold)
+    stream = extract_many(list(pdfs), Limits(**limits_kw), ExtractOptions(), workers=workers)
+    results = list(tqdm(stream, total=len(pdfs), desc="extract", unit="doc", disable=not progress))
+    good = [r for r in results if not r.error]
+    qinfo = _info_from_results(good)
+    qvec = model.embed([p.pixels for r in good for p in r.panels])
+    parts = []
+    i, j, f = pairs_within(qvec, t)
+    parts.append(make_report(qinfo, qinfo, i, j, f))
+    store_path = Path(index or default_index())
+    if store_path.exists():
+        store = Store(store_path, create=False)
+        if store.count():
+            store.check_model(model.sha256, model.card.name, qvec.shape[1])
+            qi, ids, f = pairs_against(store.index(), qvec, t)
+            minfo = store.panel_table(ids)
+            mine = set(qinfo.doc_sha256)
+            keep = ~minfo.loc[ids, "doc_sha256"].isin(mine).to_numpy() if len(ids) else np.zeros(0, bool)
+            qi, ids, f = qi[keep], ids[keep], f[keep]
+            pos = minfo.index.get_indexer(ids)
+            parts.append(make_report(qinfo, minfo.reset_index(drop=True), qi, pos, f))
+        store.close()
+    report = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else parts[0]
+    report = report.sort_values("distance", kind="stable").reset_index(drop=True)
+    path = write_report(report, out, model.sha256, t, {"command": "query"}) if out else None
+    if add:
+        store = Store(store_path)
+        with store.writer():
+            store.check_model(model.sha256, model.card.name, qvec.shape[1])
+            known = store.documents()
+            offset, docs, rows, vecs = 0, [], [], []
+            for r in results:
+                n = len(r.panels)
+                key = r.sha256 or _file_key(r.path)
+                if known.get(key) != "ok":
+                    docs.append(_doc_row(r, key))
+                    if n:
+                        rows.extend(_panel_rows(r))
+                        vecs.append(qvec[offset:offset + n])
+                offset += n
+            store.add_batch(docs, rows, np.concatenate(vecs) if vecs else np.zeros((0, qvec.shape[1]), np.float32))
+            store.save_index()
+        store.close()
+    return QueryResult(report, results, path)
+
+
+@dataclass
+class ScreenResult:
+    report: pd.DataFrame
+    panels: int
+    path: Path | None
+    run_id: str
+    seconds: float
+
+
+def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-reports", all_pairs: bool = False,
+           threshold: float | None = None, model_sha256: str | None = None) -> ScreenResult:
+    """The nightly job: panels added since the last screen (or all) against the whole store."""
+    t0 = time.time()
+    store = Store(index or default_index(), create=False)
+    with store.writer():
+        sha = store.meta("model_sha256") or ""
+        if model_sha256 and sha and model_sha256 != sha:
+            raise StoreError("the store was built with other weights; run `imgdup reindex`")
+        t = float(threshold if threshold is not None else 1.0)
+        where = "" if all_pairs else "WHERE screened = 0"
+        new = np.array([r[0] for r in store.db.execute(f"SELECT panel_id FROM panels {where}")], np.int64)
+        run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        report = empty_report()
+        if len(new):
+            ids, vec = store.vectors(new)
+            qi, mid, f = pairs_against(store.index(), vec, t)
+            a, b = ids[qi], mid
+            lo, hi = np.minimum(a, b), np.maximum(a, b)
+            keep = lo != hi
+            pairs = pd.DataFrame({"lo": lo[keep], "hi": hi[keep], "f": f[keep]}).drop_duplicates(["lo", "hi"])
+            info = store.panel_table(np.union1d(pairs.lo, pairs.hi)).reset_index(drop=True)
+            pos = pd.Index(info.panel_id)
+            report = make_report(info, info, pos.get_indexer(pairs.lo), pos.get_indexer(pairs.hi),
+                                 pairs.f.to_numpy())
+        day = run_id[:4] + "-" + run_id[4:6] + "-" + run_id[6:8]
+        path = Path(out_dir) / f"date={day}" / f"screen-{run_id}.parquet"
+        write_report(report, path, sha, t, {"command": "screen", "run_id": run_id,
+                                            "mode": "all" if all_pairs else "new"})
+        store.db.execute("BEGIN IMMEDIATE")
+        if len(new):
+            store.db.executemany("UPDATE panels SET screened = 1 WHERE panel_id = ?", [(int(i),) for i in new])
+        store.db.execute("INSERT INTO screens VALUES (?, ?, ?, ?, ?, ?)",
+                         (run_id, t0, time.time(), int(len(new)), int(len(report)), str(path)))
+        store.db.execute("COMMIT")
+    store.close()
+    return ScreenResult(report, int(len(new)), path, run_id, time.time() - t0)
+
+
+def reindex(index: str | Path | None = None, model: Embedder | None = None, workers: int = 2,
+            progress: bool = False) -> str:
+    """Rebuild the FAISS index from the embeddings; if the store was built with other weights,
+    re-extract its documents from their recorded paths and re-embed them with the current model
+    into a fresh store that replaces the old one."""
+    path = Path(index or default_index())
+    model = model or load_model()
+    store = Store(path, create=False)
+    if store.meta("model_sha256") in (None, model.sha256):
+        with store.writer():
+            n = store.rebuild_index()
+        store.close()
+        return f"index rebuilt from embeddings: {n} vectors"
+    paths = [r[0] for r in store.db.execute("SELECT path FROM documents WHERE status = 'ok'")]
+    store.close()
+    fresh = path.with_name(path.name + ".reindex")
+    if fresh.exists():
+        shutil.rmtree(fresh)
+    summary = ingest(paths, fresh, model=model, workers=workers, progress=progress)
+    old = path.with_name(path.name + ".old")
+    os.replace(path, old)
+    os.replace(fresh, path)
+    shutil.rmtree(old)
+    return f"re-embedded with {model.card.name}: {summary.line()}"
+
+
+def demo(index: str | Path = "imgdup-demo-index", out: str | Path = "imgdup-demo-report.parquet",
+         progress: bool = False, echo: Callable[[str], None] | None = None) -> QueryResult:
+    """Ingest the shipped demo corpus, then query the demo manuscript against it."""
+    from .demo import DEMO_DIR
+
+    corpus = sorted((DEMO_DIR / "corpus").glob("*.pdf"))
+    summary = ingest(corpus, index, progress=progress, echo=echo)
+    if echo:
+        echo(summary.line())
+    return query(sorted((DEMO_DIR / "manuscript").glob("*.pdf")), index, out=out, progress=progress)

@@ -1,0 +1,215 @@
+"""The ``imgdup`` command: a thin layer over the Python API (every command calls one function)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from .. import __version__
+
+INDEX_HELP = "Store directory (default: $IMGDUP_INDEX or ./imgdup-index)."
+
+
+def _index_path(value: str | None) -> Path:
+    import os
+
+    return Path(value or os.environ.get("IMGDUP_INDEX") or "imgdup-index")
+
+
+def _progress() -> bool:
+    return sys.stderr.isatty()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="imgdup")
+@click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv for debug).")
+def cli(verbose: int) -> None:
+    """Find duplicated and manipulated images in scientific PDFs."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.argument("pdfs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for the PNG panels and panels.parquet.")
+@click.option("--workers", default=2, show_default=True, help="Extraction worker processes.")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds per document.")
+@click.option("--memory-mb", default=4096, show_default=True, help="Memory cap per worker.")
+@click.option("--max-pages", default=2000, show_default=True, help="Skip longer documents.")
+def panels(pdfs: tuple[Path, ...], out_dir: Path, workers: int, timeout: float, memory_mb: int,
+           max_pages: int) -> None:
+    """Split PDFs into figure panels: PNGs plus panels.parquet in --out."""
+    from ..api import extract_panels
+
+    limits_kw = dict(timeout_s=timeout, memory_mb=memory_mb, max_pages=max_pages)
+    results = extract_panels(list(pdfs), out_dir, workers=workers, progress=_progress(),
+                             echo=click.echo, **limits_kw)
+    skipped = sum(r.error is not None for r in results)
+    n = sum(len(r.panels) for r in results)
+    click.echo(f"{len(results)} documents, {n} panels and figures written to {out_dir}; "
+               f"{skipped} skipped")
+
+
+@cli.command()
+@click.option("--recipe", default="cpu", show_default=True,
+              type=click.Choice(["cpu", "cpu-paper", "paper"]), help="Training recipe.")
+@click.option("--out", "out_dir", default="runs/train", show_default=True, type=click.Path(path_type=Path),
+              help="Checkpoints, log.jsonl and best.safetensors go here.")
+@click.option("--steps", type=int, default=None, help="Override the recipe's number of steps.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--no-resume", is_flag=True, help="Start afresh even if a checkpoint exists.")
+@click.option("--export", "export_name", default=None,
+              help="After training, export the best weights into the package under this name.")
+def train(recipe: str, out_dir: Path, steps: int | None, device: str, no_resume: bool,
+          export_name: str | None) -> None:
+    """Train the siamese CNN (images from ../shared/data by default); resumable."""
+    from ..model.train import RECIPES, export_weights, train as run
+
+    r = RECIPES[recipe]
+    result = run(r, out_dir, device=device, resume=not no_resume, steps=steps, progress=_progress())
+    click.echo(f"best validation: {result['best']}")
+    if export_name:
+        path = export_weights(out_dir, export_name)
+        click.echo(f"exported {path}")
+
+
+@cli.command("eval-model")
+@click.option("--weights", default="imgdup-default", show_default=True, help="Shipped name or .safetensors path.")
+@click.option("--pairs", default=1000, show_default=True, help="Pairs per manipulation family.")
+@click.option("--out", "out_json", default=None, type=click.Path(path_type=Path),
+              help="Write the metrics as JSON here.")
+def eval_model(weights: str, pairs: int, out_json: Path | None) -> None:
+    """Held-out accuracy (paper protocol), ROC AUC and TPR at FPR 1e-3 per manipulation family."""
+    from ..model.evaluate import evaluate_families
+
+    table = evaluate_families(weights, pairs=pairs, out_json=out_json)
+    click.echo(table)
+
+
+def _limits(timeout: float, memory_mb: int, max_pages: int) -> dict:
+    return dict(timeout_s=timeout, memory_mb=memory_mb, max_pages=max_pages)
+
+
+def _extract_options(f):
+    f = click.option("--workers", default=2, show_default=True, help="Extraction worker processes.")(f)
+    f = click.option("--timeout", default=300.0, show_default=True, help="Seconds per document.")(f)
+    f = click.option("--memory-mb", default=4096, show_default=True, help="Memory cap per worker.")(f)
+    f = click.option("--max-pages", default=2000, show_default=True, help="Skip longer documents.")(f)
+    return f
+
+
+@cli.command()
+@click.argument("pdfs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--index", "index", default=None, help=INDEX_HELP)
+@click.option("--commit-every", default=8, show_default=True, help="Documents per store transaction.")
+@_extract_options
+def ingest(pdfs: tuple[Path, ...], index: str | None, commit_every: int, workers: int, timeout: float,
+           memory_mb: int, max_pages: int) -> None:
+    """Add PDFs to the store: extract -> embed -> index.  Idempotent and resumable."""
+    from ..api import ingest as run
+
+    s = run(list(pdfs), _index_path(index), workers=workers, commit_every=commit_every,
+            progress=_progress(), echo=click.echo, **_limits(timeout, memory_mb, max_pages))
+    for path, reason in s.skipped.items():
+        click.echo(f"skipped {path}: {reason}", err=True)
+    click.echo(s.line())
+
+
+@cli.command()
+@click.argument("pdfs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--index", "index", default=None, help=INDEX_HELP)
+@click.option("--out", "out", default=None, type=click.Path(path_type=Path), help="Write the Parquet report here.")
+@click.option("--threshold", default=None, type=float, help="Report pairs with f <= this (default: the model's, 1.0).")
+@click.option("--add", is_flag=True, help="Also add the manuscript to the store.")
+@click.option("--top", default=20, show_default=True, help="Pairs shown in the table.")
+@click.option("--exit-zero", is_flag=True, help="Exit 0 even when pairs are flagged.")
+@_extract_options
+def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold: float | None, add: bool,
+          top: int, exit_zero: bool, workers: int, timeout: float, memory_mb: int, max_pages: int) -> None:
+    """Compare a manuscript's panels with each other and with the store.
+
+    Exit code 0: nothing flagged; 1: pairs flagged; 2: error.
+    """
+    from ..api import query as run
+    from ..index.report import format_table
+
+    res = run(list(pdfs), _index_path(index), threshold=threshold, out=out, add=add, workers=workers,
+              progress=_progress(), **_limits(timeout, memory_mb, max_pages))
+    for d in res.documents:
+        click.echo(d.summary(), err=True)
+    click.echo(format_table(res.report, top))
+    if res.path:
+        click.echo(f"report: {res.path} ({len(res.report)} pairs)")
+    if all(d.error for d in res.documents):
+        raise SystemExit(2)
+    raise SystemExit(0 if exit_zero or res.report.empty else 1)
+
+
+@cli.command()
+@click.option("--index", "index", default=None, help=INDEX_HELP)
+@click.option("--out", "out_dir", default="imgdup-reports", show_default=True, type=click.Path(path_type=Path),
+              help="Reports go to OUT/date=YYYY-MM-DD/screen-<run>.parquet.")
+@click.option("--all", "all_pairs", is_flag=True, help="Screen every panel, not only the new ones.")
+@click.option("--threshold", default=None, type=float, help="Report pairs with f <= this (default 1.0).")
+@click.option("--top", default=20, show_default=True, help="Pairs shown in the table.")
+def screen(index: str | None, out_dir: Path, all_pairs: bool, threshold: float | None, top: int) -> None:
+    """Nightly job: panels added since the last screen against the whole store."""
+    from ..api import screen as run
+    from ..index.report import format_table
+
+    res = run(_index_path(index), out_dir, all_pairs=all_pairs, threshold=threshold)
+    click.echo(format_table(res.report, top))
+    click.echo(f"screen {res.run_id}: {res.panels} panels screened, {len(res.report)} pairs, "
+               f"{res.seconds:.1f}s; report: {res.path}")
+
+
+@cli.command()
+@click.option("--index", "index", default=None, help=INDEX_HELP)
+@click.option("--workers", default=2, show_default=True, help="Extraction worker processes.")
+def reindex(index: str | None, workers: int) -> None:
+    """Rebuild the FAISS index; re-embed every document if the store used other weights."""
+    from ..api import reindex as run
+
+    click.echo(run(_index_path(index), workers=workers, progress=_progress()))
+
+
+@cli.command()
+@click.option("--index", "index", default="imgdup-demo-index", show_default=True, help="Store for the demo corpus.")
+@click.option("--out", "out", default="imgdup-demo-report.parquet", show_default=True,
+              type=click.Path(path_type=Path), help="Where the query report goes.")
+@click.option("--top", default=20, show_default=True, help="Pairs shown in the table.")
+def demo(index: str, out: Path, top: int) -> None:
+    """Ingest the shipped demo corpus and query the demo manuscript (which re-uses its panels)."""
+    from ..api import demo as run
+    from ..index.report import format_table
+
+    res = run(index, out, progress=_progress(), echo=click.echo)
+    click.echo(format_table(res.report, top))
+    click.echo(f"report: {res.path} ({len(res.report)} pairs)")
+
+
+def main() -> None:
+    from ..index.store import StoreError
+    from ..model.api import WeightsError
+
+    try:
+        cli(prog_name="imgdup", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        raise SystemExit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        raise SystemExit(2)
+    except (StoreError, WeightsError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(2)
+    except Exception as exc:  # an unexpected failure still exits 2 (scripts rely on it)
+        logging.getLogger("imgdup").debug("unexpected error", exc_info=True)
+        click.echo(f"error: {type(exc).__name__}: {exc} (run with -vv for the traceback)", err=True)
+        raise SystemExit(2)

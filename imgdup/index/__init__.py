@@ -1,0 +1,1 @@
+"""The store: catalogue, embeddings and FAISS index; search and reports."""

@@ -1,0 +1,282 @@
+"""The embedded store: one directory, no server.
+
+    catalog.sqlite        documents (also the skipped ones, with their reason), panels, shards,
+                          screen runs and store metadata (model sha256) - SQLite transactions
+    embeddings/part-*.parquet   panel_id + alpha-scaled vector: the source of truth
+    index.faiss (+ .json) FAISS IndexIDMap2(IndexFlatL2), rebuildable from the shards
+    .lock                 one writer at a time (fcntl lock), with a clear message
+
+Crash safety: a batch writes its shard (temp file + fsync + rename) *before* the one SQLite
+transaction that registers the shard, its documents and panels.  On open, shards that no
+transaction registered are deleted (a kill between the two steps), and the FAISS index is caught
+up from the shards when it lags the catalogue (it is saved only at the end of a run).  So a kill
+-9 anywhere leaves a store that opens, with no orphan or duplicate panel, and a re-run redoes
+exactly the uncommitted documents.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .. import __version__
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS documents (
+    sha256 TEXT PRIMARY KEY, path TEXT NOT NULL, status TEXT NOT NULL, reason TEXT,
+    pages INTEGER, images INTEGER, figures INTEGER, panels INTEGER, dropped TEXT,
+    seconds REAL, ingested_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS shards (shard INTEGER PRIMARY KEY, file TEXT NOT NULL, rows INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS panels (
+    panel_id INTEGER PRIMARY KEY, doc_sha256 TEXT NOT NULL, page INTEGER NOT NULL,
+    figure_id TEXT NOT NULL, panel_key TEXT NOT NULL, kind TEXT NOT NULL,
+    x0 REAL, y0 REAL, x1 REAL, y1 REAL, width INTEGER, height INTEGER, content_hash TEXT,
+    xrefs TEXT, source TEXT, rotation INTEGER, flipped INTEGER, shard INTEGER NOT NULL,
+    screened INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS panels_doc ON panels(doc_sha256);
+CREATE INDEX IF NOT EXISTS panels_screened ON panels(screened);
+CREATE TABLE IF NOT EXISTS screens (
+    run_id TEXT PRIMARY KEY, started REAL, finished REAL, panels INTEGER, pairs INTEGER, report TEXT);
+"""
+
+PANEL_COLUMNS = ["panel_id", "doc_sha256", "page", "figure_id", "panel_key", "kind", "x0", "y0",
+                 "x1", "y1", "width", "height", "content_hash", "xrefs", "source", "rotation",
+                 "flipped", "shard"]
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be used as asked (other model, locked, damaged)."""
+
+
+@dataclass
+class PanelRow:
+    doc_sha256: str
+    page: int
+    figure_id: str
+    panel_key: str
+    kind: str
+    bbox: tuple[float, float, float, float]
+    width: int
+    height: int
+    content_hash: str
+    xrefs: str
+    source: str
+    rotation: int
+    flipped: bool
+
+
+def _fsync_write_table(table: pa.Table, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    pq.write_table(table, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, dst)
+
+
+class Store:
+    """Open (or create) a store directory.  Use ``with Store(path).writer():`` to modify it."""
+
+    def __init__(self, path: str | Path, create: bool = True) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            if not create:
+                raise StoreError(f"no store at {self.path} (run `imgdup ingest` first)")
+            self.path.mkdir(parents=True)
+        (self.path / "embeddings").mkdir(exist_ok=True)
+        self.db = sqlite3.connect(self.path / "catalog.sqlite", timeout=30, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+        self._index: faiss.Index | None = None
+        self._lock_fh = None
+
+    # ------------------------------------------------------------------ metadata and locking
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def check_model(self, sha256: str, name: str, dim: int) -> None:
+        """Bind an empty store to a model, or refuse a different one."""
+        have = self.meta("model_sha256")
+        if have is None:
+            self.db.execute("BEGIN")
+            self.set_meta("model_sha256", sha256)
+            self.set_meta("model_name", name)
+            self.set_meta("dim", str(dim))
+            self.set_meta("created_by", f"imgdup {__version__}")
+            self.db.execute("COMMIT")
+        elif have != sha256:
+            raise StoreError(
+                f"the store at {self.path} holds vectors of model {self.meta('model_name')} "
+                f"(sha256 {have[:12]}...), not of the loaded model {name} ({sha256[:12]}...); "
+                f"vectors of different weights cannot be mixed: run `imgdup reindex --index {self.path}`")
+
+    @contextmanager
+    def writer(self) -> Iterator["Store"]:
+        """Exclusive write access; a second writer gets a clear StoreError."""
+        fh = open(self.path / ".lock", "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            owner = fh.read().strip() or "another process"
+            fh.close()
+            raise StoreError(f"the store at {self.path} is in use by {owner}; try again when it finishes") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        fh.flush()
+        self._lock_fh = fh
+        try:
+            self.recover()
+            yield self
+        finally:
+            fh.close()
+            self._lock_fh = None
+
+    # ------------------------------------------------------------------ consistency
+    def recover(self) -> None:
+        """Delete shards no transaction registered; bring the FAISS index up to date."""
+        known = {r[0] for r in self.db.execute("SELECT file FROM shards")}
+        for f in (self.path / "embeddings").iterdir():
+            if f.name not in known:
+                log.warning("removing unregistered shard %s (interrupted write)", f.name)
+                f.unlink()
+        self.index()  # loads, verifies and catches up; saved by the next writer
+
+    def documents(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT sha256, status FROM documents"))
+
+    def count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM panels").fetchone()[0]
+
+    # ------------------------------------------------------------------ writing
+    def add_batch(self, docs: list[dict], panels: list[PanelRow], vectors: np.ndarray) -> list[int]:
+        """Register documents (ok or skipped) and their panels + vectors atomically."""
+        assert self._lock_fh is not None, "add_batch needs Store.writer()"
+        assert len(panels) == len(vectors)
+        ids: list[int] = []
+        shard = None
+        if panels:
+            start = (self.db.execute("SELECT MAX(panel_id) FROM panels").fetchone()[0] or 0) + 1
+            ids = list(range(start, start + len(panels)))
+            shard = (self.db.execute("SELECT MAX(shard) FROM shards").fetchone()[0] or 0) + 1
+            fname = f"part-{shard:08d}.parquet"
+            vec = np.ascontiguousarray(vectors, dtype=np.float32)
+            table = pa.table({"panel_id": pa.array(ids, pa.int64()),
+                              "vector": pa.FixedSizeListArray.from_arrays(pa.array(vec.ravel()), vec.shape[1])})
+            _fsync_write_table(table, self.path / "embeddings" / fname)
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            if shard is not None:
+                self.db.execute("INSERT INTO shards VALUES (?, ?, ?)", (shard, fname, len(ids)))
+            for d in docs:
+                self.db.execute("INSERT OR REPLACE INTO documents VALUES (?,?,?,?,?,?,?,?,?,?,?)", (
+                    d["sha256"], d["path"], d["status"], d.get("reason"), d.get("pages"),
+                    d.get("images"), d.get("figures"), d.get("panels"), json.dumps(d.get("dropped", {})),
+                    d.get("seconds"), time.time()))
+            self.db.executemany(
+                f"INSERT INTO panels ({','.join(PANEL_COLUMNS)}) VALUES ({','.join('?' * len(PANEL_COLUMNS))})",
+                [(i, p.doc_sha256, p.page, p.figure_id, p.panel_key, p.kind, *p.bbox, p.width, p.height,
+                  p.content_hash, p.xrefs, p.source, p.rotation, int(p.flipped), shard)
+                 for i, p in zip(ids, panels)])
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        if ids:
+            self.index().add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
+        return ids
+
+    # ------------------------------------------------------------------ vectors and index
+    def vectors(self, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) from the Parquet shards (all, or those with the given ids)."""
+        files = [self.path / "embeddings" / r[0] for r in self.db.execute("SELECT file FROM shards ORDER BY shard")]
+        dim = int(self.meta("dim", "128"))
+        if not files:
+            return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+        t = pq.ParquetDataset(files).read() if len(files) > 1 else pq.read_table(files[0])
+        all_ids = t.column("panel_id").to_numpy()
+        vec = np.asarray(t.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False),
+                         np.float32).reshape(-1, dim)
+        if ids is not None:
+            keep = np.isin(all_ids, ids)
+            all_ids, vec = all_ids[keep], vec[keep]
+        return all_ids, vec
+
+    def index(self) -> faiss.Index:
+        """The FAISS index, loaded and caught up with the catalogue on first use."""
+        if self._index is not None:
+            return self._index
+        dim = int(self.meta("dim", "128"))
+        path = self.path / "index.faiss"
+        idx = None
+        if path.exists():
+            try:
+                idx = faiss.read_index(str(path))
+            except Exception as exc:  # damaged file: rebuild from the shards
+                log.warning("index unreadable (%s); rebuilding from embeddings", exc)
+        if idx is None:
+            idx = faiss.IndexIDMap2(faiss.IndexFlatL2(dim))
+        n_cat = self.count()
+        if idx.ntotal != n_cat:
+            have = faiss.vector_to_array(idx.id_map) if idx.ntotal else np.zeros(0, np.int64)
+            ids, vec = self.vectors()
+            missing = ~np.isin(ids, have)
+            stale = not np.isin(have, ids).all()
+            if stale:
+                log.warning("index holds panels the catalogue does not; rebuilding")
+                idx = faiss.IndexIDMap2(faiss.IndexFlatL2(dim))
+                missing = np.ones(len(ids), bool)
+            if missing.any():
+                idx.add_with_ids(vec[missing], ids[missing])
+        self._index = idx
+        return idx
+
+    def save_index(self) -> None:
+        """Write the index atomically (temp file + rename)."""
+        idx = self.index()
+        tmp = self.path / ".index.faiss.tmp"
+        faiss.write_index(idx, str(tmp))
+        os.replace(tmp, self.path / "index.faiss")
+
+    def rebuild_index(self) -> int:
+        self._index = None
+        p = self.path / "index.faiss"
+        if p.exists():
+            p.unlink()
+        self.save_index()
+        return self._index.ntotal
+
+    # ------------------------------------------------------------------ reading
+    def panel_table(self, ids: np.ndarray | None = None):
+        """Catalogue rows (pandas) joined with their document path, optionally for some ids."""
+        import pandas as pd
+
+        q = ("SELECT p.*, d.path AS doc_path FROM panels p JOIN documents d ON d.sha256 = p.doc_sha256")
+        df = pd.read_sql_query(q, self.db)
+        if ids is not None:
+            df = df[df.panel_id.isin(np.asarray(ids))]
+        return df.set_index("panel_id", drop=False)
+
+    def close(self) -> None:
+        self.db.close()

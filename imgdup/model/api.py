@@ -1,0 +1,158 @@
+"""The public embedding API: ``load_model()`` -> ``Embedder`` with ``embed`` and ``score``.
+
+A panel of any size and aspect ratio becomes the network input by (1) conversion to greyscale
+(alpha flattened on white, 16-bit stretched by percentiles), (2) an area-averaging resize of the
+*whole* panel to S x S, ignoring its aspect ratio, and (3) per-image standardisation.  Squashing
+rather than centre-cropping keeps every pixel of the panel in view, and makes a copy that was
+re-scaled or stretched in one direction land on the same input; docs/MODEL.md measures it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from .data import to_grey
+from .net import build, standardise
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).with_name("weights")
+DEFAULT_WEIGHTS = "imgdup-default"
+
+
+class WeightsError(RuntimeError):
+    """Missing, altered or incompatible weights."""
+
+
+@dataclass
+class WeightsCard:
+    """What a reviewer needs to know about a shipped model."""
+
+    name: str
+    architecture: str
+    input_size: int
+    normalisation: str
+    embedding_dim: int
+    threshold: float
+    recipe: dict[str, Any]
+    data: str
+    steps: int
+    seed: int
+    metrics: dict[str, Any]
+    sha256: str
+    file: str
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def read(cls, path: str | Path) -> "WeightsCard":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def prepare(image: Any, size: int) -> np.ndarray:
+    """One panel (2-D array of any dtype, RGB/RGBA array or PIL image) -> (size, size) float32."""
+    grey = to_grey(image)
+    if grey.ndim != 2 or min(grey.shape) < 1:
+        raise ValueError(f"expected a 2-D image, got shape {grey.shape}")
+    h, w = grey.shape
+    interp = cv2.INTER_AREA if (h >= size and w >= size) else cv2.INTER_LINEAR
+    return cv2.resize(np.ascontiguousarray(grey, dtype=np.float32), (size, size), interpolation=interp)
+
+
+class Embedder:
+    """A loaded model: batched, deterministic embeddings already scaled by alpha."""
+
+    def __init__(self, net: torch.nn.Module, card: WeightsCard, device: str | torch.device = "auto",
+                 batch_size: int = 256) -> None:
+        if str(device) == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+        if self.device.type == "cpu":
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.card = card
+        self.size = card.input_size
+        self.threshold = card.threshold
+        self.batch_size = batch_size
+
+    @property
+    def sha256(self) -> str:
+        return self.card.sha256
+
+    @torch.inference_mode()
+    def embed_prepared(self, batch: np.ndarray) -> np.ndarray:
+        """(N, S, S) float32 inputs -> (N, 128) alpha-scaled embeddings."""
+        out = []
+        for i in range(0, len(batch), self.batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(batch[i:i + self.batch_size])).to(self.device)
+            x = standardise(x.unsqueeze(1))
+            if self.device.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            out.append(self.net(x).float().cpu().numpy())
+        if not out:
+            return np.zeros((0, self.net.fc2.out_features), np.float32)
+        return np.concatenate(out).astype(np.float32)
+
+    def embed(self, images: Sequence[Any]) -> np.ndarray:
+        """Embed a list of panels (2-D numpy arrays, uint8 or float, or PIL images).
+
+        Returns an (N, 128) float32 array scaled by alpha: ``np.abs(a - b).sum()`` is f.
+        """
+        if len(images) == 0:
+            return np.zeros((0, self.net.fc2.out_features), np.float32)
+        prepared = np.stack([prepare(im, self.size) for im in images])
+        return self.embed_prepared(prepared)
+
+    def score(self, img_a: Any, img_b: Any) -> tuple[float, float]:
+        """(f, sigmoid(1 - f)) for two panels; f <= 1 means "same"."""
+        e = self.embed([img_a, img_b])
+        f = float(np.abs(e[0] - e[1]).sum())
+        return f, 1.0 / (1.0 + math.exp(f - 1.0))
+
+
+def load_model(name: str | Path = DEFAULT_WEIGHTS, device: str = "auto", batch_size: int = 256) -> Embedder:
+    """Load shipped weights by name (or a path to a .safetensors file with its .json card).
+
+    The file's sha256 is checked against its card; nothing is ever downloaded.
+    """
+    path = Path(name)
+    if path.suffix != ".safetensors":
+        path = WEIGHTS_DIR / f"{name}.safetensors"
+    card_path = path.with_suffix(".json")
+    if not path.exists() or not card_path.exists():
+        raise WeightsError(f"weights not found: {path} (and its card {card_path.name}); "
+                           "imgdup never downloads weights: reinstall the package or pass a path")
+    card = WeightsCard.read(card_path)
+    digest = _sha256(path)
+    if digest != card.sha256:
+        raise WeightsError(f"checksum mismatch for {path}: file {digest[:12]}..., card "
+                           f"{card.sha256[:12]}...; the weights were altered or truncated")
+    net = build(card.architecture)
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise WeightsError(f"{path} does not fit architecture {card.architecture!r}: "
+                           f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return Embedder(net, card, device=device, batch_size=batch_size)

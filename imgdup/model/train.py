@@ -1,0 +1,278 @@
+"""Training of the siamese network: recipes, the training loop with checkpoints and resume,
+held-out evaluation and the export of shipped weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from .augment import DeformConfig, Deformer
+from .data import ImageSet, TrainImage, WindowSampler, load_folder, load_split_file, split_groups
+from .net import build, distance, standardise, triplet_loss
+
+log = logging.getLogger(__name__)
+
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DEFAULT_SPLIT = Path(__file__).with_name("splits") / "default.json"
+
+
+@dataclass
+class Recipe:
+    """Everything that defines a training run."""
+
+    name: str
+    arch: str
+    steps: int
+    batch: int
+    optimizer: str            # "sgd" (reference) or "adam"
+    lr: float
+    momentum: float = 0.9
+    hard_negative_weight: float = 0.5   # share of the loss on the hardest in-batch negative
+    eval_every: int = 100
+    seed: int = 0
+    folders: list[tuple[str, str]] = field(default_factory=lambda: [
+        (str(SHARED_DATA / "micrographs" / "dsb2018"), "size"),
+        (str(SHARED_DATA / "blots" / "athenaz2"), "prefix")])
+    blot_weight: float = 0.3  # share of anchors drawn from blots
+
+
+RECIPES: dict[str, Recipe] = {
+    # the paper / reference code: momentum SGD lr 1e-5, batch 256, 20k steps; a GPU job
+    "paper": Recipe("paper", "paper", steps=20000, batch=256, optimizer="sgd", lr=1e-5,
+                    hard_negative_weight=0.0, eval_every=500),
+    # this machine: Adam with cosine decay, hard negatives, the 4x cheaper 64-px input
+    "cpu": Recipe("cpu", "paper64", steps=1500, batch=48, optimizer="adam", lr=1e-3, eval_every=150),
+    # the paper's architecture under the CPU budget, for the comparison in docs/MODEL.md
+    "cpu-paper": Recipe("cpu-paper", "paper", steps=600, batch=48, optimizer="adam", lr=1e-3,
+                        eval_every=100),
+}
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_splits(recipe: Recipe, split_file: Path = DEFAULT_SPLIT) -> dict[str, list[TrainImage]]:
+    """Load the recipe's folders and split their images by group."""
+    images: list[TrainImage] = []
+    for folder, rule in recipe.folders:
+        images += load_folder(folder, rule).images
+    fixed = load_split_file(split_file) if split_file.exists() else None
+    assign = split_groups(sorted({im.group for im in images}), fixed)
+    out: dict[str, list[TrainImage]] = {"train": [], "val": [], "test": []}
+    for im in images:
+        out[assign[im.group]].append(im)
+    return out
+
+
+class TripletSource:
+    """Draws triplet batches as tensors on the device: anchors, same, different."""
+
+    def __init__(self, images: list[TrainImage], size: int, seed: int, device: torch.device,
+                 blot_weight: float = 0.3, cfg: DeformConfig | None = None, hard: bool = True) -> None:
+        blots = [im for im in images if im.group.startswith("athenaz2/")]
+        micro = [im for im in images if not im.group.startswith("athenaz2/")]
+        self.samplers = [(WindowSampler(micro, 2 * size, seed, hard=hard), 1 - blot_weight)] if micro else []
+        if blots:
+            self.samplers.append((WindowSampler(blots, 2 * size, seed + 1, hard=hard), blot_weight))
+        total = sum(w for _, w in self.samplers)
+        self.weights = [w / total for _, w in self.samplers]
+        self.rng = np.random.default_rng(seed + 2)
+        self.deformer = Deformer(size, cfg=cfg, seed=seed, device=device)
+        self.device = device
+
+    def windows(self, n: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+        counts = self.rng.multinomial(n, self.weights)
+        parts = [s.batch(int(c)) for (s, _), c in zip(self.samplers, counts) if c > 0]
+        a, p, ai, pi = [], [], [], []
+        for k, (wa, wp, ia, ip) in enumerate(parts):
+            a.append(wa), p.append(wp)
+            ai.append(ia + 1_000_000 * k)  # image ids unique across samplers
+            pi.append(ip + 1_000_000 * k)
+        to = lambda xs: torch.from_numpy(np.concatenate(xs)).to(self.device)  # noqa: E731
+        return to(a), to(p), np.concatenate(ai), np.concatenate(pi)
+
+    def triplets(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+        wa, wp, ai, pi = self.windows(n)
+        d = self.deformer
+        anchors = d.clutter(d.crop(wa))
+        same = d.clutter(d.deform(wa))
+        diff = d.clutter(torch.where(torch.rand(n, 1, 1, 1, generator=d.g, device=d.device) < 0.5,
+                                     d.deform(wp), d.crop(wp)))
+        return anchors, same, diff, ai, pi
+
+
+def step_loss(model: torch.nn.Module, a: torch.Tensor, s: torch.Tensor, d: torch.Tensor,
+              a_ids: np.ndarray, p_ids: np.ndarray, hard_weight: float) -> tuple[torch.Tensor, dict]:
+    """Paper loss on assigned triplets, plus batch-hard negatives (FaceNet-style mining)."""
+    n = a.shape[0]
+    emb = model(standardise(torch.cat([a, s, d])))
+    ea, es, ed = emb[:n], emb[n:2 * n], emb[2 * n:]
+    f_as, f_ad = distance(ea, es), distance(ea, ed)
+    loss = triplet_loss(f_as, f_ad)
+    if hard_weight > 0:
+        # batch-hard mining: for anchor i, the closest partner j taken from another image
+        # (partner i is always allowed: it is a disjoint crop or another image by construction)
+        all_f = torch.cdist(ea, ed, p=1)
+        clash = torch.from_numpy(a_ids[:, None] == p_ids[None, :]).to(a.device)
+        clash.fill_diagonal_(False)
+        hardest = all_f.masked_fill(clash, float("inf")).min(dim=1).values
+        diff_term = F.softplus(1 - f_ad).mean()
+        hard_term = F.softplus(1 - hardest).mean()
+        loss = F.softplus(f_as - 1).mean() + (1 - hard_weight) * diff_term + hard_weight * hard_term
+    acc = ((f_as <= 1).float().mean() + (f_ad > 1).float().mean()).item() / 2
+    return loss, {"f_same": f_as.mean().item(), "f_diff": f_ad.mean().item(), "acc": acc}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, images: list[TrainImage], size: int, pairs: int = 512,
+             seed: int = 1234, device: torch.device = torch.device("cpu"),
+             cfg: DeformConfig | None = None, clutter: bool = True, batch: int = 128,
+             hard: bool = True) -> dict[str, float]:
+    """The paper's synthetic protocol: each anchor vs deform(itself) ("same") and vs
+    deform(another image) ("different"; ``hard``: a third neighbouring crops of the same image and
+    a third other fields of the same experiment, else random images as in the paper); correct
+    when sigmoid(1 - f) > .5 exactly for "same".  Also ROC AUC and TPR at FPR 1e-3 / 1e-2."""
+    was_training = model.training
+    model.eval()
+    src = TripletSource(images, size, seed, device, blot_weight=0.3, cfg=cfg, hard=hard)
+    d = src.deformer
+    keep = d.clutter if clutter else (lambda x: x)
+    f_same, f_diff = [], []
+    done = 0
+    while done < pairs:
+        n = min(batch, pairs - done)
+        wa, wp, _, _ = src.windows(n)
+        ea, es, eo = (model(standardise(x)) for x in (keep(d.crop(wa)), keep(d.deform(wa)), keep(d.deform(wp))))
+        f_same.append(distance(ea, es).cpu())
+        f_diff.append(distance(ea, eo).cpu())
+        done += n
+    model.train(was_training)
+    return pair_metrics(torch.cat(f_same).numpy(), torch.cat(f_diff).numpy())
+
+
+def pair_metrics(f_same: np.ndarray, f_diff: np.ndarray, threshold: float = 1.0) -> dict[str, float]:
+    """Accuracy at the threshold (half same, half different), ROC AUC, TPR at FPR 1e-3 / 1e-2."""
+    acc = ((f_same <= threshold).mean() + (f_diff > threshold).mean()) / 2
+    # AUC = P(f_same < f_diff) with ties counted half
+    both = np.concatenate([f_same, f_diff])
+    ranks = both.argsort().argsort().astype(np.float64) + 1
+    auc = 1 - (ranks[: len(f_same)].sum() - len(f_same) * (len(f_same) + 1) / 2) / (len(f_same) * len(f_diff))
+    out = {"accuracy": float(acc), "auc": float(auc), "tpr_at_threshold": float((f_same <= threshold).mean()),
+           "fpr_at_threshold": float((f_diff <= threshold).mean())}
+    neg = np.sort(f_diff)
+    for fpr in (1e-3, 1e-2):
+        k = int(math.floor(fpr * len(neg)))
+        cut = neg[k] if k < len(neg) else np.inf  # fewer than fpr*N negatives strictly below
+        out[f"tpr_at_fpr_{fpr:g}"] = float((f_same < cut).mean())
+    out["pairs"] = int(len(f_same) + len(f_diff))
+    return out
+
+
+def train(recipe: Recipe, out_dir: str | Path, device: str = "auto", resume: bool = True,
+          steps: int | None = None, progress: bool = True) -> dict:
+    """Run (or resume) a recipe; writes checkpoints, a JSONL log and best.safetensors to out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = pick_device(device)
+    torch.manual_seed(recipe.seed)
+    splits = load_splits(recipe)
+    model = build(recipe.arch).to(dev)
+    size = model.input_size
+    if recipe.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+    total = steps or recipe.steps
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 1.0 if recipe.optimizer == "sgd" else 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    source = TripletSource(splits["train"], size, recipe.seed, dev, recipe.blot_weight)
+    start, best = 0, {"accuracy": -1.0}
+    ckpt = out / "checkpoint.pt"
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, map_location=dev, weights_only=False)
+        model.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start, best = state["step"], state["best"]
+        source.deformer.g.set_state(state["gen"])
+        log.info("resumed %s at step %d", recipe.name, start)
+    (out / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2))
+    logf = (out / "log.jsonl").open("a")
+    t0 = time.time()
+    bar = tqdm(range(start, total), initial=start, total=total, disable=not progress, desc=recipe.name)
+    model.train()
+    for step in bar:
+        a, s, d, ai, pi = source.triplets(recipe.batch)
+        loss, stats = step_loss(model, a, s, d, ai, pi, recipe.hard_negative_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        rec = {"step": step + 1, "loss": loss.item(), **stats, "lr": sched.get_last_lr()[0],
+               "seconds": round(time.time() - t0, 1)}
+        if (step + 1) % recipe.eval_every == 0 or step + 1 == total:
+            val = evaluate(model, splits["val"], size, pairs=256, device=dev)
+            rec.update({f"val_{k}": v for k, v in val.items()})
+            if val["accuracy"] >= best["accuracy"]:
+                best = {**val, "step": step + 1}
+                save_file(model.state_dict(), str(out / "best.safetensors"))
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "step": step + 1, "best": best, "gen": source.deformer.g.get_state()}, ckpt)
+        logf.write(json.dumps(rec) + "\n")
+        logf.flush()
+        bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{stats['acc']:.2f}",
+                        val=f"{best.get('accuracy', 0):.3f}")
+    logf.close()
+    return {"best": best, "steps": total, "seconds": time.time() - t0}
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_weights(run_dir: str | Path, name: str, metrics: dict | None = None,
+                   notes: str = "") -> Path:
+    """Copy a run's best weights into the package with a weights card (sha256 included)."""
+    from .api import WEIGHTS_DIR, WeightsCard
+
+    run = Path(run_dir)
+    recipe = json.loads((run / "recipe.json").read_text())
+    log_rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
+    evals = [r for r in log_rows if "val_accuracy" in r]
+    best = max(evals, key=lambda r: r["val_accuracy"]) if evals else {}
+    recipe["folders"] = [[str(f).replace(str(SHARED_DATA), "../shared/data"), r] for f, r in recipe["folders"]]
+    dst = WEIGHTS_DIR / f"{name}.safetensors"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    # float16 storage halves the file; the loader computes in float32
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(run / "best.safetensors")).items()}
+    save_file(state, str(dst))
+    net = build(recipe["arch"])
+    card = WeightsCard(
+        name=name, architecture=recipe["arch"], input_size=net.input_size,
+        normalisation="greyscale; whole panel area-resized to SxS ignoring aspect; per-image zero mean / unit variance",
+        embedding_dim=net.fc2.out_features, threshold=1.0, recipe=recipe,
+        data="../shared/data: dsb2018 micrographs (CC0) and athenaz2 blot scans, train split of "
+             "imgdup/model/splits/default.json (split by image group)",
+        steps=int(best.get("step", 0)), seed=int(recipe.get("seed", 0)),
+        metrics={"validation": {k[4:]: v for k, v in best.items() if k.startswith("val_")}, **(metrics or {})},
+        sha256=sha256_file(dst), file=dst.name, notes=notes)
+    dst.with_suffix(".json").write_text(card.to_json())
+    return dst

@@ -1,0 +1,98 @@
+"""Compound figure -> panels by recursive X-Y cuts along uniform gutters (REFERENCE.md s. 6).
+
+A gutter is a run of rows (or columns) that are uniform and of the figure's background colour,
+decided by which kind of full-length uniform line the figure has more of: on a light figure
+only light lines count (so the dark
+background of a fluorescence panel is never taken for a gutter), on a dark frame only near-black,
+almost exactly flat lines.  Pieces smaller than the minimum panel size (labels, captions, thin
+strips) are left out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+Box = tuple[int, int, int, int]  # y0, y1, x0, x1 (pixel, end-exclusive)
+
+
+def _uniform_lines(block: np.ndarray, axis: int, light_bg: bool, light_tol: int, dark_tol: int) -> np.ndarray:
+    """Boolean per row (axis=1) or column (axis=0): is this line a gutter?"""
+    lo = block.min(axis=axis).astype(np.int16)
+    hi = block.max(axis=axis).astype(np.int16)
+    if light_bg:
+        return (lo >= 200) & (hi - lo <= light_tol)
+    return (hi <= 55) & (hi - lo <= dark_tol)
+
+
+def background_is_light(grey: np.ndarray, light_tol: int = 24, dark_tol: int = 2) -> bool | None:
+    """Which kind of gutter this figure uses: True (light), False (dark) or None (neither).
+
+    Decided by which kind of uniform line, across the whole figure, is more common.
+    """
+    light = sum(int(_uniform_lines(grey, a, True, light_tol, dark_tol).sum()) for a in (0, 1))
+    dark = sum(int(_uniform_lines(grey, a, False, light_tol, dark_tol).sum()) for a in (0, 1))
+    if light == 0 and dark == 0:
+        return None
+    return light >= dark
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Start/end (exclusive) of the True runs of a 1-D mask."""
+    if not mask.any():
+        return []
+    d = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1)))
+
+
+def _trim(grey: np.ndarray, box: Box, light_bg: bool, light_tol: int, dark_tol: int) -> Box | None:
+    y0, y1, x0, x1 = box
+    block = grey[y0:y1, x0:x1]
+    rows = ~_uniform_lines(block, 1, light_bg, light_tol, dark_tol)
+    cols = ~_uniform_lines(block, 0, light_bg, light_tol, dark_tol)
+    if not rows.any() or not cols.any():
+        return None
+    ry, rx = np.flatnonzero(rows), np.flatnonzero(cols)
+    return y0 + int(ry[0]), y0 + int(ry[-1]) + 1, x0 + int(rx[0]), x0 + int(rx[-1]) + 1
+
+
+def split_panels(grey: np.ndarray, min_px: int = 48, min_frac: float = 0.08, min_gutter: int = 3,
+                 light_tol: int = 24, dark_tol: int = 2, max_depth: int = 6) -> list[Box]:
+    """Panels of a figure as pixel boxes, in reading order; [] when the figure is blank.
+
+    A single box covering the (trimmed) figure means it is not compound.
+    """
+    h, w = grey.shape
+    min_h = max(min_px, int(min_frac * h))
+    min_w = max(min_px, int(min_frac * w))
+    out: list[Box] = []
+    light_bg = background_is_light(grey, light_tol, dark_tol)
+    if light_bg is None:
+        return [(0, h, 0, w)]
+
+    def cut(box: Box, depth: int) -> None:
+        trimmed = _trim(grey, box, light_bg, light_tol, dark_tol)
+        if trimmed is None:
+            return
+        y0, y1, x0, x1 = trimmed
+        if y1 - y0 < min_h or x1 - x0 < min_w:
+            return
+        block = grey[y0:y1, x0:x1]
+        if depth < max_depth:
+            for axis in (1, 0):  # rows first (horizontal gutters), then columns
+                lines = _uniform_lines(block, axis, light_bg, light_tol, dark_tol)
+                gutters = [(a, b) for a, b in _runs(lines) if b - a >= min_gutter]
+                if not gutters:
+                    continue
+                edges = [0] + [x for g in gutters for x in g] + [len(lines)]
+                pieces = [(edges[i], edges[i + 1]) for i in range(0, len(edges), 2)]
+                big = [(a, b) for a, b in pieces if b - a >= (min_h if axis == 1 else min_w)]
+                if len(big) < 2:
+                    continue
+                for a, b in big:
+                    sub = (y0 + a, y0 + b, x0, x1) if axis == 1 else (y0, y1, x0 + a, x0 + b)
+                    cut(sub, depth + 1)
+                return
+        out.append((y0, y1, x0, x1))
+
+    cut((0, h, 0, w), 0)
+    return out

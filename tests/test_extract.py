@@ -1,0 +1,203 @@
+"""Extraction: PDFs built with PyMuPDF from real micrographs (known bboxes and pixels), the real
+PDFs of ../shared/data/pdfs, and bad inputs in a batch."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pymupdf
+import pytest
+from PIL import Image
+
+from conftest import PDFS, corr, iou, micrograph, need_shared, png_bytes
+from imgdup.pipeline import Limits, extract_document, extract_many, split_panels
+from imgdup.pipeline.extract import render_clip
+
+
+def _by_bbox(panels, bbox):
+    best = max(panels, key=lambda p: iou(p.bbox, bbox))
+    return best, iou(best.bbox, bbox)
+
+
+@pytest.fixture(scope="module")
+def built_pdf(tmp_path_factory):
+    """Page 1: a plain panel and a panel drawn rotated by 90 degrees; page 2: one image holding a
+    2x2 grid with white gutters; page 3: an RGBA image with transparency and a CMYK JPEG."""
+    a, b = micrograph(0, 160), micrograph(5, 160)
+    grid_src = [micrograph(i, 150) for i in (10, 20, 30, 40)]
+    grid = np.full((150 * 2 + 20, 150 * 2 + 20), 255, np.uint8)
+    for k, g in enumerate(grid_src):
+        y, x = divmod(k, 2)
+        grid[y * 170:y * 170 + 150, x * 170:x * 170 + 150] = g
+    rgba = np.dstack([np.repeat(micrograph(50, 140)[..., None], 3, 2), np.full((140, 140), 255, np.uint8)])
+    rgba[:, :40, 3] = 0  # left strip transparent -> white when flattened
+    cmyk_src = micrograph(60, 150)
+    buf = io.BytesIO()
+    Image.fromarray(cmyk_src).convert("CMYK").save(buf, format="JPEG", quality=95)
+    doc = pymupdf.open()
+    p1 = doc.new_page(width=595, height=842)
+    p1.insert_image(pymupdf.Rect(72, 72, 232, 232), stream=png_bytes(a))
+    p1.insert_image(pymupdf.Rect(300, 72, 460, 232), stream=png_bytes(b), rotate=90)
+    p1.insert_text((72, 260), "Figure 1. A plain and a rotated panel.")
+    p2 = doc.new_page(width=595, height=842)
+    p2.insert_image(pymupdf.Rect(100, 100, 420, 420), stream=png_bytes(grid))
+    p3 = doc.new_page(width=595, height=842)
+    p3.insert_image(pymupdf.Rect(72, 72, 212, 212), stream=png_bytes(rgba))
+    p3.insert_image(pymupdf.Rect(300, 72, 450, 222), stream=buf.getvalue())
+    path = tmp_path_factory.mktemp("built") / "built.pdf"
+    doc.save(path)
+    expected = {"a": a, "b_seen": np.rot90(b, 1), "grid": grid_src, "rgba": rgba, "cmyk": cmyk_src}
+    return path, expected
+
+
+def test_plain_and_rotated_panels(built_pdf):
+    path, exp = built_pdf
+    res = extract_document(path)
+    figs = [p for p in res.panels if p.kind == "figure" and p.page == 1]
+    pa, ia = _by_bbox(figs, (72, 72, 232, 232))
+    pb, ib = _by_bbox(figs, (300, 72, 460, 232))
+    assert ia >= 0.9 and ib >= 0.9
+    assert corr(pa.pixels, exp["a"]) >= 0.99
+    assert pb.pixels.shape == exp["b_seen"].shape
+    assert corr(pb.pixels, exp["b_seen"]) >= 0.99   # returned as the reader sees it
+    assert pb.rotation in (90, 270) and pa.rotation == 0   # raw orientation kept
+    assert pa.doc_sha256 == res.sha256 and len(res.sha256) == 64
+
+
+def test_grid_split_into_panels(built_pdf):
+    path, exp = built_pdf
+    res = extract_document(path)
+    page2 = [p for p in res.panels if p.page == 2]
+    whole = [p for p in page2 if p.kind == "figure"]
+    panels = [p for p in page2 if p.kind == "panel"]
+    assert len(whole) == 1 and iou(whole[0].bbox, (100, 100, 420, 420)) >= 0.9
+    assert len(panels) == 4
+    scale = 320 / 320  # points per pixel of the grid image (320 px over 320 pt)
+    for k, src in enumerate(exp["grid"]):
+        y, x = divmod(k, 2)
+        box = (100 + x * 170 * scale, 100 + y * 170 * scale, 100 + (x * 170 + 150) * scale,
+               100 + (y * 170 + 150) * scale)
+        p, i = _by_bbox(panels, box)
+        assert i >= 0.9, (k, p.bbox, box)
+        assert corr(p.pixels, src) >= 0.99
+
+
+def test_alpha_and_cmyk(built_pdf):
+    path, exp = built_pdf
+    res = extract_document(path)
+    page3 = [p for p in res.panels if p.page == 3 and p.kind == "figure"]
+    pr, ir = _by_bbox(page3, (72, 72, 212, 212))
+    pc, ic = _by_bbox(page3, (300, 72, 450, 222))
+    assert ir >= 0.9 and ic >= 0.9
+    rgba = exp["rgba"]
+    flat = np.where(rgba[..., 3] > 0, rgba[..., 0], 255).astype(np.uint8)
+    assert np.all(pr.pixels[:, :40] >= 250)            # transparent strip flattened on white
+    assert corr(pr.pixels, flat) >= 0.99
+    assert corr(pc.pixels, exp["cmyk"]) >= 0.99        # CMYK converted, not inverted
+
+
+def test_split_keeps_plain_micrograph_whole():
+    img = micrograph(3, 256)
+    boxes = split_panels(img)
+    assert len(boxes) == 1
+    y0, y1, x0, x1 = boxes[0]
+    assert (y1 - y0) * (x1 - x0) >= 0.9 * 256 * 256
+
+
+def test_separation_gel_not_inverted():
+    """rsos-PMC4632522.pdf stores its gels in a Separation colour space."""
+    need_shared(PDFS)
+    path = PDFS / "rsos-PMC4632522.pdf"
+    res = extract_document(path)
+    doc = pymupdf.open(path)
+    gels = [p for p in res.panels if p.kind == "figure" and p.width > 500 and p.page == 5]
+    assert gels
+    for p in gels:
+        ren = render_clip(doc[p.page - 1], pymupdf.Rect(p.bbox), max(p.width, p.height), 300)
+        ren = np.asarray(Image.fromarray(ren).resize((p.width, p.height)))
+        assert corr(p.pixels, ren) >= 0.97
+
+
+@pytest.mark.parametrize("name", ["pain-2014-08-023.pdf", "plosone-0115884.pdf", "peerj-2017.pdf"])
+def test_real_pdfs_give_panels(name):
+    need_shared(PDFS)
+    res = extract_document(PDFS / name)
+    assert res.error is None and res.figures >= 1
+    assert any(p.kind == "panel" for p in res.panels)
+    for p in res.panels:
+        assert p.pixels.dtype == np.uint8 and p.pixels.shape == (p.height, p.width)
+        assert 1 <= p.page <= res.pages
+        x0, y0, x1, y1 = p.bbox
+        assert x0 < x1 and y0 < y1
+
+
+def test_decoy_icons_are_mostly_dropped():
+    need_shared(PDFS)
+    res = extract_document(PDFS / "tandf-decoy-1.pdf")
+    assert res.dropped.get("tiny", 0) >= 5
+
+
+def _bad_inputs(tmp_path):
+    empty = tmp_path / "empty.pdf"
+    empty.write_bytes(b"")
+    notpdf = tmp_path / "notes.pdf"
+    notpdf.write_text("<html><script>alert(1)</script></html>")
+    broken = tmp_path / "broken.pdf"
+    good = pymupdf.open()
+    pg = good.new_page()
+    pg.insert_image(pymupdf.Rect(50, 50, 250, 250), stream=png_bytes(micrograph(7, 200)))
+    data = good.tobytes()
+    broken.write_bytes(data[: len(data) // 3])
+    enc = tmp_path / "encrypted.pdf"
+    good.save(enc, encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="secret", owner_pw="owner")
+    ok = tmp_path / "ok.pdf"
+    good.save(ok)
+    return {"empty": empty, "notpdf": notpdf, "broken": broken, "encrypted": enc,
+            "dir": tmp_path, "ok": ok}
+
+
+def test_bad_inputs_skipped_and_batch_goes_on(tmp_path):
+    bad = _bad_inputs(tmp_path)
+    order = ["empty", "notpdf", "encrypted", "dir", "broken", "ok"]
+    results = list(extract_many([bad[k] for k in order], workers=2))
+    by = dict(zip(order, results))
+    assert "empty" in by["empty"].error
+    assert "not a PDF" in by["notpdf"].error
+    assert "encrypted" in by["encrypted"].error
+    assert "directory" in by["dir"].error
+    assert by["ok"].error is None and by["ok"].figures == 1
+    # a truncated file is either repaired by MuPDF or skipped with a reason; never a crash
+    assert by["broken"].error is None or by["broken"].error
+    for r in results:
+        assert r.path
+
+
+def test_timeout_and_page_cap(tmp_path):
+    doc = pymupdf.open()
+    xref = 0
+    for _ in range(300):
+        pg = doc.new_page()
+        if xref:
+            pg.insert_image(pymupdf.Rect(50, 50, 400, 400), xref=xref)
+        else:
+            xref = pg.insert_image(pymupdf.Rect(50, 50, 400, 400), stream=png_bytes(micrograph(9, 600)))
+    many = tmp_path / "many.pdf"
+    doc.save(many)
+    ok = tmp_path / "ok.pdf"
+    doc.select([0])
+    doc.save(ok)
+    res = list(extract_many([many, ok], limits=Limits(max_pages=10)))
+    assert "too many pages (300 > 10 cap)" in res[0].error and res[1].error is None
+    res = list(extract_many([many, ok], limits=Limits(timeout_s=0.3)))
+    assert res[0].error == "timeout after 0.3s"
+
+
+def test_pixel_cap_drops_bomb_image(tmp_path):
+    doc = pymupdf.open()
+    pg = doc.new_page()
+    pg.insert_image(pymupdf.Rect(50, 50, 250, 250), stream=png_bytes(micrograph(8, 300)))
+    path = tmp_path / "bomb.pdf"
+    doc.save(path)
+    [res] = list(extract_many([path], limits=Limits(max_image_pixels=1000)))
+    assert res.error is None and res.dropped.get("pixel cap") == 1 and res.figures == 0

@@ -1,0 +1,50 @@
+"""FAISS range search + exact re-scoring against brute-force NumPy."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from imgdup.index.search import brute_force_pairs, pairs_against, pairs_within
+
+
+def _clustered(n, dim=128, seed=0):
+    """Vectors drawn like alpha-scaled embeddings: clusters of near-duplicates plus spread."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 0.08, (n // 4, dim)).astype(np.float32)
+    pts = centres[rng.integers(0, len(centres), n)] + rng.normal(0, 0.004, (n, dim)).astype(np.float32)
+    return pts.astype(np.float32)
+
+
+def test_range_search_matches_brute_force_random():
+    base, q = _clustered(2000, seed=1), _clustered(200, seed=1)[:200] + 0.001
+    idx = faiss.IndexIDMap2(faiss.IndexFlatL2(128))
+    ids = np.arange(10, 10 + len(base), dtype=np.int64)
+    idx.add_with_ids(base, ids)
+    for t in (0.5, 1.0, 2.0):
+        qi, got_ids, f = pairs_against(idx, q, t)
+        got = {(int(a), int(b) - 10) for a, b in zip(qi, got_ids)}
+        assert got == brute_force_pairs(q, base, t)
+        assert np.all(f <= t)
+
+
+def test_pairs_within_matches_brute_force():
+    v = _clustered(500, seed=3)
+    for t in (0.3, 1.0):
+        i, j, f = pairs_within(v, t)
+        ref = {(a, b) for a, b in brute_force_pairs(v, v, t) if a < b}
+        assert set(zip(i.tolist(), j.tolist())) == ref
+        assert np.allclose(f, np.abs(v[i] - v[j]).sum(1))
+
+
+def test_real_embeddings_lossless(tmp_path):
+    from conftest import micrograph
+    from imgdup import load_model
+
+    m = load_model()
+    imgs = [micrograph(i, 128) for i in range(40)]
+    imgs += [np.rot90(im).copy() for im in imgs[:10]] + [im[8:-8, 8:-8].copy() for im in imgs[10:20]]
+    v = m.embed(imgs)
+    i, j, f = pairs_within(v, 1.0)
+    ref = {(a, b) for a, b in brute_force_pairs(v, v, 1.0) if a < b}
+    assert set(zip(i.tolist(), j.tolist())) == ref

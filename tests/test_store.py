@@ -1,0 +1,146 @@
+"""The store: idempotent and crash-safe ingest, model binding, query and screen on built PDFs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from safetensors.torch import load_file, save_file
+
+from conftest import iou, need_shared
+from imgdup import ingest, load_model, query, screen
+from imgdup.index.store import Store, StoreError
+from imgdup.model.api import WEIGHTS_DIR, WeightsCard
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Four papers and a manuscript from held-out micrographs, with planted re-use."""
+    need_shared()
+    from imgdup.demo.generate import build_corpus, shared_test_images
+
+    out = tmp_path_factory.mktemp("corpus")
+    truth = build_corpus(shared_test_images(), out, n_papers=4, seed=3,
+                         manipulations=["exact", "rot90", "flip", "jpeg40", "gamma", "rescale"])
+    return out, truth
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model()
+
+
+def _check_consistent(path: Path) -> int:
+    s = Store(path, create=False)
+    n = s.count()
+    keys = s.db.execute("SELECT doc_sha256, panel_key, COUNT(*) FROM panels GROUP BY 1, 2 HAVING COUNT(*) > 1").fetchall()
+    assert keys == [], "duplicate panels"
+    orphans = s.db.execute("SELECT COUNT(*) FROM panels p LEFT JOIN documents d ON d.sha256 = p.doc_sha256 "
+                           "WHERE d.sha256 IS NULL").fetchone()[0]
+    assert orphans == 0
+    ids, _ = s.vectors()
+    cat = np.array([r[0] for r in s.db.execute("SELECT panel_id FROM panels")])
+    assert sorted(ids.tolist()) == sorted(cat.tolist())
+    assert s.index().ntotal == n
+    s.close()
+    return n
+
+
+def test_ingest_idempotent_and_summary(corpus, model, tmp_path):
+    out, _ = corpus
+    pdfs = sorted((out / "corpus").glob("*.pdf"))
+    bad = tmp_path / "bad.pdf"
+    bad.write_bytes(b"%PDF-1.7 garbage")
+    s1 = ingest(pdfs + [bad], tmp_path / "st", model=model)
+    assert s1.ingested == 4 and s1.panels > 0 and str(bad) in s1.skipped
+    s2 = ingest(pdfs, tmp_path / "st", model=model)
+    assert s2.ingested == 0 and s2.already == 4
+    assert _check_consistent(tmp_path / "st") == s1.panels
+    st = Store(tmp_path / "st", create=False)
+    status = dict(st.db.execute("SELECT path, status FROM documents"))
+    assert status[str(bad)] == "skipped"
+
+
+def test_other_weights_refused(corpus, model, tmp_path):
+    out, _ = corpus
+    pdfs = sorted((out / "corpus").glob("*.pdf"))[:1]
+    ingest(pdfs, tmp_path / "st", model=model)
+    # the same tensors saved with extra metadata: other bytes, other sha256
+    src = WEIGHTS_DIR / "imgdup-default.safetensors"
+    other = tmp_path / "other.safetensors"
+    save_file(load_file(str(src)), str(other), metadata={"variant": "test"})
+    card = json.loads(src.with_suffix(".json").read_text())
+    from imgdup.model.train import sha256_file
+    card["sha256"] = sha256_file(other)
+    other.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(StoreError, match="reindex"):
+        ingest(sorted((out / "corpus").glob("*.pdf"))[1:2], tmp_path / "st", model=load_model(other))
+
+
+def test_kill_during_ingest_then_resume(corpus, model, tmp_path):
+    out, _ = corpus
+    pdfs = [str(p) for p in sorted((out / "corpus").glob("*.pdf"))] * 1
+    ref = ingest(pdfs, tmp_path / "ref", model=model).panels
+    store = tmp_path / "st"
+    cmd = [sys.executable, "-m", "imgdup.cli", "ingest", *pdfs, "--index", str(store),
+           "--commit-every", "1", "--workers", "1"]
+    rng = np.random.default_rng(0)
+    kills = 0
+    for _ in range(3):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(float(rng.uniform(2.0, 6.0)))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        if store.exists():
+            _check_consistent(store)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert _check_consistent(store) == ref
+    assert kills >= 1
+
+
+def _found(report, a_doc, a_bbox, b_doc, b_bbox) -> bool:
+    for r in report.itertuples():
+        for (qd, qb, md, mb) in ((r.query_doc, r.query_bbox, r.match_doc, r.match_bbox),
+                                 (r.match_doc, r.match_bbox, r.query_doc, r.query_bbox)):
+            if Path(qd).name == a_doc and Path(md).name == b_doc and iou(qb, a_bbox) >= 0.5 \
+                    and iou(mb, b_bbox) >= 0.5:
+                return True
+    return False
+
+
+def test_query_and_screen_find_planted_pairs(corpus, model, tmp_path):
+    from imgdup.demo.generate import truth_pairs
+
+    out, truth = corpus
+    pairs = truth_pairs(truth)
+    ingest(sorted((out / "corpus").glob("*.pdf")), tmp_path / "st", model=model)
+    res = query([out / "manuscript" / "manuscript.pdf"], tmp_path / "st", out=tmp_path / "q.parquet", model=model)
+    md = pq.read_schema(tmp_path / "q.parquet").metadata
+    assert md[b"imgdup.model_sha256"].decode() == model.sha256 and b"imgdup.threshold" in md
+    mine = pairs[(pairs.a_doc == "manuscript.pdf") | (pairs.b_doc == "manuscript.pdf")]
+    hits = [_found(res.report, r.a_doc, r.a_bbox, r.b_doc, r.b_bbox) for r in mine.itertuples()]
+    assert len(hits) >= 3 and np.mean(hits) >= 0.8, hits
+    assert not (res.report.same_doc & (res.report.query_panel == res.report.match_panel)).any()
+    # the manuscript was not added
+    assert "manuscript.pdf" not in {Path(p).name for p, in Store(tmp_path / "st").db.execute("SELECT path FROM documents")}
+    sc = screen(tmp_path / "st", tmp_path / "reports")
+    assert sc.path.exists() and sc.path.parent.name.startswith("date=")
+    corpus_pairs = pairs[(pairs.a_doc != "manuscript.pdf") & (pairs.b_doc != "manuscript.pdf")]
+    hits = [_found(sc.report, r.a_doc, r.a_bbox, r.b_doc, r.b_bbox) for r in corpus_pairs.itertuples()]
+    assert np.mean(hits) >= 0.8, hits
+    canon = sc.report[["query_panel_id", "match_panel_id"]]
+    assert (canon.query_panel_id < canon.match_panel_id).all()
+    assert not canon.duplicated().any()
+    again = screen(tmp_path / "st", tmp_path / "reports")
+    assert again.panels == 0 and again.report.empty   # remembered what was screened
