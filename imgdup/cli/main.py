@@ -56,9 +56,10 @@ def panels(pdfs: tuple[Path, ...], out_dir: Path, workers: int, timeout: float, 
 
 @cli.command()
 @click.option("--recipe", default="cpu", show_default=True,
-              type=click.Choice(["cpu", "cpu-paper", "paper"]), help="Training recipe.")
-@click.option("--out", "out_dir", default="runs/train", show_default=True, type=click.Path(path_type=Path),
-              help="Checkpoints, log.jsonl and best.safetensors go here.")
+              type=click.Choice(["cpu", "cpu-reuse", "cpu-paper", "paper"]),
+              help="Training recipe (cpu-reuse fine-tunes the result of cpu).")
+@click.option("--out", "out_dir", default="runs", show_default=True, type=click.Path(path_type=Path),
+              help="Runs go to OUT/<recipe>: checkpoints, log.jsonl, best.safetensors.")
 @click.option("--steps", type=int, default=None, help="Override the recipe's number of steps.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--no-resume", is_flag=True, help="Start afresh even if a checkpoint exists.")
@@ -70,23 +71,28 @@ def train(recipe: str, out_dir: Path, steps: int | None, device: str, no_resume:
     from ..model.train import RECIPES, export_weights, train as run
 
     r = RECIPES[recipe]
-    result = run(r, out_dir, device=device, resume=not no_resume, steps=steps, progress=_progress())
+    run_dir = out_dir / r.name
+    result = run(r, run_dir, device=device, resume=not no_resume, steps=steps, progress=_progress())
     click.echo(f"best validation: {result['best']}")
     if export_name:
-        path = export_weights(out_dir, export_name)
+        path = export_weights(run_dir, export_name)
         click.echo(f"exported {path}")
 
 
 @cli.command("eval-model")
 @click.option("--weights", default="imgdup-default", show_default=True, help="Shipped name or .safetensors path.")
 @click.option("--pairs", default=1000, show_default=True, help="Pairs per manipulation family.")
+@click.option("--negatives", type=click.Choice(["hard", "random"]), default="hard", show_default=True,
+              help="hard: neighbouring crops / other fields of one experiment; random: the paper's.")
+@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
 @click.option("--out", "out_json", default=None, type=click.Path(path_type=Path),
               help="Write the metrics as JSON here.")
-def eval_model(weights: str, pairs: int, out_json: Path | None) -> None:
+def eval_model(weights: str, pairs: int, negatives: str, split: str, out_json: Path | None) -> None:
     """Held-out accuracy (paper protocol), ROC AUC and TPR at FPR 1e-3 per manipulation family."""
     from ..model.evaluate import evaluate_families
 
-    table = evaluate_families(weights, pairs=pairs, out_json=out_json)
+    table = evaluate_families(weights, pairs=pairs, split=split, out_json=out_json,
+                              hard=negatives == "hard")
     click.echo(table)
 
 

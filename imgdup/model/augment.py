@@ -59,6 +59,13 @@ class DeformConfig:
     p_text: float = 0.25
 
 
+# Milder geometry and a wider photometric range: what re-used panels in papers look like
+# (quarter turns, flips, crops to half the area, small tilts), used by the second CPU phase.
+REUSE = dict(p_perspective=0.3, perspective=8 / 256, p_similarity=0.6, rotation_deg=10.0,
+             scale=(0.7, 1.45), translation=12 / 256, jpeg_quality=(20, 90), p_tone=0.3,
+             p_erase=0.3, p_brighten=0.2, p_blur=0.3, blur_sigma=(0.5, 1.5), p_noise=0.3)
+
+
 def _uniform(g: torch.Generator, n: int, lo: float, hi: float, device: torch.device) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=g, device=device)
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .augment import DeformConfig, Deformer
+from .augment import REUSE, DeformConfig, Deformer
 from .data import ImageSet, TrainImage, WindowSampler, load_folder, load_split_file, split_groups
 from .net import build, distance, standardise, triplet_loss
 
@@ -46,6 +46,8 @@ class Recipe:
         (str(SHARED_DATA / "micrographs" / "dsb2018"), "size"),
         (str(SHARED_DATA / "blots" / "athenaz2"), "prefix")])
     blot_weight: float = 0.3  # share of anchors drawn from blots
+    deform: dict = field(default_factory=dict)   # DeformConfig overrides
+    init_from: str | None = None                 # recipe whose best weights start this one
 
 
 RECIPES: dict[str, Recipe] = {
@@ -54,6 +56,9 @@ RECIPES: dict[str, Recipe] = {
                     hard_negative_weight=0.0, eval_every=500),
     # this machine: Adam with cosine decay, hard negatives, the 4x cheaper 64-px input
     "cpu": Recipe("cpu", "paper64", steps=1500, batch=48, optimizer="adam", lr=1e-3, eval_every=150),
+    # second CPU phase: fine-tune on re-use-like deformations (augment.REUSE) from "cpu"
+    "cpu-reuse": Recipe("cpu-reuse", "paper64", steps=900, batch=48, optimizer="adam", lr=3e-4,
+                        eval_every=150, deform=REUSE, init_from="cpu"),
     # the paper's architecture under the CPU budget, for the comparison in docs/MODEL.md
     "cpu-paper": Recipe("cpu-paper", "paper", steps=600, batch=48, optimizer="adam", lr=1e-3,
                         eval_every=100),
@@ -192,7 +197,13 @@ def train(recipe: Recipe, out_dir: str | Path, device: str = "auto", resume: boo
     torch.manual_seed(recipe.seed)
     splits = load_splits(recipe)
     model = build(recipe.arch).to(dev)
+    if recipe.init_from:
+        init = out.parent / recipe.init_from / "best.safetensors"
+        if not init.exists():
+            raise FileNotFoundError(f"{recipe.name} starts from {init}: train recipe {recipe.init_from!r} first")
+        model.load_state_dict(load_file(str(init)))
     size = model.input_size
+    cfg = dataclasses.replace(DeformConfig(), **recipe.deform)
     if recipe.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
     else:
@@ -200,7 +211,7 @@ def train(recipe: Recipe, out_dir: str | Path, device: str = "auto", resume: boo
     total = steps or recipe.steps
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 1.0 if recipe.optimizer == "sgd" else 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    source = TripletSource(splits["train"], size, recipe.seed, dev, recipe.blot_weight)
+    source = TripletSource(splits["train"], size, recipe.seed, dev, recipe.blot_weight, cfg=cfg)
     start, best = 0, {"accuracy": -1.0}
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.exists():
@@ -225,7 +236,7 @@ def train(recipe: Recipe, out_dir: str | Path, device: str = "auto", resume: boo
         rec = {"step": step + 1, "loss": loss.item(), **stats, "lr": sched.get_last_lr()[0],
                "seconds": round(time.time() - t0, 1)}
         if (step + 1) % recipe.eval_every == 0 or step + 1 == total:
-            val = evaluate(model, splits["val"], size, pairs=256, device=dev)
+            val = evaluate(model, splits["val"], size, pairs=256, device=dev, cfg=cfg)
             rec.update({f"val_{k}": v for k, v in val.items()})
             if val["accuracy"] >= best["accuracy"]:
                 best = {**val, "step": step + 1}

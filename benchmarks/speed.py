@@ -1,0 +1,128 @@
+"""Speed benchmark: extraction pages/s, embedding panels/s, query latency and screen time vs
+store size.  Writes docs/speed.json and a markdown table to stdout.
+
+    python benchmarks/speed.py [--sizes 10000 100000] [--smoke]
+
+Synthetic vectors for the large stores are drawn like real embeddings: real alpha-scaled
+embeddings of held-out panels, re-sampled with small per-dimension noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PDFS = ROOT.parent / "shared" / "data" / "pdfs"
+
+
+def machine() -> dict:
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "torch": torch.__version__, "faiss": faiss.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def bench_extract(pdfs: list[str]) -> dict:
+    from imgdup.pipeline import extract_many
+
+    t = time.perf_counter()
+    res = list(extract_many(pdfs, workers=2))
+    dt = time.perf_counter() - t
+    pages = sum(r.pages for r in res if not r.error)
+    panels = sum(len(r.panels) for r in res if not r.error)
+    return {"documents": len(res), "pages": pages, "panels": panels, "seconds": dt,
+            "pages_per_s": pages / dt, "panels_per_s": panels / dt, "workers": 2}
+
+
+def bench_embed(model, n: int) -> dict:
+    rng = np.random.default_rng(0)
+    imgs = [(rng.random((128, 128)) * 255).astype(np.uint8) for _ in range(n)]
+    model.embed(imgs[:64])
+    t = time.perf_counter()
+    model.embed(imgs)
+    full = time.perf_counter() - t
+    from imgdup.model.api import prepare
+
+    batch = np.stack([prepare(im, model.size) for im in imgs])
+    t = time.perf_counter()
+    model.embed_prepared(batch)
+    net = time.perf_counter() - t
+    return {"panels": n, "input": "128x128 uint8", "panels_per_s": n / full,
+            "network_only_panels_per_s": n / net, "device": str(model.device)}
+
+
+def like_real(base: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    pick = base[rng.integers(0, len(base), n)]
+    scale = base.std(0, keepdims=True)
+    return (pick + rng.normal(0, 1, pick.shape).astype(np.float32) * scale * 0.7).astype(np.float32)
+
+
+def bench_query(base: np.ndarray, size: int, n_query: int = 50, screen_new: int = 1000) -> dict:
+    from imgdup.index.search import pairs_against
+
+    xb = like_real(base, size, seed=1)
+    idx = faiss.IndexIDMap2(faiss.IndexFlatL2(xb.shape[1]))
+    t = time.perf_counter()
+    idx.add_with_ids(xb, np.arange(size, dtype=np.int64))
+    add_s = time.perf_counter() - t
+    q = like_real(base, n_query, seed=2)
+    pairs_against(idx, q[:5], 1.0)
+    t = time.perf_counter()
+    _, ids, _ = pairs_against(idx, q, 1.0)
+    query_s = time.perf_counter() - t
+    new = like_real(base, screen_new, seed=3)
+    t = time.perf_counter()
+    _, sids, _ = pairs_against(idx, new, 1.0)
+    screen_s = time.perf_counter() - t
+    return {"store_panels": size, "query_panels": n_query, "query_seconds": query_s,
+            "query_pairs": int(len(ids)), "add_seconds": add_s, "screen_new_panels": screen_new,
+            "screen_seconds": screen_s, "screen_pairs": int(len(sids)),
+            "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--embed", type=int, default=2048)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, for the test suite")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "speed.json"))
+    args = ap.parse_args()
+    from imgdup import load_model
+
+    model = load_model()
+    pdfs = sorted(glob.glob(str(PDFS / "*.pdf")))
+    sizes = [2000] if args.smoke else args.sizes
+    out = {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
+           "command": "python benchmarks/speed.py " + ("--smoke" if args.smoke else " ".join(
+               ["--sizes", *map(str, args.sizes)]))}
+    out["extract"] = bench_extract(pdfs[:2] if args.smoke else pdfs) if pdfs else None
+    out["embed"] = bench_embed(model, 128 if args.smoke else args.embed)
+    rng = np.random.default_rng(0)
+    seeds = [(rng.random((96, 96)) * 255).astype(np.uint8) for _ in range(256)]
+    base = model.embed(seeds)
+    if pdfs:
+        from imgdup.pipeline import extract_many
+
+        real = [p.pixels for r in extract_many(pdfs[:4]) if not r.error for p in r.panels]
+        if real:
+            base = model.embed(real)
+    out["query"] = [bench_query(base, n, screen_new=100 if args.smoke else 10_000) for n in sizes]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The command line: panels output, query exit codes, demo, and the speed benchmark smoke run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pymupdf
+from click.testing import CliRunner
+
+from conftest import ROOT, micrograph, need_shared, png_bytes
+from imgdup.cli.main import cli
+
+
+def _pdf(path: Path, images) -> Path:
+    doc = pymupdf.open()
+    page = doc.new_page()
+    for k, im in enumerate(images):
+        page.insert_image(pymupdf.Rect(50 + 260 * (k % 2), 50 + 260 * (k // 2), 290 + 260 * (k % 2),
+                                       290 + 260 * (k // 2)), stream=png_bytes(im))
+    doc.save(path)
+    return path
+
+
+def test_panels_command(tmp_path):
+    pdf = _pdf(tmp_path / "a.pdf", [micrograph(1, 200), micrograph(2, 200)])
+    bad = tmp_path / "bad.pdf"
+    bad.write_text("not a pdf")
+    r = CliRunner().invoke(cli, ["panels", str(pdf), str(bad), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert "a.pdf: 1 pages, 2 images, 2 figures" in r.output
+    assert "bad.pdf: SKIPPED (not a PDF" in r.output
+    df = pd.read_parquet(tmp_path / "out" / "panels.parquet")
+    assert len(df) == 2 and set(df.page) == {1}
+    assert all((tmp_path / "out" / p).exists() for p in df.png)
+    assert {"doc_sha256", "doc_path", "figure_id", "panel_id", "bbox", "width", "height",
+            "content_hash"} <= set(df.columns)
+
+
+def test_query_exit_codes(tmp_path):
+    a, b = micrograph(3, 200), micrograph(4, 200)
+    dup = _pdf(tmp_path / "dup.pdf", [a, b, a[:, ::-1].copy()])   # a flipped copy inside one paper
+    env = {"IMGDUP_INDEX": str(tmp_path / "none")}
+    runner = CliRunner(env=env)
+    r = runner.invoke(cli, ["query", str(dup), "--out", str(tmp_path / "r.parquet")])
+    assert r.exit_code == 1, r.output
+    rep = pd.read_parquet(tmp_path / "r.parquet")
+    assert len(rep) >= 1 and rep.same_doc.all()
+    r = runner.invoke(cli, ["query", str(dup), "--exit-zero"])
+    assert r.exit_code == 0
+    r = runner.invoke(cli, ["query", str(tmp_path / "missing.pdf")])
+    assert r.exit_code == 2
+
+
+def test_demo_command_runs(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "imgdup.cli", "demo", "--index", str(tmp_path / "ix"),
+                        "--out", str(tmp_path / "demo.parquet")], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rep = pd.read_parquet(tmp_path / "demo.parquet")
+    truth = json.loads((ROOT / "imgdup" / "demo" / "truth.json").read_text())
+    assert len(rep) > 0 and "manuscript.pdf" in r.stdout
+    assert any(t["doc"] == "manuscript.pdf" and t["manipulation"] != "original" for t in truth)
+
+
+def test_speed_benchmark_smoke(tmp_path):
+    need_shared()
+    out = tmp_path / "speed.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--smoke", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    assert data["embed"]["panels_per_s"] > 0 and data["query"][0]["store_panels"] == 2000
+    assert data["extract"]["pages"] > 0
