@@ -20,6 +20,7 @@ from .index.store import PanelRow, Store, StoreError
 from .model.api import Embedder, load_model
 from .pipeline import DocResult, ExtractOptions, Limits, extract_many, write_panels
 from .pipeline.extract import sha256_file
+from .pipeline.verify import thumbnail, verify_report
 
 
 def extract_panels(pdfs: Sequence[str | Path], out_dir: str | Path, workers: int = 2,
@@ -63,6 +64,13 @@ def _panel_rows(res: DocResult) -> list[PanelRow]:
                      p.rotation, p.flipped) for p in res.panels]
 
 
+def _thumbs(res: DocResult) -> list[bytes]:
+    """PNG thumbnails kept in the store for verification and as evidence."""
+    import cv2
+
+    return [cv2.imencode(".png", thumbnail(p.pixels))[1].tobytes() for p in res.panels]
+
+
 def _doc_row(res: DocResult, sha: str) -> dict:
     return {"sha256": sha, "path": res.path, "status": "skipped" if res.error else "ok",
             "reason": res.error, "pages": res.pages, "images": res.images, "figures": res.figures,
@@ -97,12 +105,13 @@ def ingest(pdfs: Sequence[str | Path], index: str | Path | None = None, model: E
                 continue
             todo.append(str(p))
             keys[str(p)] = key
-        docs, rows, vecs = [], [], []
+        docs, rows, vecs, thumbs = [], [], [], []
 
         def flush() -> None:
             if docs:
-                store.add_batch(docs, rows, np.concatenate(vecs) if vecs else np.zeros((0, 128), np.float32))
-                docs.clear(), rows.clear(), vecs.clear()
+                store.add_batch(docs, rows, np.concatenate(vecs) if vecs else np.zeros((0, 128), np.float32),
+                                thumbs)
+                docs.clear(), rows.clear(), vecs.clear(), thumbs.clear()
 
         stream = extract_many(todo, Limits(**limits_kw), ExtractOptions(), workers=workers)
         for res in tqdm(stream, total=len(todo), desc="ingest", unit="doc", disable=not progress):
@@ -115,6 +124,7 @@ def ingest(pdfs: Sequence[str | Path], index: str | Path | None = None, model: E
                 if res.panels:
                     vecs.append(model.embed([p.pixels for p in res.panels]))
                     rows.extend(_panel_rows(res))
+                    thumbs.extend(_thumbs(res))
             docs.append(_doc_row(res, key))
             if echo:
                 echo(res.summary())
@@ -148,8 +158,13 @@ def _info_from_results(results: list[DocResult]) -> pd.DataFrame:
 
 def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold: float | None = None,
           out: str | Path | None = None, add: bool = False, model: Embedder | None = None,
-          workers: int = 2, progress: bool = False, **limits_kw) -> QueryResult:
-    """Compare manuscript panels with each other and with the store (read-only unless add)."""
+          workers: int = 2, progress: bool = False, verify: bool = True, keep_rejected: bool = False,
+          **limits_kw) -> QueryResult:
+    """Compare manuscript panels with each other and with the store (read-only unless add).
+
+    Candidates within the CNN threshold are verified by alignment (``verify``); rejected pairs
+    are dropped unless ``keep_rejected``.
+    """
     model = model or load_model()
     t = float(threshold if threshold is not None else model.threshold)
     stream = extract_many(list(pdfs), Limits(**limits_kw), ExtractOptions(), workers=workers)
@@ -161,6 +176,7 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
     i, j, f = pairs_within(qvec, t)
     parts.append(make_report(qinfo, qinfo, i, j, f))
     store_path = Path(index or default_index())
+    stored_thumbs: dict[int, np.ndarray] = {}
     if store_path.exists():
         store = Store(store_path, create=False)
         if store.count():
@@ -172,26 +188,40 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
             qi, ids, f = qi[keep], ids[keep], f[keep]
             pos = minfo.index.get_indexer(ids)
             parts.append(make_report(qinfo, minfo.reset_index(drop=True), qi, pos, f))
+            if verify and len(ids):
+                stored_thumbs = store.thumbs(np.unique(ids))
         store.close()
     report = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else parts[0]
     report = report.sort_values("distance", kind="stable").reset_index(drop=True)
+    if verify and len(report):
+        mine = {(p.doc_sha256, p.panel_id): p.pixels for r in good for p in r.panels}
+
+        def lookup(side: str, row) -> np.ndarray | None:
+            pid = getattr(row, f"{side}_panel_id")
+            if pid >= 0:
+                return stored_thumbs.get(int(pid))
+            px = mine.get((getattr(row, f"{side}_sha256"), getattr(row, f"{side}_panel")))
+            return None if px is None else thumbnail(px)
+
+        report = verify_report(report, lookup, keep_rejected=keep_rejected)
     path = write_report(report, out, model.sha256, t, {"command": "query"}) if out else None
     if add:
         store = Store(store_path)
         with store.writer():
             store.check_model(model.sha256, model.card.name, qvec.shape[1])
             known = store.documents()
-            offset, docs, rows, vecs = 0, [], [], []
-            for r in results:
+            offset, docs, rows, vecs, thumbs = 0, [], [], [], []
+            for r in good:
                 n = len(r.panels)
-                key = r.sha256 or _file_key(r.path)
-                if known.get(key) != "ok":
-                    docs.append(_doc_row(r, key))
+                if known.get(r.sha256) != "ok":
+                    docs.append(_doc_row(r, r.sha256))
                     if n:
                         rows.extend(_panel_rows(r))
                         vecs.append(qvec[offset:offset + n])
+                        thumbs.extend(_thumbs(r))
                 offset += n
-            store.add_batch(docs, rows, np.concatenate(vecs) if vecs else np.zeros((0, qvec.shape[1]), np.float32))
+            store.add_batch(docs, rows, np.concatenate(vecs) if vecs else np.zeros((0, qvec.shape[1]), np.float32),
+                            thumbs)
             store.save_index()
         store.close()
     return QueryResult(report, results, path)
@@ -207,7 +237,8 @@ class ScreenResult:
 
 
 def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-reports", all_pairs: bool = False,
-           threshold: float | None = None, model_sha256: str | None = None) -> ScreenResult:
+           threshold: float | None = None, model_sha256: str | None = None, verify: bool = True,
+           keep_rejected: bool = False) -> ScreenResult:
     """The nightly job: panels added since the last screen (or all) against the whole store."""
     t0 = time.time()
     store = Store(index or default_index(), create=False)
@@ -231,6 +262,10 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
             pos = pd.Index(info.panel_id)
             report = make_report(info, info, pos.get_indexer(pairs.lo), pos.get_indexer(pairs.hi),
                                  pairs.f.to_numpy())
+            if verify and len(report):
+                th = store.thumbs(np.union1d(report.query_panel_id, report.match_panel_id))
+                report = verify_report(report, lambda side, row: th.get(int(getattr(row, f"{side}_panel_id"))),
+                                       keep_rejected=keep_rejected)
         day = run_id[:4] + "-" + run_id[4:6] + "-" + run_id[6:8]
         path = Path(out_dir) / f"date={day}" / f"screen-{run_id}.parquet"
         write_report(report, path, sha, t, {"command": "screen", "run_id": run_id,

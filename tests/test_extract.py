@@ -119,12 +119,15 @@ def test_separation_gel_not_inverted():
         assert corr(p.pixels, ren) >= 0.97
 
 
-@pytest.mark.parametrize("name", ["pain-2014-08-023.pdf", "plosone-0115884.pdf", "peerj-2017.pdf"])
-def test_real_pdfs_give_panels(name):
+@pytest.mark.parametrize("name,compound", [("pain-2014-08-023.pdf", True), ("plosone-0115884.pdf", False),
+                                           ("peerj-2017.pdf", False)])
+def test_real_pdfs_give_panels(name, compound):
+    """pain: multi-panel confocal plates with white gutters; plosone / peerj: maps, trees and a
+    flow chart, which must not be cut into fragments."""
     need_shared(PDFS)
     res = extract_document(PDFS / name)
     assert res.error is None and res.figures >= 1
-    assert any(p.kind == "panel" for p in res.panels)
+    assert any(p.kind == "panel" for p in res.panels) == compound
     for p in res.panels:
         assert p.pixels.dtype == np.uint8 and p.pixels.shape == (p.height, p.width)
         assert 1 <= p.page <= res.pages

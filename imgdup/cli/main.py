@@ -131,11 +131,14 @@ def ingest(pdfs: tuple[Path, ...], index: str | None, commit_every: int, workers
 @click.option("--out", "out", default=None, type=click.Path(path_type=Path), help="Write the Parquet report here.")
 @click.option("--threshold", default=None, type=float, help="Report pairs with f <= this (default: the model's, 1.0).")
 @click.option("--add", is_flag=True, help="Also add the manuscript to the store.")
+@click.option("--no-verify", is_flag=True, help="Report CNN candidates without alignment verification.")
+@click.option("--keep-rejected", is_flag=True, help="Keep pairs the verification rejects (verified=False).")
 @click.option("--top", default=20, show_default=True, help="Pairs shown in the table.")
 @click.option("--exit-zero", is_flag=True, help="Exit 0 even when pairs are flagged.")
 @_extract_options
 def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold: float | None, add: bool,
-          top: int, exit_zero: bool, workers: int, timeout: float, memory_mb: int, max_pages: int) -> None:
+          no_verify: bool, keep_rejected: bool, top: int, exit_zero: bool, workers: int, timeout: float,
+          memory_mb: int, max_pages: int) -> None:
     """Compare a manuscript's panels with each other and with the store.
 
     Exit code 0: nothing flagged; 1: pairs flagged; 2: error.
@@ -144,7 +147,8 @@ def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold
     from ..index.report import format_table
 
     res = run(list(pdfs), _index_path(index), threshold=threshold, out=out, add=add, workers=workers,
-              progress=_progress(), **_limits(timeout, memory_mb, max_pages))
+              progress=_progress(), verify=not no_verify, keep_rejected=keep_rejected,
+              **_limits(timeout, memory_mb, max_pages))
     for d in res.documents:
         click.echo(d.summary(), err=True)
     click.echo(format_table(res.report, top))
@@ -152,7 +156,8 @@ def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold
         click.echo(f"report: {res.path} ({len(res.report)} pairs)")
     if all(d.error for d in res.documents):
         raise SystemExit(2)
-    raise SystemExit(0 if exit_zero or res.report.empty else 1)
+    flagged = res.report[res.report.verified] if "verified" in res.report else res.report
+    raise SystemExit(0 if exit_zero or flagged.empty else 1)
 
 
 @cli.command()
@@ -161,13 +166,17 @@ def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold
               help="Reports go to OUT/date=YYYY-MM-DD/screen-<run>.parquet.")
 @click.option("--all", "all_pairs", is_flag=True, help="Screen every panel, not only the new ones.")
 @click.option("--threshold", default=None, type=float, help="Report pairs with f <= this (default 1.0).")
+@click.option("--no-verify", is_flag=True, help="Report CNN candidates without alignment verification.")
+@click.option("--keep-rejected", is_flag=True, help="Keep pairs the verification rejects (verified=False).")
 @click.option("--top", default=20, show_default=True, help="Pairs shown in the table.")
-def screen(index: str | None, out_dir: Path, all_pairs: bool, threshold: float | None, top: int) -> None:
+def screen(index: str | None, out_dir: Path, all_pairs: bool, threshold: float | None, no_verify: bool,
+           keep_rejected: bool, top: int) -> None:
     """Nightly job: panels added since the last screen against the whole store."""
     from ..api import screen as run
     from ..index.report import format_table
 
-    res = run(_index_path(index), out_dir, all_pairs=all_pairs, threshold=threshold)
+    res = run(_index_path(index), out_dir, all_pairs=all_pairs, threshold=threshold,
+              verify=not no_verify, keep_rejected=keep_rejected)
     click.echo(format_table(res.report, top))
     click.echo(f"screen {res.run_id}: {res.panels} panels screened, {len(res.report)} pairs, "
                f"{res.seconds:.1f}s; report: {res.path}")

@@ -247,3 +247,57 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _iou(a, b) -> float:
+    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _cover(outer, inner) -> float:
+    x0, y0, x1, y1 = max(outer[0], inner[0]), max(outer[1], inner[1]), min(outer[2], inner[2]), min(outer[3], inner[3])
+    return max(0.0, x1 - x0) * max(0.0, y1 - y0) / max((inner[2] - inner[0]) * (inner[3] - inner[1]), 1e-9)
+
+
+def score_report(report: pd.DataFrame, placements: pd.DataFrame, docs: set[str] | None = None) -> dict:
+    """Panel-level precision / recall of a report against the planted truth.
+
+    A row is a true positive when both sides match (IoU >= 0.5) the two placements of a planted
+    pair; a row whose sides only *contain* such a pair (a whole compound figure) is neither; any
+    other row is a false positive.  ``docs`` restricts the truth to pairs among those files.
+    """
+    pairs = truth_pairs(placements)
+    if docs is not None:
+        pairs = pairs[pairs.a_doc.isin(docs) & pairs.b_doc.isin(docs)]
+    found = np.zeros(len(pairs), bool)
+    tp = fp = ignored = 0
+    fp_rows = []
+    for r in report.itertuples():
+        qd, md = Path(r.query_doc).name, Path(r.match_doc).name
+        hit = cover = False
+        for k, g in enumerate(pairs.itertuples()):
+            for (d1, b1, p1, d2, b2, p2) in ((qd, r.query_bbox, r.query_page, md, r.match_bbox, r.match_page),
+                                             (md, r.match_bbox, r.match_page, qd, r.query_bbox, r.query_page)):
+                if d1 == g.a_doc and d2 == g.b_doc and p1 == g.a_page and p2 == g.b_page:
+                    if _iou(b1, g.a_bbox) >= 0.5 and _iou(b2, g.b_bbox) >= 0.5:
+                        hit = True
+                        found[k] = True
+                    elif _cover(b1, g.a_bbox) >= 0.5 and _cover(b2, g.b_bbox) >= 0.5:
+                        cover = True
+        if hit:
+            tp += 1
+        elif cover:
+            ignored += 1
+        else:
+            fp += 1
+            fp_rows.append(r.Index)
+    per = {}
+    for m, g in pairs.assign(found=found).groupby("manipulation"):
+        per[m] = {"pairs": int(len(g)), "recall": float(g.found.mean())}
+    return {"pairs": int(len(pairs)), "found": int(found.sum()),
+            "recall": float(found.mean()) if len(pairs) else float("nan"),
+            "reported": int(len(report)), "tp_rows": tp, "fp_rows": fp, "ignored_rows": ignored,
+            "precision": tp / (tp + fp) if tp + fp else float("nan"), "per_manipulation": per,
+            "fp_row_index": fp_rows}

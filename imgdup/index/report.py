@@ -21,6 +21,7 @@ REPORT_COLUMNS = [
     "match_sha256", "match_page", "match_bbox", "match_panel", "distance", "score", "same_doc",
     "query_figure", "match_figure", "query_kind", "match_kind", "query_panel_id", "match_panel_id",
     "same_content", "same_xref"]
+VERIFY_COLUMNS = ["verify_ncc", "verify_orientation", "verify_scale", "verified", "reject_reason"]
 
 
 def _side(info: pd.DataFrame, rows: np.ndarray, prefix: str) -> dict[str, object]:
@@ -60,12 +61,12 @@ def make_report(qinfo: pd.DataFrame, minfo: pd.DataFrame, qrows: np.ndarray, mro
 
 
 def empty_report() -> pd.DataFrame:
-    df = pd.DataFrame({c: pd.Series(dtype=object) for c in REPORT_COLUMNS})
+    df = pd.DataFrame({c: pd.Series(dtype=object) for c in REPORT_COLUMNS + VERIFY_COLUMNS})
     for c in ("query_page", "match_page", "query_panel_id", "match_panel_id"):
         df[c] = df[c].astype(np.int64)
-    for c in ("distance", "score"):
+    for c in ("distance", "score", "verify_ncc", "verify_scale"):
         df[c] = df[c].astype(np.float64)
-    for c in ("same_doc", "same_content", "same_xref"):
+    for c in ("same_doc", "same_content", "same_xref", "verified"):
         df[c] = df[c].astype(bool)
     return df
 
@@ -84,12 +85,17 @@ def write_report(df: pd.DataFrame, path: str | Path, model_sha256: str, threshol
         ("distance", pa.float64()), ("score", pa.float64()), ("same_doc", pa.bool_()),
         ("query_figure", pa.string()), ("match_figure", pa.string()), ("query_kind", pa.string()),
         ("match_kind", pa.string()), ("query_panel_id", pa.int64()), ("match_panel_id", pa.int64()),
-        ("same_content", pa.bool_()), ("same_xref", pa.bool_())])
+        ("same_content", pa.bool_()), ("same_xref", pa.bool_()), ("verify_ncc", pa.float64()),
+        ("verify_orientation", pa.string()), ("verify_scale", pa.float64()), ("verified", pa.bool_()),
+        ("reject_reason", pa.string())])
     meta = {"imgdup.model_sha256": model_sha256, "imgdup.version": __version__,
             "imgdup.threshold": repr(float(threshold)),
             "imgdup.run_time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     meta.update({f"imgdup.{k}": str(v) for k, v in (extra or {}).items()})
-    table = pa.Table.from_pandas(df[REPORT_COLUMNS], schema=schema, preserve_index=False)
+    for c in VERIFY_COLUMNS:
+        if c not in df:
+            df = df.assign(**{c: empty_report()[c].reindex(df.index)})
+    table = pa.Table.from_pandas(df[REPORT_COLUMNS + VERIFY_COLUMNS], schema=schema, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **{k.encode(): v.encode() for k, v in meta.items()}})
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, tmp)
@@ -101,11 +107,16 @@ def format_table(df: pd.DataFrame, top: int = 20) -> str:
     """The top pairs as a fixed-width text table."""
     if df.empty:
         return "no pairs within the threshold"
-    rows = [f"{'f':>6} {'score':>5}  {'query (doc p.page panel)':<44} {'match (doc p.page panel)':<44}"]
+    rows = [f"{'f':>6} {'score':>5} {'ncc':>5}  {'query (doc p.page panel)':<40} {'match (doc p.page panel)':<40} how"]
     for r in df.head(top).itertuples():
-        q = f"{Path(r.query_doc).name[:26]} p{r.query_page} {r.query_panel}"
-        m = f"{Path(r.match_doc).name[:26]} p{r.match_page} {r.match_panel}"
-        rows.append(f"{r.distance:6.3f} {r.score:5.2f}  {q:<44} {m:<44}")
+        q = f"{Path(r.query_doc).name[:24]} p{r.query_page} {r.query_panel}"
+        m = f"{Path(r.match_doc).name[:24]} p{r.match_page} {r.match_panel}"
+        ncc = getattr(r, "verify_ncc", float("nan"))
+        how = getattr(r, "verify_orientation", "") or ""
+        sc = getattr(r, "verify_scale", float("nan"))
+        if how and sc == sc and sc < 1:
+            how += f" crop {sc:.2f}"
+        rows.append(f"{r.distance:6.3f} {r.score:5.2f} {ncc:5.2f}  {q:<40} {m:<40} {how}")
     if len(df) > top:
         rows.append(f"... and {len(df) - top} more pairs in the report")
     return "\n".join(rows)

@@ -2,7 +2,8 @@
 
     catalog.sqlite        documents (also the skipped ones, with their reason), panels, shards,
                           screen runs and store metadata (model sha256) - SQLite transactions
-    embeddings/part-*.parquet   panel_id + alpha-scaled vector: the source of truth
+    embeddings/part-*.parquet   panel_id + alpha-scaled vector (the source of truth) + a small
+                          PNG thumbnail (longer side 96 px) for verification and evidence
     index.faiss (+ .json) FAISS IndexIDMap2(IndexFlatL2), rebuildable from the shards
     .lock                 one writer at a time (fcntl lock), with a clear message
 
@@ -170,10 +171,12 @@ class Store:
         return self.db.execute("SELECT COUNT(*) FROM panels").fetchone()[0]
 
     # ------------------------------------------------------------------ writing
-    def add_batch(self, docs: list[dict], panels: list[PanelRow], vectors: np.ndarray) -> list[int]:
+    def add_batch(self, docs: list[dict], panels: list[PanelRow], vectors: np.ndarray,
+                  thumbs: list[bytes] | None = None) -> list[int]:
         """Register documents (ok or skipped) and their panels + vectors atomically."""
         assert self._lock_fh is not None, "add_batch needs Store.writer()"
         assert len(panels) == len(vectors)
+        thumbs = thumbs if thumbs is not None else [b""] * len(panels)
         ids: list[int] = []
         shard = None
         if panels:
@@ -183,7 +186,8 @@ class Store:
             fname = f"part-{shard:08d}.parquet"
             vec = np.ascontiguousarray(vectors, dtype=np.float32)
             table = pa.table({"panel_id": pa.array(ids, pa.int64()),
-                              "vector": pa.FixedSizeListArray.from_arrays(pa.array(vec.ravel()), vec.shape[1])})
+                              "vector": pa.FixedSizeListArray.from_arrays(pa.array(vec.ravel()), vec.shape[1]),
+                              "thumb": pa.array(thumbs, pa.binary())})
             _fsync_write_table(table, self.path / "embeddings" / fname)
         self.db.execute("BEGIN IMMEDIATE")
         try:
@@ -208,13 +212,41 @@ class Store:
         return ids
 
     # ------------------------------------------------------------------ vectors and index
+    def _shard_files(self, ids: np.ndarray | None = None) -> list[Path]:
+        if ids is None:
+            rows = self.db.execute("SELECT file FROM shards ORDER BY shard").fetchall()
+        else:
+            want = sorted({int(i) for i in np.asarray(ids).ravel()})
+            rows = []
+            for k in range(0, len(want), 900):
+                chunk = want[k:k + 900]
+                rows += self.db.execute(
+                    f"SELECT DISTINCT s.file FROM panels p JOIN shards s ON s.shard = p.shard "
+                    f"WHERE p.panel_id IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+            rows = sorted(set(rows))
+        return [self.path / "embeddings" / r[0] for r in rows]
+
+    def thumbs(self, ids: np.ndarray) -> dict[int, np.ndarray]:
+        """Stored thumbnails (uint8 greyscale) of the given panels."""
+        import cv2
+
+        out: dict[int, np.ndarray] = {}
+        want = set(int(i) for i in np.asarray(ids).ravel())
+        for f in self._shard_files(np.asarray(sorted(want))):
+            t = pq.read_table(f, columns=["panel_id", "thumb"])
+            for pid, png in zip(t.column("panel_id").to_pylist(), t.column("thumb").to_pylist()):
+                if pid in want and png:
+                    out[pid] = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
+        return out
+
     def vectors(self, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) from the Parquet shards (all, or those with the given ids)."""
-        files = [self.path / "embeddings" / r[0] for r in self.db.execute("SELECT file FROM shards ORDER BY shard")]
+        files = self._shard_files(ids)
         dim = int(self.meta("dim", "128"))
         if not files:
             return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
-        t = pq.ParquetDataset(files).read() if len(files) > 1 else pq.read_table(files[0])
+        cols = ["panel_id", "vector"]
+        t = pa.concat_tables([pq.read_table(f, columns=cols) for f in files])
         all_ids = t.column("panel_id").to_numpy()
         vec = np.asarray(t.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False),
                          np.float32).reshape(-1, dim)

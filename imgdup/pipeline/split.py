@@ -4,8 +4,9 @@ A gutter is a run of rows (or columns) that are uniform and of the figure's back
 decided by which kind of full-length uniform line the figure has more of: on a light figure
 only light lines count (so the dark
 background of a fluorescence panel is never taken for a gutter), on a dark frame only near-black,
-almost exactly flat lines.  Pieces smaller than the minimum panel size (labels, captions, thin
-strips) are left out.
+almost exactly flat lines.  A gutter must also sit between two panel edges: full lines of
+content on both sides (see ``_panel_edges``), which stops cuts through the background of a single
+photo.  Pieces smaller than the minimum panel size (labels, captions, thin strips) are left out.
 """
 
 from __future__ import annotations
@@ -55,6 +56,21 @@ def _trim(grey: np.ndarray, box: Box, light_bg: bool, light_tol: int, dark_tol: 
     return y0 + int(ry[0]), y0 + int(ry[-1]) + 1, x0 + int(rx[0]), x0 + int(rx[-1]) + 1
 
 
+def _panel_edges(block: np.ndarray, axis: int, a: int, b: int, diff: int = 10, fill: float = 0.5) -> bool:
+    """Does the gutter [a, b) sit between two panel *edges*?
+
+    A real panel ends in a full line of content that differs from the gutter colour; background
+    inside a photo (the dark field of a fluorescence image, the white of a bright-field one)
+    fades out instead, so the lines next to it are mostly gutter-coloured.
+    """
+    n = block.shape[0] if axis == 1 else block.shape[1]
+    if a == 0 or b >= n:
+        return False
+    line = (lambda i: block[i]) if axis == 1 else (lambda i: block[:, i])
+    value = float(np.median(line(a)))
+    return all(float(np.mean(np.abs(line(i).astype(np.int16) - value) > diff)) >= fill for i in (a - 1, b))
+
+
 def split_panels(grey: np.ndarray, min_px: int = 48, min_frac: float = 0.08, min_gutter: int = 3,
                  light_tol: int = 24, dark_tol: int = 2, max_depth: int = 6) -> list[Box]:
     """Panels of a figure as pixel boxes, in reading order; [] when the figure is blank.
@@ -80,7 +96,8 @@ def split_panels(grey: np.ndarray, min_px: int = 48, min_frac: float = 0.08, min
         if depth < max_depth:
             for axis in (1, 0):  # rows first (horizontal gutters), then columns
                 lines = _uniform_lines(block, axis, light_bg, light_tol, dark_tol)
-                gutters = [(a, b) for a, b in _runs(lines) if b - a >= min_gutter]
+                gutters = [(a, b) for a, b in _runs(lines)
+                           if b - a >= min_gutter and _panel_edges(block, axis, a, b)]
                 if not gutters:
                     continue
                 edges = [0] + [x for g in gutters for x in g] + [len(lines)]
