@@ -261,16 +261,20 @@ def _cover(outer, inner) -> float:
     return max(0.0, x1 - x0) * max(0.0, y1 - y0) / max((inner[2] - inner[0]) * (inner[3] - inner[1]), 1e-9)
 
 
-def score_report(report: pd.DataFrame, placements: pd.DataFrame, docs: set[str] | None = None) -> dict:
+def score_report(report: pd.DataFrame, placements: pd.DataFrame, docs: set[str] | None = None,
+                 involving: str | None = None) -> dict:
     """Panel-level precision / recall of a report against the planted truth.
 
     A row is a true positive when both sides match (IoU >= 0.5) the two placements of a planted
     pair; a row whose sides only *contain* such a pair (a whole compound figure) is neither; any
-    other row is a false positive.  ``docs`` restricts the truth to pairs among those files.
+    other row is a false positive.  ``docs`` restricts the truth to pairs among those files,
+    ``involving`` to pairs with one side in that file (what a query of it can see).
     """
     pairs = truth_pairs(placements)
     if docs is not None:
         pairs = pairs[pairs.a_doc.isin(docs) & pairs.b_doc.isin(docs)]
+    if involving is not None:
+        pairs = pairs[(pairs.a_doc == involving) | (pairs.b_doc == involving)]
     found = np.zeros(len(pairs), bool)
     tp = fp = ignored = 0
     fp_rows = []
