@@ -1,0 +1,249 @@
+"""Detection quality per manipulation family: imgdup against the baselines a user would pick.
+
+Pairs are built from held-out real images (test split of imgdup/model/splits/default.json; the
+blots are read from ../shared at run time, never copied).  Positives: an image and a manipulated
+copy, one family at a time.  Negatives (shared by all families): other fields of the same
+experiment, neighbouring non-overlapping crops of one image, other blots, random images.
+
+Scorers (higher = more likely the same), all on the same pairs:
+  cnn          -f, the shipped CNN's weighted-L1 distance
+  verify       best rank-normalised NCC over orientations and crops (imgdup.pipeline.verify)
+  imgdup       what imgdup ships: the CNN as candidate filter (f <= 1), then verify
+  phash/dhash/whash   -Hamming distance (imagehash)
+  sift         RANSAC inliers of SIFT matches (OpenCV), also against the mirrored image
+
+    python benchmarks/quality.py [--per-family 60] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _crop(im, keep, rng):
+    h, w = im.shape
+    s = np.sqrt(keep)
+    ch, cw = int(h * s), int(w * s)
+    y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    return im[y:y + ch, x:x + cw]
+
+
+def _rotate(im, deg):
+    h, w = im.shape
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), deg, 1.0)
+    return cv2.warpAffine(im, m, (w, h), borderMode=cv2.BORDER_REFLECT)
+
+
+def _persp(im, rng, amount=0.08):
+    h, w = im.shape
+    src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    dst = (src + rng.uniform(-amount, amount, (4, 2)) * [w, h]).astype(np.float32)
+    return cv2.warpPerspective(im, cv2.getPerspectiveTransform(src, dst), (w, h), borderMode=cv2.BORDER_REFLECT)
+
+
+def _rescale(im, s):
+    return cv2.resize(im, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+
+
+def _jpeg(im, q):
+    return cv2.imdecode(cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, int(q)])[1], cv2.IMREAD_GRAYSCALE)
+
+
+def _overlay(im, rng):
+    out = im.copy()
+    h, w = out.shape
+    cv2.putText(out, "Fig 3B", (int(w * .05), int(h * .15)), cv2.FONT_HERSHEY_SIMPLEX, w / 300, 255, max(1, w // 120))
+    cv2.arrowedLine(out, (int(w * .6), int(h * .3)), (int(w * .45), int(h * .45)), 255, max(1, w // 100))
+    cv2.rectangle(out, (int(w * .7), int(h * .9)), (int(w * .93), int(h * .92)), 255, -1)
+    return out
+
+
+def _erase(im, rng):
+    out = im.copy()
+    h, w = out.shape
+    cv2.circle(out, (int(rng.uniform(.2, .8) * w), int(rng.uniform(.2, .8) * h)), int(.15 * min(h, w)),
+               int(np.median(im)), -1)
+    return out
+
+
+FAMILIES = {
+    "rot90/180/270": lambda im, r: np.rot90(im, int(r.integers(1, 4))).copy(),
+    "free rotation 5-30": lambda im, r: _rotate(im, r.uniform(5, 30) * r.choice([-1, 1])),
+    "flip": lambda im, r: (im[:, ::-1] if r.random() < .5 else im[::-1]).copy(),
+    "crop 90%": lambda im, r: _crop(im, .9, r),
+    "crop 70%": lambda im, r: _crop(im, .7, r),
+    "crop 50%": lambda im, r: _crop(im, .5, r),
+    "rescale 0.5-0.8": lambda im, r: _rescale(im, r.uniform(.5, .8)),
+    "aspect 1.2-1.5": lambda im, r: cv2.resize(im, (int(im.shape[1] * r.uniform(1.2, 1.5)), im.shape[0])),
+    "perspective": lambda im, r: _persp(im, r),
+    "gamma 0.5-2": lambda im, r: (255 * (im / 255.0) ** r.uniform(.5, 2)).astype(np.uint8),
+    "contrast stretch": lambda im, r: cv2.normalize(np.clip(im.astype(np.float32) * r.uniform(1.3, 2.0), 0, 255), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8),
+    "hist. equalisation": lambda im, r: cv2.equalizeHist(im),
+    "jpeg q30-90": lambda im, r: _jpeg(im, r.integers(30, 91)),
+    "blur": lambda im, r: cv2.GaussianBlur(im, (0, 0), r.uniform(1, 2)),
+    "noise": lambda im, r: np.clip(im + r.normal(0, r.uniform(4, 10), im.shape), 0, 255).astype(np.uint8),
+    "text/arrow/scale bar": _overlay,
+    "partial erase": _erase,
+    "combo: rot90+crop70+jpeg": lambda im, r: _jpeg(_crop(np.rot90(im).copy(), .7, r), 60),
+    "combo: flip+gamma+text": lambda im, r: _overlay((255 * (im[:, ::-1] / 255.0) ** 0.7).astype(np.uint8), r),
+}
+
+
+def load_images(smoke: bool) -> tuple[list[np.ndarray], list[str]]:
+    from imgdup.model.train import RECIPES, load_splits
+
+    test = load_splits(RECIPES["cpu"])["test"]
+    imgs, groups = [], []
+    for im in test:
+        a = (im.pixels * 255).round().astype(np.uint8)
+        if im.group.startswith("athenaz2/"):
+            # blot scans: cut into band-sized regions (the unit a reviewer compares)
+            h, w = a.shape
+            for y in range(0, h - 256, 256):
+                for x in range(0, w - 256, 256):
+                    tile = a[y:y + 256, x:x + 256]
+                    if tile.std() > 8:
+                        imgs.append(tile)
+                        groups.append(im.group)
+        else:
+            imgs.append(a if max(a.shape) <= 512 else cv2.resize(a, None, fx=512 / max(a.shape), fy=512 / max(a.shape), interpolation=cv2.INTER_AREA))
+            groups.append(im.group)
+    if smoke:
+        imgs, groups = imgs[:24], groups[:24]
+    return imgs, groups
+
+
+def negatives(imgs, groups, n, rng):
+    out = []
+    idx_by_group = {}
+    for i, g in enumerate(groups):
+        idx_by_group.setdefault(g, []).append(i)
+    while len(out) < n:
+        kind = len(out) % 3
+        i = int(rng.integers(len(imgs)))
+        if kind == 0:       # another field / blot region of the same experiment
+            mates = [j for j in idx_by_group[groups[i]] if j != i]
+            if not mates:
+                continue
+            out.append((imgs[i], imgs[int(rng.choice(mates))]))
+        elif kind == 1:     # neighbouring non-overlapping crops of one image
+            im = imgs[i]
+            h, w = im.shape
+            if w >= 2 * 96:
+                out.append((im[:, : w // 2].copy(), im[:, w // 2:].copy()))
+            elif h >= 2 * 96:
+                out.append((im[: h // 2].copy(), im[h // 2:].copy()))
+        else:
+            j = int(rng.integers(len(imgs)))
+            if j != i:
+                out.append((imgs[i], imgs[j]))
+    return out
+
+
+class Scorers:
+    def __init__(self) -> None:
+        import imagehash
+        from PIL import Image
+
+        from imgdup import load_model
+        from imgdup.pipeline.verify import thumbnail, verify_pair
+
+        self.model = load_model()
+        self.sift = cv2.SIFT_create(nfeatures=500)
+        self.ih, self.Image = imagehash, Image
+        self.verify_pair, self.thumbnail = verify_pair, thumbnail
+
+    def _sift(self, a, b) -> float:
+        def feats(x):
+            x = cv2.resize(x, None, fx=384 / max(x.shape), fy=384 / max(x.shape)) if max(x.shape) > 384 else x
+            return self.sift.detectAndCompute(cv2.equalizeHist(x), None)
+
+        ka, da = feats(a)
+        best = 0
+        for bb in (b, b[:, ::-1].copy()):
+            kb, db = feats(bb)
+            if da is None or db is None or len(ka) < 4 or len(kb) < 4:
+                continue
+            m = cv2.BFMatcher().knnMatch(da, db, k=2)
+            good = [p[0] for p in m if len(p) == 2 and p[0].distance < 0.75 * p[1].distance]
+            if len(good) < 4:
+                continue
+            pa = np.float32([ka[g.queryIdx].pt for g in good])
+            pb = np.float32([kb[g.trainIdx].pt for g in good])
+            _, inl = cv2.estimateAffinePartial2D(pa, pb, method=cv2.RANSAC, ransacReprojThreshold=4.0)
+            best = max(best, int(inl.sum()) if inl is not None else 0)
+        return float(best)
+
+    def score(self, pairs) -> dict[str, np.ndarray]:
+        ea = self.model.embed([a for a, _ in pairs])
+        eb = self.model.embed([b for _, b in pairs])
+        f = np.abs(ea - eb).sum(1)
+        ncc = np.array([self.verify_pair(self.thumbnail(a), self.thumbnail(b)).ncc for a, b in pairs])
+        out = {"cnn": -f, "verify": ncc, "imgdup": np.where(f <= 1.0, ncc, -2.0 + ncc)}
+        for name, fn in (("phash", self.ih.phash), ("dhash", self.ih.dhash), ("whash", self.ih.whash)):
+            out[name] = np.array([-(fn(self.Image.fromarray(a)) - fn(self.Image.fromarray(b))) for a, b in pairs], float)
+        out["sift"] = np.array([self._sift(a, b) for a, b in pairs])
+        return out
+
+
+def metrics(pos: np.ndarray, neg: np.ndarray) -> dict[str, float]:
+    both = np.concatenate([pos, neg])
+    ranks = both.argsort(kind="stable").argsort().astype(float) + 1
+    # ties: average ranks
+    _, inv, counts = np.unique(both, return_inverse=True, return_counts=True)
+    sums = np.bincount(inv, weights=ranks)
+    ranks = (sums / counts)[inv]
+    auc = (ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
+    out = {"auc": float(auc)}
+    srt = np.sort(neg)[::-1]
+    for fpr in (1e-3, 1e-2):
+        k = int(np.floor(fpr * len(neg)))
+        cut = srt[k] if k < len(srt) else -np.inf
+        out[f"tpr@{fpr:g}"] = float((pos > cut).mean())
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--per-family", type=int, default=60)
+    ap.add_argument("--negatives", type=int, default=3000)
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "quality.json"))
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    imgs, groups = load_images(args.smoke)
+    per = 4 if args.smoke else args.per_family
+    n_neg = 60 if args.smoke else args.negatives
+    sc = Scorers()
+    t0 = time.time()
+    neg_scores = sc.score(negatives(imgs, groups, n_neg, rng))
+    table = {}
+    for fam, fn in FAMILIES.items():
+        pick = rng.choice(len(imgs), size=min(per, len(imgs)), replace=False)
+        pairs = [(imgs[i], fn(imgs[i], rng)) for i in pick]
+        pos = sc.score(pairs)
+        table[fam] = {name: metrics(pos[name], neg_scores[name]) for name in pos}
+    names = list(neg_scores)
+    mean = {n: float(np.mean([table[f][n]["tpr@0.001"] for f in table])) for n in names}
+    out = {"images": len(imgs), "negatives": n_neg, "positives_per_family": per, "seconds": time.time() - t0,
+           "command": "python benchmarks/quality.py" + (" --smoke" if args.smoke else f" --per-family {per} --negatives {n_neg}"),
+           "mean_tpr@0.001": mean, "families": table}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    lines = ["| family | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for fam in table:
+        lines.append(f"| {fam} | " + " | ".join(f"{table[fam][n]['tpr@0.001']:.2f}" for n in names) + " |")
+    lines.append("| **mean TPR@FPR1e-3** | " + " | ".join(f"**{mean[n]:.3f}**" for n in names) + " |")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
