@@ -204,3 +204,20 @@ def test_pixel_cap_drops_bomb_image(tmp_path):
     doc.save(path)
     [res] = list(extract_many([path], limits=Limits(max_image_pixels=1000)))
     assert res.error is None and res.dropped.get("pixel cap") == 1 and res.figures == 0
+
+
+def test_split_black_separators_and_not_dark_background():
+    cells = [micrograph(i, 120) for i in (11, 12, 13, 14)]
+    grid = np.zeros((246, 246), np.uint8)           # black 6-px separators
+    for k, c in enumerate(cells):
+        y, x = divmod(k, 2)
+        grid[y * 126:y * 126 + 120, x * 126:x * 126 + 120] = np.maximum(c, 60)  # content next to the gutter
+    boxes = split_panels(grid)
+    assert len(boxes) == 4
+    for (y0, y1, x0, x1) in boxes:
+        assert 110 <= y1 - y0 <= 126 and 110 <= x1 - x0 <= 126
+    sparse = np.zeros((300, 300), np.uint8)          # a dark field with a few bright nuclei
+    for cy, cx in ((60, 60), (200, 90), (120, 240)):
+        yy, xx = np.mgrid[:300, :300]
+        sparse[(yy - cy) ** 2 + (xx - cx) ** 2 < 400] = 180
+    assert len(split_panels(sparse)) <= 1

@@ -13,14 +13,20 @@ from .. import __version__
 INDEX_HELP = "Store directory (default: $IMGDUP_INDEX or ./imgdup-index)."
 
 
-def _index_path(value: str | None) -> Path:
-    import os
-
-    return Path(value or os.environ.get("IMGDUP_INDEX") or "imgdup-index")
-
-
 def _progress() -> bool:
     return sys.stderr.isatty()
+
+
+def _limits(timeout: float, memory_mb: int, max_pages: int) -> dict:
+    return dict(timeout_s=timeout, memory_mb=memory_mb, max_pages=max_pages)
+
+
+def _extract_options(f):
+    f = click.option("--workers", default=2, show_default=True, help="Extraction worker processes.")(f)
+    f = click.option("--timeout", default=300.0, show_default=True, help="Seconds per document.")(f)
+    f = click.option("--memory-mb", default=4096, show_default=True, help="Memory cap per worker.")(f)
+    f = click.option("--max-pages", default=2000, show_default=True, help="Skip longer documents.")(f)
+    return f
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,18 +42,14 @@ def cli(verbose: int) -> None:
 @click.argument("pdfs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Folder for the PNG panels and panels.parquet.")
-@click.option("--workers", default=2, show_default=True, help="Extraction worker processes.")
-@click.option("--timeout", default=300.0, show_default=True, help="Seconds per document.")
-@click.option("--memory-mb", default=4096, show_default=True, help="Memory cap per worker.")
-@click.option("--max-pages", default=2000, show_default=True, help="Skip longer documents.")
+@_extract_options
 def panels(pdfs: tuple[Path, ...], out_dir: Path, workers: int, timeout: float, memory_mb: int,
            max_pages: int) -> None:
     """Split PDFs into figure panels: PNGs plus panels.parquet in --out."""
     from ..api import extract_panels
 
-    limits_kw = dict(timeout_s=timeout, memory_mb=memory_mb, max_pages=max_pages)
     results = extract_panels(list(pdfs), out_dir, workers=workers, progress=_progress(),
-                             echo=click.echo, **limits_kw)
+                             echo=click.echo, **_limits(timeout, memory_mb, max_pages))
     skipped = sum(r.error is not None for r in results)
     n = sum(len(r.panels) for r in results)
     click.echo(f"{len(results)} documents, {n} panels and figures written to {out_dir}; "
@@ -96,18 +98,6 @@ def eval_model(weights: str, pairs: int, negatives: str, split: str, out_json: P
     click.echo(table)
 
 
-def _limits(timeout: float, memory_mb: int, max_pages: int) -> dict:
-    return dict(timeout_s=timeout, memory_mb=memory_mb, max_pages=max_pages)
-
-
-def _extract_options(f):
-    f = click.option("--workers", default=2, show_default=True, help="Extraction worker processes.")(f)
-    f = click.option("--timeout", default=300.0, show_default=True, help="Seconds per document.")(f)
-    f = click.option("--memory-mb", default=4096, show_default=True, help="Memory cap per worker.")(f)
-    f = click.option("--max-pages", default=2000, show_default=True, help="Skip longer documents.")(f)
-    return f
-
-
 @cli.command()
 @click.argument("pdfs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--index", "index", default=None, help=INDEX_HELP)
@@ -118,7 +108,7 @@ def ingest(pdfs: tuple[Path, ...], index: str | None, commit_every: int, workers
     """Add PDFs to the store: extract -> embed -> index.  Idempotent and resumable."""
     from ..api import ingest as run
 
-    s = run(list(pdfs), _index_path(index), workers=workers, commit_every=commit_every,
+    s = run(list(pdfs), index, workers=workers, commit_every=commit_every,
             progress=_progress(), echo=click.echo, **_limits(timeout, memory_mb, max_pages))
     for path, reason in s.skipped.items():
         click.echo(f"skipped {path}: {reason}", err=True)
@@ -146,7 +136,7 @@ def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold
     from ..api import query as run
     from ..index.report import format_table
 
-    res = run(list(pdfs), _index_path(index), threshold=threshold, out=out, add=add, workers=workers,
+    res = run(list(pdfs), index, threshold=threshold, out=out, add=add, workers=workers,
               progress=_progress(), verify=not no_verify, keep_rejected=keep_rejected,
               **_limits(timeout, memory_mb, max_pages))
     for d in res.documents:
@@ -175,7 +165,7 @@ def screen(index: str | None, out_dir: Path, all_pairs: bool, threshold: float |
     from ..api import screen as run
     from ..index.report import format_table
 
-    res = run(_index_path(index), out_dir, all_pairs=all_pairs, threshold=threshold,
+    res = run(index, out_dir, all_pairs=all_pairs, threshold=threshold,
               verify=not no_verify, keep_rejected=keep_rejected)
     click.echo(format_table(res.report, top))
     click.echo(f"screen {res.run_id}: {res.panels} panels screened, {len(res.report)} pairs, "
@@ -189,7 +179,7 @@ def reindex(index: str | None, workers: int) -> None:
     """Rebuild the FAISS index; re-embed every document if the store used other weights."""
     from ..api import reindex as run
 
-    click.echo(run(_index_path(index), workers=workers, progress=_progress()))
+    click.echo(run(index, workers=workers, progress=_progress()))
 
 
 @cli.command()
