@@ -212,7 +212,7 @@ def train(recipe: Recipe, out_dir: str | Path, device: str = "auto", resume: boo
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 1.0 if recipe.optimizer == "sgd" else 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     source = TripletSource(splits["train"], size, recipe.seed, dev, recipe.blot_weight, cfg=cfg)
-    start, best = 0, {"accuracy": -1.0}
+    start, best = 0, {"auc": -1.0}
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.exists():
         state = torch.load(ckpt, map_location=dev, weights_only=False)
@@ -238,7 +238,7 @@ def train(recipe: Recipe, out_dir: str | Path, device: str = "auto", resume: boo
         if (step + 1) % recipe.eval_every == 0 or step + 1 == total:
             val = evaluate(model, splits["val"], size, pairs=256, device=dev, cfg=cfg)
             rec.update({f"val_{k}": v for k, v in val.items()})
-            if val["accuracy"] >= best["accuracy"]:
+            if val["auc"] >= best.get("auc", -1.0):  # threshold-free, less noisy than accuracy
                 best = {**val, "step": step + 1}
                 save_file(model.state_dict(), str(out / "best.safetensors"))
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
@@ -246,7 +246,7 @@ def train(recipe: Recipe, out_dir: str | Path, device: str = "auto", resume: boo
         logf.write(json.dumps(rec) + "\n")
         logf.flush()
         bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{stats['acc']:.2f}",
-                        val=f"{best.get('accuracy', 0):.3f}")
+                        val_auc=f"{best.get('auc', 0):.3f}")
     logf.close()
     return {"best": best, "steps": total, "seconds": time.time() - t0}
 
@@ -259,6 +259,21 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _lineage(runs: Path, name: str | None) -> list[dict]:
+    """The chain of runs a fine-tuned run started from, with their recipes and steps."""
+    out = []
+    while name:
+        d = runs / name
+        rec = json.loads((d / "recipe.json").read_text())
+        rows = [json.loads(x) for x in (d / "log.jsonl").read_text().splitlines() if x.strip()]
+        out.append({"recipe": rec["name"], "steps_run": rows[-1]["step"] if rows else 0,
+                    "seconds_last_session": rows[-1]["seconds"] if rows else 0,
+                    "optimizer": rec["optimizer"], "lr": rec["lr"], "batch": rec["batch"],
+                    "deform": rec.get("deform", {})})
+        name = rec.get("init_from")
+    return out
+
+
 def export_weights(run_dir: str | Path, name: str, metrics: dict | None = None,
                    notes: str = "") -> Path:
     """Copy a run's best weights into the package with a weights card (sha256 included)."""
@@ -268,7 +283,7 @@ def export_weights(run_dir: str | Path, name: str, metrics: dict | None = None,
     recipe = json.loads((run / "recipe.json").read_text())
     log_rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
     evals = [r for r in log_rows if "val_accuracy" in r]
-    best = max(evals, key=lambda r: r["val_accuracy"]) if evals else {}
+    best = max(evals, key=lambda r: r["val_auc"]) if evals else {}
     recipe["folders"] = [[str(f).replace(str(SHARED_DATA), "../shared/data"), r] for f, r in recipe["folders"]]
     dst = WEIGHTS_DIR / f"{name}.safetensors"
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -284,6 +299,7 @@ def export_weights(run_dir: str | Path, name: str, metrics: dict | None = None,
              "imgdup/model/splits/default.json (split by image group)",
         steps=int(best.get("step", 0)), seed=int(recipe.get("seed", 0)),
         metrics={"validation": {k[4:]: v for k, v in best.items() if k.startswith("val_")}, **(metrics or {})},
-        sha256=sha256_file(dst), file=dst.name, notes=notes)
+        sha256=sha256_file(dst), file=dst.name, notes=notes,
+        extra={"initialised_from": _lineage(run.parent, recipe.get("init_from"))})
     dst.with_suffix(".json").write_text(card.to_json())
     return dst
