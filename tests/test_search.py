@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import faiss
 import numpy as np
+import pytest
 
 from imgdup.index.search import brute_force_pairs, pairs_against, pairs_within
 
@@ -16,9 +17,11 @@ def _clustered(n, dim=128, seed=0):
     return pts.astype(np.float32)
 
 
-def test_range_search_matches_brute_force_random():
+@pytest.mark.parametrize("metric", [faiss.METRIC_L1, faiss.METRIC_L2])
+def test_range_search_matches_brute_force_random(metric):
+    """The store's exact L1 index, and the L2 prefilter (radius t^2), both lose nothing."""
     base, q = _clustered(2000, seed=1), _clustered(200, seed=1)[:200] + 0.001
-    idx = faiss.IndexIDMap2(faiss.IndexFlatL2(128))
+    idx = faiss.IndexIDMap2(faiss.IndexFlat(128, metric))
     ids = np.arange(10, 10 + len(base), dtype=np.int64)
     idx.add_with_ids(base, ids)
     for t in (0.5, 1.0, 2.0):

@@ -1,8 +1,11 @@
-"""Candidate pairs: FAISS L2 range search as a lossless prefilter, then exact weighted L1.
+"""Candidate pairs: a FAISS range search, then exact weighted-L1 re-scoring.
 
-On alpha-scaled vectors f(I, J) = ||a - b||_1 and ||x||_2 <= ||x||_1, so every pair with
-f <= t has a squared L2 distance <= t^2: a range search with radius t^2 (FAISS takes squared L2
-radii) loses nothing, and re-scoring its hits with the exact L1 keeps exactly the pairs f <= t.
+On alpha-scaled vectors f(I, J) = ||a - b||_1.  The store's index uses METRIC_L1 (exact range
+search on CPU since faiss 1.15).  An index with METRIC_L2 (e.g. a GPU index) also works: since
+||x||_2 <= ||x||_1, a range search with squared radius t^2 loses no pair with f <= t - but for our
+embeddings it is not selective (their L2 distances are mostly below 1 while their L1 distances
+are not; measured in docs/BENCHMARKS.md), so it is only a fallback.  Hits are always re-scored
+with the exact L1, keeping exactly the pairs with f <= t.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ import numpy as np
 
 def range_candidates(index: faiss.Index, queries: np.ndarray, threshold: float,
                      chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """(query row, index id) of every stored vector within L2 <= threshold of each query."""
+    """(query row, index id) of every stored vector within the threshold of each query."""
     qi, ids = [], []
     q = np.ascontiguousarray(queries, dtype=np.float32)
+    radius = float(threshold) if index.metric_type == faiss.METRIC_L1 else float(threshold) ** 2
     for s in range(0, len(q), chunk):
-        lims, _, labels = index.range_search(q[s:s + chunk], float(threshold) ** 2)
+        # FAISS keeps results strictly below the radius: widen by a hair, re-scoring is exact
+        lims, _, labels = index.range_search(q[s:s + chunk], radius * (1 + 1e-5) + 1e-7)
         counts = np.diff(lims).astype(np.int64)
         qi.append(np.repeat(np.arange(s, s + len(counts)), counts))
         ids.append(labels.astype(np.int64))
@@ -35,7 +40,7 @@ def pairs_within(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.
     """All pairs i < j of one set with f <= threshold: (i, j, f)."""
     if len(vectors) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    idx = faiss.IndexFlatL2(vectors.shape[1])
+    idx = faiss.IndexFlat(vectors.shape[1], faiss.METRIC_L1)
     idx.add(np.ascontiguousarray(vectors, np.float32))
     i, j = range_candidates(idx, vectors, threshold)
     keep = i < j
@@ -45,17 +50,23 @@ def pairs_within(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.
     return i[ok], j[ok], f[ok]
 
 
-def pairs_against(index: faiss.Index, queries: np.ndarray, threshold: float
+def pairs_against(index: faiss.Index, queries: np.ndarray, threshold: float, chunk: int = 256
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Queries against a stored index: (query row, stored id, f) for f <= threshold."""
-    qi, ids = range_candidates(index, queries, threshold)
-    if len(ids) == 0:
-        return qi, ids, np.zeros(0)
-    stored = index.reconstruct_batch(ids) if hasattr(index, "reconstruct_batch") else \
-        np.stack([index.reconstruct(int(k)) for k in ids])
-    f = l1(queries[qi], stored)
-    ok = f <= threshold
-    return qi[ok], ids[ok], f[ok]
+    """Queries against a stored index: (query row, stored id, f) for f <= threshold.
+
+    Re-scored chunk by chunk, so that memory stays bounded by the candidates of one chunk.
+    """
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    out_q, out_id, out_f = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
+    for s in range(0, len(q), chunk):
+        qi, ids = range_candidates(index, q[s:s + chunk], threshold)
+        if len(ids) == 0:
+            continue
+        stored = index.reconstruct_batch(ids)
+        f = l1(q[s:s + chunk][qi], stored)
+        ok = f <= threshold
+        out_q.append(qi[ok] + s), out_id.append(ids[ok]), out_f.append(f[ok])
+    return np.concatenate(out_q), np.concatenate(out_id), np.concatenate(out_f)
 
 
 def brute_force_pairs(a: np.ndarray, b: np.ndarray, threshold: float) -> set[tuple[int, int]]:

@@ -4,7 +4,7 @@
                           screen runs and store metadata (model sha256) - SQLite transactions
     embeddings/part-*.parquet   panel_id + alpha-scaled vector (the source of truth) + a small
                           PNG thumbnail (longer side 96 px) for verification and evidence
-    index.faiss (+ .json) FAISS IndexIDMap2(IndexFlatL2), rebuildable from the shards
+    index.faiss           FAISS IndexIDMap2(IndexFlat, METRIC_L1), rebuildable from the shards
     .lock                 one writer at a time (fcntl lock), with a clear message
 
 Crash safety: a batch writes its shard (temp file + fsync + rename) *before* the one SQLite
@@ -59,6 +59,11 @@ CREATE TABLE IF NOT EXISTS screens (
 PANEL_COLUMNS = ["panel_id", "doc_sha256", "page", "figure_id", "panel_key", "kind", "x0", "y0",
                  "x1", "y1", "width", "height", "content_hash", "xrefs", "source", "rotation",
                  "flipped", "shard"]
+
+
+def new_index(dim: int) -> faiss.Index:
+    """Exact weighted-L1 index with our panel ids (faiss >= 1.15 for L1 range search)."""
+    return faiss.IndexIDMap2(faiss.IndexFlat(dim, faiss.METRIC_L1))
 
 
 class StoreError(RuntimeError):
@@ -267,8 +272,11 @@ class Store:
                 idx = faiss.read_index(str(path))
             except Exception as exc:  # damaged file: rebuild from the shards
                 log.warning("index unreadable (%s); rebuilding from embeddings", exc)
+        if idx is not None and (idx.metric_type != faiss.METRIC_L1 or idx.d != dim):
+            log.warning("index has another metric or dimension; rebuilding from embeddings")
+            idx = None
         if idx is None:
-            idx = faiss.IndexIDMap2(faiss.IndexFlatL2(dim))
+            idx = new_index(dim)
         n_cat = self.count()
         if idx.ntotal != n_cat:
             have = faiss.vector_to_array(idx.id_map) if idx.ntotal else np.zeros(0, np.int64)
@@ -277,7 +285,7 @@ class Store:
             stale = not np.isin(have, ids).all()
             if stale:
                 log.warning("index holds panels the catalogue does not; rebuilding")
-                idx = faiss.IndexIDMap2(faiss.IndexFlatL2(dim))
+                idx = new_index(dim)
                 missing = np.ones(len(ids), bool)
             if missing.any():
                 idx.add_with_ids(vec[missing], ids[missing])
@@ -304,10 +312,14 @@ class Store:
         """Catalogue rows (pandas) joined with their document path, optionally for some ids."""
         import pandas as pd
 
-        q = ("SELECT p.*, d.path AS doc_path FROM panels p JOIN documents d ON d.sha256 = p.doc_sha256")
-        df = pd.read_sql_query(q, self.db)
-        if ids is not None:
-            df = df[df.panel_id.isin(np.asarray(ids))]
+        q = "SELECT p.*, d.path AS doc_path FROM panels p JOIN documents d ON d.sha256 = p.doc_sha256"
+        if ids is None:
+            df = pd.read_sql_query(q, self.db)
+        else:
+            want = sorted({int(i) for i in np.asarray(ids).ravel()})
+            parts = [pd.read_sql_query(f"{q} WHERE p.panel_id IN ({','.join('?' * len(c))})", self.db, params=c)
+                     for c in (want[k:k + 900] for k in range(0, len(want), 900))]
+            df = pd.concat(parts, ignore_index=True) if parts else pd.read_sql_query(q + " WHERE 0", self.db)
         return df.set_index("panel_id", drop=False)
 
     def close(self) -> None:
