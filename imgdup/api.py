@@ -19,7 +19,7 @@ from .index.search import pairs_against, pairs_within
 from .index.store import PanelRow, Store, StoreError
 from .model.api import Embedder, load_model
 from .pipeline import DocResult, ExtractOptions, Limits, extract_many, write_panels
-from .pipeline.extract import sha256_file
+from .hashing import sha256_file
 from .pipeline.verify import thumbnail, verify_report
 
 

@@ -221,3 +221,33 @@ def test_split_black_separators_and_not_dark_background():
         yy, xx = np.mgrid[:300, :300]
         sparse[(yy - cy) ** 2 + (xx - cx) ** 2 < 400] = 180
     assert len(split_panels(sparse)) <= 1
+
+
+def test_tiles_jpx_and_1bit(tmp_path):
+    """A figure stored as two abutting strips comes out as one figure; a JPEG 2000 image and a
+    1-bit image decode to the right pixels."""
+    img = micrograph(15, 200)
+    jpx = io.BytesIO()
+    Image.fromarray(micrograph(16, 120)).save(jpx, format="JPEG2000", quality_mode="dB", quality_layers=[60])
+    m17 = micrograph(17, 120)
+    bits = m17 > np.median(m17)
+    onebit = io.BytesIO()
+    Image.fromarray(bits).convert("1").save(onebit, format="PNG")
+    doc = pymupdf.open()
+    page = doc.new_page(width=595, height=842)
+    page.insert_image(pymupdf.Rect(100, 100, 300, 200), stream=png_bytes(img[:100]))
+    page.insert_image(pymupdf.Rect(100, 200, 300, 300), stream=png_bytes(img[100:]))
+    page.insert_image(pymupdf.Rect(100, 400, 220, 520), stream=jpx.getvalue())
+    page.insert_image(pymupdf.Rect(300, 400, 420, 520), stream=onebit.getvalue())
+    path = tmp_path / "tiles.pdf"
+    doc.save(path)
+    res = extract_document(path)
+    figs = [p for p in res.panels if p.kind == "figure"]
+    tiled, i = _by_bbox(figs, (100, 100, 300, 300))
+    assert i >= 0.9 and tiled.source == "render" and len(tiled.xrefs) == 2
+    seen = np.asarray(Image.fromarray(tiled.pixels).resize((200, 200)))
+    assert corr(seen, img) >= 0.97
+    pj, ij = _by_bbox(figs, (100, 400, 220, 520))
+    assert ij >= 0.9 and corr(pj.pixels, micrograph(16, 120)) >= 0.99
+    pb, ib = _by_bbox(figs, (300, 400, 420, 520))
+    assert ib >= 0.9 and corr(pb.pixels, bits.astype(np.uint8) * 255) >= 0.99

@@ -78,7 +78,7 @@ def test_other_weights_refused(corpus, model, tmp_path):
     other = tmp_path / "other.safetensors"
     save_file(load_file(str(src)), str(other), metadata={"variant": "test"})
     card = json.loads(src.with_suffix(".json").read_text())
-    from imgdup.model.train import sha256_file
+    from imgdup.hashing import sha256_file
     card["sha256"] = sha256_file(other)
     other.with_suffix(".json").write_text(json.dumps(card))
     with pytest.raises(StoreError, match="reindex"):

@@ -9,7 +9,6 @@ re-scaled or stretched in one direction land on the same input; docs/MODEL.md me
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from ..hashing import sha256_file
 from .data import to_grey
 from .net import build, standardise
 
@@ -61,14 +61,6 @@ class WeightsCard:
     @classmethod
     def read(cls, path: str | Path) -> "WeightsCard":
         return cls(**json.loads(Path(path).read_text()))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def prepare(image: Any, size: int) -> np.ndarray:
@@ -145,7 +137,7 @@ def load_model(name: str | Path = DEFAULT_WEIGHTS, device: str = "auto", batch_s
         raise WeightsError(f"weights not found: {path} (and its card {card_path.name}); "
                            "imgdup never downloads weights: reinstall the package or pass a path")
     card = WeightsCard.read(card_path)
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != card.sha256:
         raise WeightsError(f"checksum mismatch for {path}: file {digest[:12]}..., card "
                            f"{card.sha256[:12]}...; the weights were altered or truncated")

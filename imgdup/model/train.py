@@ -4,7 +4,6 @@ held-out evaluation and the export of shipped weights."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from ..hashing import sha256_file
 from .augment import REUSE, DeformConfig, Deformer
 from .data import ImageSet, TrainImage, WindowSampler, load_folder, load_split_file, split_groups
 from .net import build, distance, standardise, triplet_loss
@@ -249,14 +249,6 @@ def train(recipe: Recipe, out_dir: str | Path, device: str = "auto", resume: boo
                         val_auc=f"{best.get('auc', 0):.3f}")
     logf.close()
     return {"best": best, "steps": total, "seconds": time.time() - t0}
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _lineage(runs: Path, name: str | None) -> list[dict]:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pymupdf
 
+from ..hashing import sha256_file
 from .split import split_panels
 
 log = logging.getLogger(__name__)
@@ -106,14 +107,6 @@ class DocResult:
 
 class DocumentError(Exception):
     """A document that cannot be processed, with a reason for the report."""
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def content_hash(grey: np.ndarray) -> str:
