@@ -74,3 +74,17 @@ def test_speed_benchmark_smoke(tmp_path):
     data = json.loads(out.read_text())
     assert data["embed"]["panels_per_s"] > 0 and data["query"][0]["store_panels"] == 2000
     assert data["extract"]["pages"] > 0
+
+
+def test_quality_and_end_to_end_benchmarks_smoke(tmp_path):
+    need_shared()
+    for script in ("quality.py", "end_to_end.py"):
+        out = tmp_path / f"{script}.json"
+        r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--out", str(out)],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-3000:]
+        data = json.loads(out.read_text())
+        if script == "quality.py":
+            assert set(data["mean_tpr@0.001"]) >= {"cnn", "imgdup", "phash", "sift"}
+        else:
+            assert data["screen_verified"]["pairs"] > 0 and 0 <= data["screen_verified"]["recall"] <= 1
