@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,17 @@ from .net import build, distance, standardise, triplet_loss
 
 log = logging.getLogger(__name__)
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+def shared_data_dir() -> Path:
+    """../shared/data of the project: $IMGDUP_SHARED_DATA, else next to the working directory or
+    to the source checkout (an installed package does not know where the checkout is)."""
+    env = os.environ.get("IMGDUP_SHARED_DATA")
+    candidates = [Path(env)] if env else []
+    candidates += [Path.cwd().parent / "shared" / "data", Path.cwd() / "shared" / "data",
+                   Path(__file__).resolve().parents[2].parent / "shared" / "data"]
+    return next((c for c in candidates if c.is_dir()), candidates[-1])
+
+
+SHARED_DATA = shared_data_dir()
 DEFAULT_SPLIT = Path(__file__).with_name("splits") / "default.json"
 
 
