@@ -59,7 +59,6 @@ def main() -> None:
     model = load_model()
     s = model.size
     imgs = shared_test_images()[: args.n]
-    rng = np.random.default_rng(0)
     out = {"images": len(imgs), "input_size": s, "mappings": {}}
     for name, fn in (("squash (shipped)", squash), ("centre crop", centre_crop), ("letterbox", letterbox)):
         emb = lambda ims: model.embed_prepared(np.stack([fn(im, s).astype(np.float32) / 255 for im in ims]))  # noqa: E731

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from conftest import iou, need_shared
 from imgdup import ingest, load_model, query, screen
 from imgdup.index.store import Store, StoreError
-from imgdup.model.api import WEIGHTS_DIR, WeightsCard
+from imgdup.model.api import WEIGHTS_DIR
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..hashing import sha256_file
 from .augment import REUSE, DeformConfig, Deformer
-from .data import ImageSet, TrainImage, WindowSampler, load_folder, load_split_file, split_groups
+from .data import TrainImage, WindowSampler, load_folder, load_split_file, split_groups
 from .net import build, distance, standardise, triplet_loss
 
 log = logging.getLogger(__name__)
