@@ -144,3 +144,15 @@ def test_query_and_screen_find_planted_pairs(corpus, model, tmp_path):
     assert not canon.duplicated().any()
     again = screen(tmp_path / "st", tmp_path / "reports")
     assert again.panels == 0 and again.report.empty   # remembered what was screened
+
+
+def test_query_add_then_idempotent(corpus, model, tmp_path):
+    out, _ = corpus
+    ms = out / "manuscript" / "manuscript.pdf"
+    ingest(sorted((out / "corpus").glob("*.pdf"))[:2], tmp_path / "st", model=model)
+    before = Store(tmp_path / "st").count()
+    res = query([ms], tmp_path / "st", model=model, add=True)
+    n_ms = sum(len(d.panels) for d in res.documents)
+    assert Store(tmp_path / "st").count() == before + n_ms
+    query([ms], tmp_path / "st", model=model, add=True)   # already there: nothing added twice
+    assert _check_consistent(tmp_path / "st") == before + n_ms
