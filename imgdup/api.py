@@ -194,13 +194,13 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
     report = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else parts[0]
     report = report.sort_values("distance", kind="stable").reset_index(drop=True)
     if verify and len(report):
-        mine = {(p.doc_sha256, p.panel_id): p.pixels for r in good for p in r.panels}
+        manuscript_px = {(p.doc_sha256, p.panel_id): p.pixels for r in good for p in r.panels}
 
         def lookup(side: str, row) -> np.ndarray | None:
             pid = getattr(row, f"{side}_panel_id")
             if pid >= 0:
                 return stored_thumbs.get(int(pid))
-            px = mine.get((getattr(row, f"{side}_sha256"), getattr(row, f"{side}_panel")))
+            px = manuscript_px.get((getattr(row, f"{side}_sha256"), getattr(row, f"{side}_panel")))
             return None if px is None else thumbnail(px)
 
         report = verify_report(report, lookup, keep_rejected=keep_rejected)
