@@ -158,7 +158,7 @@ def main() -> None:
     sizes = [2000] if args.smoke else args.sizes
     out = {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
            "command": "python benchmarks/speed.py " + ("--smoke" if args.smoke else " ".join(
-               ["--sizes", *map(str, args.sizes)]))}
+               ["--sizes", *map(str, args.sizes), "--screen-new", str(args.screen_new)]))}
     out["extract"] = bench_extract(pdfs[:2] if args.smoke else pdfs) if pdfs else None
     out["embed"] = bench_embed(model, 128 if args.smoke else args.embed)
     from imgdup.demo.generate import shared_test_images
