@@ -71,6 +71,33 @@ def _thumbs(res: DocResult) -> list[bytes]:
     return [cv2.imencode(".png", thumbnail(p.pixels))[1].tobytes() for p in res.panels]
 
 
+class _PendingBatch:
+    """Documents, panel rows, vectors and thumbnails waiting for one ``Store.add_batch``."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self._clear()
+
+    def _clear(self) -> None:
+        self.docs: list[dict] = []
+        self.rows: list[PanelRow] = []
+        self.vecs: list[np.ndarray] = []
+        self.thumbs: list[bytes] = []
+
+    def add(self, res: DocResult, key: str, vectors: np.ndarray | None = None) -> None:
+        self.docs.append(_doc_row(res, key))
+        if not res.error and res.panels:
+            self.rows.extend(_panel_rows(res))
+            self.vecs.append(vectors)
+            self.thumbs.extend(_thumbs(res))
+
+    def flush(self, store: Store) -> None:
+        if self.docs:
+            vec = np.concatenate(self.vecs) if self.vecs else np.zeros((0, self.dim), np.float32)
+            store.add_batch(self.docs, self.rows, vec, self.thumbs)
+        self._clear()
+
+
 def _doc_row(res: DocResult, sha: str) -> dict:
     return {"sha256": sha, "path": res.path, "status": "skipped" if res.error else "ok",
             "reason": res.error, "pages": res.pages, "images": res.images, "figures": res.figures,
@@ -105,14 +132,7 @@ def ingest(pdfs: Sequence[str | Path], index: str | Path | None = None, model: E
                 continue
             todo.append(str(p))
             keys[str(p)] = key
-        docs, rows, vecs, thumbs = [], [], [], []
-
-        def flush() -> None:
-            if docs:
-                store.add_batch(docs, rows, np.concatenate(vecs) if vecs else np.zeros((0, 128), np.float32),
-                                thumbs)
-                docs.clear(), rows.clear(), vecs.clear(), thumbs.clear()
-
+        pending = _PendingBatch(model.net.fc2.out_features)
         stream = extract_many(todo, Limits(**limits_kw), ExtractOptions(), workers=workers)
         for res in tqdm(stream, total=len(todo), desc="ingest", unit="doc", disable=not progress):
             key = res.sha256 or keys[res.path]
@@ -121,16 +141,13 @@ def ingest(pdfs: Sequence[str | Path], index: str | Path | None = None, model: E
             else:
                 summary.ingested += 1
                 summary.panels += len(res.panels)
-                if res.panels:
-                    vecs.append(model.embed([p.pixels for p in res.panels]))
-                    rows.extend(_panel_rows(res))
-                    thumbs.extend(_thumbs(res))
-            docs.append(_doc_row(res, key))
+            vectors = model.embed([p.pixels for p in res.panels]) if res.panels and not res.error else None
+            pending.add(res, key, vectors)
             if echo:
                 echo(res.summary())
-            if len(docs) >= commit_every or len(rows) >= 4096:
-                flush()
-        flush()
+            if len(pending.docs) >= commit_every or len(pending.rows) >= 4096:
+                pending.flush(store)
+        pending.flush(store)
         store.save_index()
     store.close()
     summary.seconds = time.time() - t0
@@ -210,18 +227,13 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
         with store.writer():
             store.check_model(model.sha256, model.card.name, qvec.shape[1])
             known = store.documents()
-            offset, docs, rows, vecs, thumbs = 0, [], [], [], []
+            pending, offset = _PendingBatch(qvec.shape[1]), 0
             for r in good:
                 n = len(r.panels)
                 if known.get(r.sha256) != "ok":
-                    docs.append(_doc_row(r, r.sha256))
-                    if n:
-                        rows.extend(_panel_rows(r))
-                        vecs.append(qvec[offset:offset + n])
-                        thumbs.extend(_thumbs(r))
+                    pending.add(r, r.sha256, qvec[offset:offset + n])
                 offset += n
-            store.add_batch(docs, rows, np.concatenate(vecs) if vecs else np.zeros((0, qvec.shape[1]), np.float32),
-                            thumbs)
+            pending.flush(store)
             store.save_index()
         store.close()
     return QueryResult(report, results, path)

@@ -249,7 +249,8 @@ if __name__ == "__main__":
     main()
 
 
-def _iou(a, b) -> float:
+def iou(a, b) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
     x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
     inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
@@ -285,7 +286,7 @@ def score_report(report: pd.DataFrame, placements: pd.DataFrame, docs: set[str] 
             for (d1, b1, p1, d2, b2, p2) in ((qd, r.query_bbox, r.query_page, md, r.match_bbox, r.match_page),
                                              (md, r.match_bbox, r.match_page, qd, r.query_bbox, r.query_page)):
                 if d1 == g.a_doc and d2 == g.b_doc and p1 == g.a_page and p2 == g.b_page:
-                    if _iou(b1, g.a_bbox) >= 0.5 and _iou(b2, g.b_bbox) >= 0.5:
+                    if iou(b1, g.a_bbox) >= 0.5 and iou(b2, g.b_bbox) >= 0.5:
                         hit = True
                         found[k] = True
                     elif _cover(b1, g.a_bbox) >= 0.5 and _cover(b2, g.b_bbox) >= 0.5:

@@ -66,6 +66,13 @@ def new_index(dim: int) -> faiss.Index:
     return faiss.IndexIDMap2(faiss.IndexFlat(dim, faiss.METRIC_L1))
 
 
+def _id_chunks(ids, size: int = 900):
+    """Sorted distinct ids in chunks small enough for one SQLite ``IN (...)`` list."""
+    want = sorted({int(i) for i in np.asarray(ids).ravel()})
+    for k in range(0, len(want), size):
+        yield want[k:k + size]
+
+
 class StoreError(RuntimeError):
     """A store that cannot be used as asked (other model, locked, damaged)."""
 
@@ -221,10 +228,8 @@ class Store:
         if ids is None:
             rows = self.db.execute("SELECT file FROM shards ORDER BY shard").fetchall()
         else:
-            want = sorted({int(i) for i in np.asarray(ids).ravel()})
             rows = []
-            for k in range(0, len(want), 900):
-                chunk = want[k:k + 900]
+            for chunk in _id_chunks(ids):
                 rows += self.db.execute(
                     f"SELECT DISTINCT s.file FROM panels p JOIN shards s ON s.shard = p.shard "
                     f"WHERE p.panel_id IN ({','.join('?' * len(chunk))})", chunk).fetchall()
@@ -236,8 +241,8 @@ class Store:
         import cv2
 
         out: dict[int, np.ndarray] = {}
-        want = set(int(i) for i in np.asarray(ids).ravel())
-        for f in self._shard_files(np.asarray(sorted(want))):
+        want = {int(i) for i in np.asarray(ids).ravel()}
+        for f in self._shard_files(ids):
             t = pq.read_table(f, columns=["panel_id", "thumb"])
             for pid, png in zip(t.column("panel_id").to_pylist(), t.column("thumb").to_pylist()):
                 if pid in want and png:
@@ -316,9 +321,8 @@ class Store:
         if ids is None:
             df = pd.read_sql_query(q, self.db)
         else:
-            want = sorted({int(i) for i in np.asarray(ids).ravel()})
             parts = [pd.read_sql_query(f"{q} WHERE p.panel_id IN ({','.join('?' * len(c))})", self.db, params=c)
-                     for c in (want[k:k + 900] for k in range(0, len(want), 900))]
+                     for c in _id_chunks(ids)]
             df = pd.concat(parts, ignore_index=True) if parts else pd.read_sql_query(q + " WHERE 0", self.db)
         return df.set_index("panel_id", drop=False)
 
