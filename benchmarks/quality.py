@@ -4,11 +4,14 @@ Pairs are built from held-out real images (test split of imgdup/model/splits/def
 blots are read from ../shared at run time, never copied).  Positives: an image and a manipulated
 copy, one family at a time.  Negatives (shared by all families): other fields of the same
 experiment, neighbouring non-overlapping crops of one image, other blots, random images.
+Pair families (overlap 70/50/33 %) are two crops of one image sharing that share of their area.
+Copy-move (a region cloned inside one image) is scored separately: detection and false-alarm rate.
 
 Scorers (higher = more likely the same), all on the same pairs:
   cnn          -f, the shipped CNN's weighted-L1 distance
-  verify       best rank-normalised NCC over orientations and crops (imgdup.pipeline.verify)
-  imgdup       what imgdup ships: the CNN as candidate filter (f <= 1), then verify
+  verify       best whole-panel rank-normalised NCC over orientations and crops (align_pair)
+  keypoints    imgdup's keypoint check alone: log(1 + RANSAC inliers) + aligned-overlap NCC
+  imgdup       what imgdup ships: the calibrated confidence over CNN distance and both checks
   phash/dhash/whash   -Hamming distance (imagehash)
   sift         RANSAC inliers of SIFT matches (OpenCV), also against the mirrored image
 
@@ -66,6 +69,18 @@ def _overlay(im, rng):
     return out
 
 
+def _overlap(im, keep, rng):
+    """Two equal crops of one image sharing ``keep`` of their area (shifted field of view)."""
+    h, w = im.shape
+    ax = 1 - np.sqrt(keep)
+    cw, ch = int(w / (1 + ax)), int(h / (1 + ax))
+    dx, dy = int(round(ax * cw)), int(round(ax * ch))
+    first, second = im[:ch, :cw], im[dy:dy + ch, dx:dx + cw]
+    if rng.random() < .5:
+        first, second = second, first
+    return first.copy(), second.copy()
+
+
 def _erase(im, rng):
     out = im.copy()
     h, w = out.shape
@@ -97,10 +112,41 @@ FAMILIES = {
 }
 
 
-def load_images(smoke: bool) -> tuple[list[np.ndarray], list[str]]:
+# families whose function returns both images of the pair (neither is the untouched original)
+PAIR_FAMILIES = {
+    "overlap 70%": lambda im, r: _overlap(im, .7, r),
+    "overlap 50%": lambda im, r: _overlap(im, .5, r),
+    "overlap 33%": lambda im, r: _overlap(im, 1 / 3, r),
+}
+
+
+def copy_move_image(im, rng):
+    """A region (1/16 of the image) cloned elsewhere in the same image."""
+    h, w = im.shape
+    s = min(h, w) // 4
+    out = im.copy()
+    y, x = int(rng.integers(0, h - s)), int(rng.integers(0, w - s))
+    y2, x2 = (y + h // 2) % (h - s), (x + w // 2) % (w - s)
+    out[y2:y2 + s, x2:x2 + s] = im[y:y + s, x:x + s]
+    return out
+
+
+def family_pairs(imgs, per: int, rng) -> dict[str, list]:
+    """Positive pairs, one list per family (single-image and pair families)."""
+    out = {}
+    for fam, fn in FAMILIES.items():
+        pick = rng.choice(len(imgs), size=min(per, len(imgs)), replace=False)
+        out[fam] = [(imgs[i], fn(imgs[i], rng)) for i in pick]
+    for fam, fn in PAIR_FAMILIES.items():
+        pick = rng.choice(len(imgs), size=min(per, len(imgs)), replace=False)
+        out[fam] = [fn(imgs[i], rng) for i in pick]
+    return out
+
+
+def load_images(smoke: bool, split: str = "test") -> tuple[list[np.ndarray], list[str]]:
     from imgdup.model.train import RECIPES, load_splits
 
-    test = load_splits(RECIPES["cpu"])["test"]
+    test = load_splits(RECIPES["cpu"])[split]
     imgs, groups = [], []
     for im in test:
         a = (im.pixels * 255).round().astype(np.uint8)
@@ -154,12 +200,12 @@ class Scorers:
         from PIL import Image
 
         from imgdup import load_model
-        from imgdup.pipeline.verify import thumbnail, verify_pair
+        from imgdup.pipeline import verify
 
         self.model = load_model()
         self.sift = cv2.SIFT_create(nfeatures=500)
         self.ih, self.Image = imagehash, Image
-        self.verify_pair, self.thumbnail = verify_pair, thumbnail
+        self.v = verify
 
     def _sift(self, a, b) -> float:
         def feats(x):
@@ -182,16 +228,43 @@ class Scorers:
             best = max(best, int(inl.sum()) if inl is not None else 0)
         return float(best)
 
-    def score(self, pairs) -> dict[str, np.ndarray]:
+    def features(self, pairs) -> np.ndarray:
+        """imgdup's verification features (``verify.feature_vector``) for each pair."""
+        v = self.v
         ea = self.model.embed([a for a, _ in pairs])
         eb = self.model.embed([b for _, b in pairs])
         f = np.abs(ea - eb).sum(1)
-        ncc = np.array([self.verify_pair(self.thumbnail(a), self.thumbnail(b)).ncc for a, b in pairs])
-        out = {"cnn": -f, "verify": ncc, "imgdup": np.where(f <= 1.0, ncc, -2.0 + ncc)}
+        rows = []
+        for (a, b), fi in zip(pairs, f):
+            ta, tb = v.thumbnail(a), v.thumbnail(b)
+            m = v.match(v.features(ta), v.features(tb))
+            rows.append(v.feature_vector(float(fi), m, v.align_pair(ta, tb)))
+        return np.array(rows)
+
+    def score(self, pairs) -> dict[str, np.ndarray]:
+        x = self.features(pairs)
+        f = x[:, 0]
+        conf = self.v.confidence(x) if self.v.CONFIDENCE_FILE.exists() else np.zeros(len(x))
+        out = {"cnn": -f, "verify": x[:, 3], "keypoints": x[:, 1] + x[:, 2], "imgdup": conf}
         for name, fn in (("phash", self.ih.phash), ("dhash", self.ih.dhash), ("whash", self.ih.whash)):
             out[name] = np.array([-(fn(self.Image.fromarray(a)) - fn(self.Image.fromarray(b))) for a, b in pairs], float)
         out["sift"] = np.array([self._sift(a, b) for a, b in pairs])
         return out
+
+
+def copy_move_rates(imgs, n: int, rng) -> dict[str, float]:
+    """Copy-move inside one image: detection rate on cloned images, false rate on the originals."""
+    from imgdup.pipeline.verify import copy_move, copy_move_features, thumbnail
+
+    pick = rng.choice(len(imgs), size=min(n, len(imgs)), replace=False)
+    hit = fa = 0
+    t0 = time.time()
+    for i in pick:
+        im = thumbnail(imgs[i])
+        hit += copy_move(copy_move_features(copy_move_image(im, rng))) is not None
+        fa += copy_move(copy_move_features(im)) is not None
+    return {"images": int(len(pick)), "detected": hit / len(pick), "false_alarms": fa / len(pick),
+            "ms_per_image": 1000 * (time.time() - t0) / (2 * len(pick))}
 
 
 def metrics(pos: np.ndarray, neg: np.ndarray) -> dict[str, float]:
@@ -225,24 +298,28 @@ def main() -> None:
     sc = Scorers()
     t0 = time.time()
     neg_scores = sc.score(negatives(imgs, groups, n_neg, rng))
-    table = {}
-    for fam, fn in FAMILIES.items():
-        pick = rng.choice(len(imgs), size=min(per, len(imgs)), replace=False)
-        pairs = [(imgs[i], fn(imgs[i], rng)) for i in pick]
+    table, retrieval = {}, {}
+    for fam, pairs in family_pairs(imgs, per, rng).items():
         pos = sc.score(pairs)
         table[fam] = {name: metrics(pos[name], neg_scores[name]) for name in pos}
+        retrieval[fam] = float(np.mean(pos["cnn"] >= -1.0))     # a whole-panel candidate at f <= 1
+    copy_move = copy_move_rates(imgs, per, rng)
     names = list(neg_scores)
     mean = {n: float(np.mean([table[f][n]["tpr@0.001"] for f in table])) for n in names}
     out = {"images": len(imgs), "negatives": n_neg, "positives_per_family": per, "seconds": time.time() - t0,
            "command": "python benchmarks/quality.py" + (" --smoke" if args.smoke else f" --per-family {per} --negatives {n_neg}"),
-           "mean_tpr@0.001": mean, "families": table}
+           "mean_tpr@0.001": mean, "families": table, "copy_move": copy_move,
+           "cnn_candidate_rate_f<=1": retrieval,
+           "negatives_cnn_candidate_rate_f<=1": float(np.mean(neg_scores["cnn"] >= -1.0))}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
-    lines = ["| family | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines = ["| family | " + " | ".join(names) + " | CNN candidate (f <= 1) |", "|---" * (len(names) + 2) + "|"]
     for fam in table:
-        lines.append(f"| {fam} | " + " | ".join(f"{table[fam][n]['tpr@0.001']:.2f}" for n in names) + " |")
-    lines.append("| **mean TPR@FPR1e-3** | " + " | ".join(f"**{mean[n]:.3f}**" for n in names) + " |")
+        lines.append(f"| {fam} | " + " | ".join(f"{table[fam][n]['tpr@0.001']:.2f}" for n in names)
+                     + f" | {retrieval[fam]:.2f} |")
+    lines.append("| **mean TPR@FPR1e-3** | " + " | ".join(f"**{mean[n]:.3f}**" for n in names) + " | |")
     print("\n".join(lines))
+    print("copy-move:", json.dumps(copy_move))
 
 
 if __name__ == "__main__":

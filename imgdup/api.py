@@ -14,13 +14,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .index.report import SIDE_COLUMNS, empty_report, make_report, write_report
+from .index.report import SIDE_COLUMNS, copy_move_report, empty_report, make_report, unverified, write_report
 from .index.search import pairs_against, pairs_within
 from .index.store import PanelRow, Store, StoreError
 from .model.api import Embedder, load_model
 from .pipeline import DocResult, ExtractOptions, Limits, extract_many, write_panels
 from .hashing import sha256_file
-from .pipeline.verify import thumbnail, verify_report
+from .pipeline.verify import find_copy_moves, thumbnail, verify_report
 
 
 def extract_panels(pdfs: Sequence[str | Path], out_dir: str | Path, workers: int = 2,
@@ -176,11 +176,12 @@ def _info_from_results(results: list[DocResult]) -> pd.DataFrame:
 def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold: float | None = None,
           out: str | Path | None = None, add: bool = False, model: Embedder | None = None,
           workers: int = 2, progress: bool = False, verify: bool = True, keep_rejected: bool = False,
-          **limits_kw) -> QueryResult:
+          copy_move: bool = True, **limits_kw) -> QueryResult:
     """Compare manuscript panels with each other and with the store (read-only unless add).
 
-    Candidates within the CNN threshold are verified by alignment (``verify``); rejected pairs
-    are dropped unless ``keep_rejected``.
+    Candidates within the CNN threshold are verified (keypoints + RANSAC, whole-panel alignment,
+    calibrated confidence; ``verify``); rejected pairs are dropped unless ``keep_rejected``.
+    ``copy_move`` also looks for regions duplicated inside each manuscript panel.
     """
     model = model or load_model()
     t = float(threshold if threshold is not None else model.threshold)
@@ -220,7 +221,12 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
             px = manuscript_px.get((getattr(row, f"{side}_sha256"), getattr(row, f"{side}_panel")))
             return None if px is None else thumbnail(px)
 
-        report = verify_report(report, lookup, keep_rejected=keep_rejected)
+        report = verify_report(report, lookup, keep_rejected=keep_rejected, progress=progress)
+    if copy_move:
+        px = {i: p.pixels for i, p in enumerate(p for r in good for p in r.panels) if p.kind != "figure"}
+        cm = copy_move_report(qinfo, find_copy_moves(px, progress=progress))
+        if len(cm):
+            report = pd.concat([cm, unverified(report)], ignore_index=True)
     path = write_report(report, out, model.sha256, t, {"command": "query"}) if out else None
     if add:
         store = Store(store_path)
@@ -250,8 +256,11 @@ class ScreenResult:
 
 def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-reports", all_pairs: bool = False,
            threshold: float | None = None, model_sha256: str | None = None, verify: bool = True,
-           keep_rejected: bool = False) -> ScreenResult:
-    """The nightly job: panels added since the last screen (or all) against the whole store."""
+           keep_rejected: bool = False, copy_move: bool = False, progress: bool = False) -> ScreenResult:
+    """The nightly job: panels added since the last screen (or all) against the whole store.
+
+    ``copy_move`` also searches each new panel for regions duplicated inside it (about 0.4 s a
+    panel on one CPU core, so it is opt-in for large runs)."""
     t0 = time.time()
     store = Store(index or default_index(), create=False)
     with store.writer():
@@ -277,7 +286,15 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
             if verify and len(report):
                 th = store.thumbs(np.union1d(report.query_panel_id, report.match_panel_id))
                 report = verify_report(report, lambda side, row: th.get(int(getattr(row, f"{side}_panel_id"))),
-                                       keep_rejected=keep_rejected)
+                                       keep_rejected=keep_rejected, progress=progress)
+            if copy_move:
+                th = store.thumbs(new)
+                ninfo = store.panel_table(new).reset_index(drop=True)
+                px = {i: th.get(int(pid)) for i, (pid, kind) in enumerate(zip(ninfo.panel_id, ninfo.kind))
+                      if kind != "figure"}
+                cm = copy_move_report(ninfo, find_copy_moves(px, progress=progress))
+                if len(cm):
+                    report = pd.concat([cm, unverified(report)], ignore_index=True)
         day = run_id[:4] + "-" + run_id[4:6] + "-" + run_id[6:8]
         path = Path(out_dir) / f"date={day}" / f"screen-{run_id}.parquet"
         write_report(report, path, sha, t, {"command": "screen", "run_id": run_id,

@@ -121,14 +121,15 @@ def ingest(pdfs: tuple[Path, ...], index: str | None, commit_every: int, workers
 @click.option("--out", "out", default=None, type=click.Path(path_type=Path), help="Write the Parquet report here.")
 @click.option("--threshold", default=None, type=float, help="Report pairs with f <= this (default: the model's, 1.0).")
 @click.option("--add", is_flag=True, help="Also add the manuscript to the store.")
-@click.option("--no-verify", is_flag=True, help="Report CNN candidates without alignment verification.")
-@click.option("--keep-rejected", is_flag=True, help="Keep pairs the verification rejects (verified=False).")
+@click.option("--no-verify", is_flag=True, help="Report CNN candidates without keypoint verification.")
+@click.option("--keep-rejected", is_flag=True, help="Keep pairs the verification rejects (verified=False, with the reason).")
+@click.option("--no-copy-move", is_flag=True, help="Do not search panels for regions duplicated inside them.")
 @click.option("--top", default=20, show_default=True, help="Pairs shown in the table.")
 @click.option("--exit-zero", is_flag=True, help="Exit 0 even when pairs are flagged.")
 @_extract_options
 def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold: float | None, add: bool,
-          no_verify: bool, keep_rejected: bool, top: int, exit_zero: bool, workers: int, timeout: float,
-          memory_mb: int, max_pages: int) -> None:
+          no_verify: bool, keep_rejected: bool, no_copy_move: bool, top: int, exit_zero: bool, workers: int,
+          timeout: float, memory_mb: int, max_pages: int) -> None:
     """Compare a manuscript's panels with each other and with the store.
 
     Exit code 0: nothing flagged; 1: pairs flagged; 2: error.
@@ -138,7 +139,7 @@ def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold
 
     res = run(list(pdfs), index, threshold=threshold, out=out, add=add, workers=workers,
               progress=_progress(), verify=not no_verify, keep_rejected=keep_rejected,
-              **_limits(timeout, memory_mb, max_pages))
+              copy_move=not no_copy_move, **_limits(timeout, memory_mb, max_pages))
     for d in res.documents:
         click.echo(d.summary(), err=True)
     click.echo(format_table(res.report, top))
@@ -146,7 +147,7 @@ def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold
         click.echo(f"report: {res.path} ({len(res.report)} pairs)")
     if all(d.error for d in res.documents):
         raise SystemExit(2)
-    flagged = res.report[res.report.verified] if "verified" in res.report else res.report
+    flagged = res.report[res.report.verified] if not no_verify else res.report
     raise SystemExit(0 if exit_zero or flagged.empty else 1)
 
 
@@ -156,17 +157,18 @@ def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold
               help="Reports go to OUT/date=YYYY-MM-DD/screen-<run>.parquet.")
 @click.option("--all", "all_pairs", is_flag=True, help="Screen every panel, not only the new ones.")
 @click.option("--threshold", default=None, type=float, help="Report pairs with f <= this (default 1.0).")
-@click.option("--no-verify", is_flag=True, help="Report CNN candidates without alignment verification.")
-@click.option("--keep-rejected", is_flag=True, help="Keep pairs the verification rejects (verified=False).")
+@click.option("--no-verify", is_flag=True, help="Report CNN candidates without keypoint verification.")
+@click.option("--keep-rejected", is_flag=True, help="Keep pairs the verification rejects (verified=False, with the reason).")
+@click.option("--copy-move", is_flag=True, help="Also search each new panel for regions duplicated inside it (~0.4 s a panel).")
 @click.option("--top", default=20, show_default=True, help="Pairs shown in the table.")
 def screen(index: str | None, out_dir: Path, all_pairs: bool, threshold: float | None, no_verify: bool,
-           keep_rejected: bool, top: int) -> None:
+           keep_rejected: bool, copy_move: bool, top: int) -> None:
     """Nightly job: panels added since the last screen against the whole store."""
     from ..api import screen as run
     from ..index.report import format_table
 
     res = run(index, out_dir, all_pairs=all_pairs, threshold=threshold,
-              verify=not no_verify, keep_rejected=keep_rejected)
+              verify=not no_verify, keep_rejected=keep_rejected, copy_move=copy_move, progress=_progress())
     click.echo(format_table(res.report, top))
     click.echo(f"screen {res.run_id}: {res.panels} panels screened, {len(res.report)} pairs, "
                f"{res.seconds:.1f}s; report: {res.path}")
@@ -180,6 +182,22 @@ def reindex(index: str | None, workers: int) -> None:
     from ..api import reindex as run
 
     click.echo(run(index, workers=workers, progress=_progress()))
+
+
+@cli.command()
+@click.argument("report", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--html", "html_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Write DIR/index.html and DIR/img/ (a static, offline page).")
+@click.option("--index", "index", default=None,
+              help="Store whose thumbnails to show (default: render the panels from the PDFs).")
+@click.option("--verified-only", is_flag=True, help="Leave out pairs the verification rejected.")
+@click.option("--limit", default=500, show_default=True, help="Most pairs shown (highest confidence first).")
+def report(report: Path, html_dir: Path, index: str | None, verified_only: bool, limit: int) -> None:
+    """Turn a Parquet pair report into an HTML page for reviewers."""
+    from ..index.html import render_html
+
+    page = render_html(report, html_dir, index=index, include_rejected=not verified_only, limit=limit)
+    click.echo(f"html report: {page}")
 
 
 @cli.command()

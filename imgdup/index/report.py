@@ -21,7 +21,29 @@ REPORT_COLUMNS = [
     "match_sha256", "match_page", "match_bbox", "match_panel", "distance", "score", "same_doc",
     "query_figure", "match_figure", "query_kind", "match_kind", "query_panel_id", "match_panel_id",
     "same_content", "same_xref"]
-VERIFY_COLUMNS = ["verify_ncc", "verify_orientation", "verify_scale", "verified", "reject_reason"]
+_POLY = pa.list_(pa.list_(pa.float64()))
+# verification columns: pandas dtype and Parquet type (filled by imgdup.pipeline.verify)
+VERIFY_FIELDS = {
+    "finding": ("object", pa.string()),             # "pair", or "copy-move" inside one panel
+    "confidence": ("float64", pa.float64()),        # calibrated probability of re-use
+    "verified": ("bool", pa.bool_()),               # confidence >= the calibrated threshold
+    "reject_reason": ("object", pa.string()),       # why not (kept with --keep-rejected)
+    "verify_inliers": ("int64", pa.int64()),        # RANSAC keypoint inliers
+    "verify_aligned_ncc": ("float64", pa.float64()),  # rank correlation of the registered overlap
+    "verify_ncc": ("float64", pa.float64()),        # whole-panel correlation over 8 orientations
+    "verify_orientation": ("object", pa.string()),  # nearest flip / quarter turn of match onto query
+    "verify_rotation": ("float64", pa.float64()),   # degrees, counter-clockwise
+    "verify_scale": ("float64", pa.float64()),      # linear scale of match onto query (pixels)
+    "verify_flip": ("bool", pa.bool_()),
+    "verify_tx": ("float64", pa.float64()),         # match origin in query, fraction of width
+    "verify_ty": ("float64", pa.float64()),         # ... and of height
+    "overlap_frac": ("float64", pa.float64()),      # shared area / panel area (larger of the two)
+    "overlap_query": ("object", _POLY),             # overlap polygon in the query panel (0..1)
+    "overlap_match": ("object", _POLY),             # the same region in the match panel
+    "points_query": ("object", _POLY),              # matched keypoints (inliers), query side
+    "points_match": ("object", _POLY),              # ... and match side
+}
+VERIFY_COLUMNS = list(VERIFY_FIELDS)
 
 
 def _side(info: pd.DataFrame, rows: np.ndarray, prefix: str) -> dict[str, object]:
@@ -64,11 +86,61 @@ def empty_report() -> pd.DataFrame:
     df = pd.DataFrame({c: pd.Series(dtype=object) for c in REPORT_COLUMNS + VERIFY_COLUMNS})
     for c in ("query_page", "match_page", "query_panel_id", "match_panel_id"):
         df[c] = df[c].astype(np.int64)
-    for c in ("distance", "score", "verify_ncc", "verify_scale"):
+    for c in ("distance", "score"):
         df[c] = df[c].astype(np.float64)
-    for c in ("same_doc", "same_content", "same_xref", "verified"):
+    for c in ("same_doc", "same_content", "same_xref"):
         df[c] = df[c].astype(bool)
+    for c, (kind, _) in VERIFY_FIELDS.items():
+        df[c] = df[c].astype(kind)
     return df
+
+
+def unverified(df: pd.DataFrame) -> pd.DataFrame:
+    """Fill absent verification columns (CNN-only runs): not verified, with the reason."""
+    fill = {"finding": "pair", "confidence": np.nan, "verified": False,
+            "reject_reason": "not verified (--no-verify)", "verify_inliers": 0, "verify_aligned_ncc": np.nan,
+            "verify_ncc": np.nan, "verify_orientation": "", "verify_rotation": np.nan, "verify_scale": np.nan,
+            "verify_flip": False, "verify_tx": np.nan, "verify_ty": np.nan, "overlap_frac": np.nan}
+    out = df.copy()
+    for c, (kind, _) in VERIFY_FIELDS.items():
+        if c not in out:
+            out[c] = pd.Series([fill[c] if c in fill else [] for _ in range(len(out))], index=out.index, dtype=kind)
+    return out
+
+
+def copy_move_report(info: pd.DataFrame, found: list) -> pd.DataFrame:
+    """Report rows for copy-move findings: both sides are the same panel (row position into
+    ``info``); the source region is ``overlap_query``, its copy ``overlap_match``."""
+    if not found:
+        return empty_report()
+    rows = np.array([pos for pos, _ in found], np.int64)
+    d = {**_side(info, rows, "query"), **_side(info, rows, "match")}
+    df = pd.DataFrame(d).drop(columns=[c for c in d if c.startswith("_")])
+    df["distance"] = 0.0
+    df["score"] = 1.0
+    df["same_doc"] = True
+    df["same_content"] = True
+    df["same_xref"] = False
+    cms = [cm for _, cm in found]
+    df["finding"] = "copy-move"
+    df["confidence"] = [cm.aligned_ncc for cm in cms]
+    df["verified"] = True
+    df["reject_reason"] = ""
+    df["verify_inliers"] = [cm.inliers for cm in cms]
+    df["verify_aligned_ncc"] = [cm.aligned_ncc for cm in cms]
+    df["verify_ncc"] = np.nan
+    df["verify_orientation"] = ["flip-lr" if cm.flip else "identity" for cm in cms]
+    df["verify_rotation"] = np.nan
+    df["verify_scale"] = np.nan
+    df["verify_flip"] = [cm.flip for cm in cms]
+    df["verify_tx"] = np.nan
+    df["verify_ty"] = np.nan
+    df["overlap_frac"] = np.nan
+    df["overlap_query"] = [[list(p) for p in cm.region_src] for cm in cms]
+    df["overlap_match"] = [[list(p) for p in cm.region_dst] for cm in cms]
+    df["points_query"] = [[] for _ in cms]
+    df["points_match"] = [[] for _ in cms]
+    return df[REPORT_COLUMNS + VERIFY_COLUMNS].reset_index(drop=True)
 
 
 def write_report(df: pd.DataFrame, path: str | Path, model_sha256: str, threshold: float,
@@ -85,16 +157,13 @@ def write_report(df: pd.DataFrame, path: str | Path, model_sha256: str, threshol
         ("distance", pa.float64()), ("score", pa.float64()), ("same_doc", pa.bool_()),
         ("query_figure", pa.string()), ("match_figure", pa.string()), ("query_kind", pa.string()),
         ("match_kind", pa.string()), ("query_panel_id", pa.int64()), ("match_panel_id", pa.int64()),
-        ("same_content", pa.bool_()), ("same_xref", pa.bool_()), ("verify_ncc", pa.float64()),
-        ("verify_orientation", pa.string()), ("verify_scale", pa.float64()), ("verified", pa.bool_()),
-        ("reject_reason", pa.string())])
+        ("same_content", pa.bool_()), ("same_xref", pa.bool_())]
+        + [(c, t) for c, (_, t) in VERIFY_FIELDS.items()])
     meta = {"imgdup.model_sha256": model_sha256, "imgdup.version": __version__,
             "imgdup.threshold": repr(float(threshold)),
             "imgdup.run_time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     meta.update({f"imgdup.{k}": str(v) for k, v in (extra or {}).items()})
-    for c in VERIFY_COLUMNS:
-        if c not in df:
-            df = df.assign(**{c: empty_report()[c].reindex(df.index)})
+    df = unverified(df)
     table = pa.Table.from_pandas(df[REPORT_COLUMNS + VERIFY_COLUMNS], schema=schema, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **{k.encode(): v.encode() for k, v in meta.items()}})
     tmp = path.with_name(f".{path.name}.tmp")
@@ -107,16 +176,22 @@ def format_table(df: pd.DataFrame, top: int = 20) -> str:
     """The top pairs as a fixed-width text table."""
     if df.empty:
         return "no pairs within the threshold"
-    rows = [f"{'f':>6} {'score':>5} {'ncc':>5}  {'query (doc p.page panel)':<40} {'match (doc p.page panel)':<40} how"]
+    rows = [f"{'f':>6} {'conf':>5} {'inl':>4}  {'query (doc p.page panel)':<40} {'match (doc p.page panel)':<40} how"]
     for r in df.head(top).itertuples():
         q = f"{Path(r.query_doc).name[:24]} p{r.query_page} {r.query_panel}"
         m = f"{Path(r.match_doc).name[:24]} p{r.match_page} {r.match_panel}"
-        ncc = getattr(r, "verify_ncc", float("nan"))
+        conf = getattr(r, "confidence", float("nan"))
+        inl = int(getattr(r, "verify_inliers", 0) or 0)
         how = getattr(r, "verify_orientation", "") or ""
-        sc = getattr(r, "verify_scale", float("nan"))
-        if how and sc == sc and sc < 1:
-            how += f" crop {sc:.2f}"
-        rows.append(f"{r.distance:6.3f} {r.score:5.2f} {ncc:5.2f}  {q:<40} {m:<40} {how}")
+        if getattr(r, "finding", "pair") == "copy-move":
+            how = "copy-move inside the panel"
+        else:
+            ov = getattr(r, "overlap_frac", float("nan"))
+            if ov == ov and ov < 0.9:
+                how += f", overlap {ov:.0%}"
+            if not getattr(r, "verified", True):
+                how += f"  [rejected: {r.reject_reason}]"
+        rows.append(f"{r.distance:6.3f} {conf:5.2f} {inl:4d}  {q:<40} {m:<40} {how}")
     if len(df) > top:
         rows.append(f"... and {len(df) - top} more pairs in the report")
     return "\n".join(rows)

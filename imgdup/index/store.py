@@ -3,7 +3,7 @@
     catalog.sqlite        documents (also the skipped ones, with their reason), panels, shards,
                           screen runs and store metadata (model sha256) - SQLite transactions
     embeddings/part-*.parquet   panel_id + alpha-scaled vector (the source of truth) + a small
-                          PNG thumbnail (longer side 96 px) for verification and evidence
+                          PNG thumbnail (longer side 256 px, never enlarged) for verification and evidence
     index.faiss           FAISS IndexIDMap2(IndexFlat, METRIC_L1), rebuildable from the shards
     .lock                 one writer at a time (fcntl lock), with a clear message
 

@@ -1,32 +1,43 @@
-"""Verification of candidate pairs by alignment: is one panel, turned or flipped, possibly
-cropped, the other one?
+"""Verification of candidate pairs: is (part of) one panel, turned, flipped, scaled or cropped,
+the same pixels as (part of) the other?
 
 The CNN distance finds candidates; many fields of one experiment look alike to it.  A copy,
-though, lines up with its source pixel for pixel once the orientation (one of the 8 flips and
-quarter turns) and the crop are undone.  Both panels are reduced to small thumbnails,
-rank-normalised (which removes gamma, contrast stretch and equalisation) and compared by
-normalised cross-correlation, over the 8 orientations and a few crop scales in both directions
-(``cv2.matchTemplate``).  The best correlation is the verification score.
+though, lines up with its source once the geometry is undone.  Two independent checks:
+
+* keypoints: SIFT on contrast-limited-equalised images (CLAHE, so gamma / contrast / equalisation
+  changes leave the keypoints in place), RootSIFT descriptors, Lowe's ratio test, and a RANSAC
+  affine transform; the second panel is also matched mirrored, since SIFT is not flip-invariant.
+  The transform gives rotation, scale, flip and translation and the overlap polygon in both
+  panels; the overlap is then warped into register and compared by rank-normalised correlation
+  (``aligned_ncc``), which separates a real copy from a few chance matches on similar texture.
+* whole-panel alignment: small rank-normalised thumbnails over the 8 flips / quarter turns and a
+  few crop scales, by normalised cross-correlation (``thumb_ncc``).  This covers panels with too
+  few keypoints (blurred, flat, tiny).
+
+A logistic model over (CNN distance, log inliers, aligned_ncc, thumb_ncc), fitted on held-out
+calibration pairs (``benchmarks/calibrate.py`` writes ``confidence.json``), turns them into one
+calibrated ``confidence``; the pair is accepted at or above the threshold stored with it.
+``copy_move`` finds a region duplicated inside one panel with the same machinery.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
 import cv2
 import numpy as np
 
-THUMB = 96          # thumbnail side used for verification (and stored in the index)
+THUMB = 256         # side of the thumbnail stored in the index (verification and evidence)
+PREP = 256          # side at which keypoints are computed
 SCALES = (1.0, 0.95, 0.9, 0.8, 0.7, 0.6)
+CONFIDENCE_FILE = Path(__file__).with_name("confidence.json")
 
 
-@dataclass(frozen=True)
-class Verification:
-    ncc: float          # best normalised cross-correlation, -1..1
-    orientation: str    # how the second panel was turned to match the first
-    scale: float        # size of the inner panel relative to the outer one (1 = whole)
-    inner: str          # "a", "b" or "" (no crop)
-
+# ---------------------------------------------------------------- whole-panel alignment
 
 _ORIENT = {
     "identity": lambda x: x, "rot90": lambda x: np.rot90(x, 1), "rot180": lambda x: np.rot90(x, 2),
@@ -35,13 +46,24 @@ _ORIENT = {
 }
 
 
+@dataclass(frozen=True)
+class Alignment:
+    ncc: float          # best normalised cross-correlation, -1..1
+    orientation: str    # how the second panel was turned to match the first
+    scale: float        # size of the inner panel relative to the outer one (1 = whole)
+    inner: str          # "a", "b" or "" (no crop)
+
+
 def thumbnail(grey: np.ndarray, side: int = THUMB) -> np.ndarray:
-    """Aspect-kept thumbnail, longer side = ``side`` (uint8); used for storage and verification."""
+    """Aspect-kept thumbnail, longer side = ``side`` (never enlarged), uint8."""
     h, w = grey.shape
-    s = side / max(h, w)
+    s = min(1.0, side / max(h, w))
+    if s == 1.0 and grey.dtype == np.uint8:
+        return np.ascontiguousarray(grey)
+    if grey.dtype != np.uint8:
+        grey = np.clip(np.asarray(grey, np.float32) * (255.0 if grey.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
     size = (max(8, int(round(w * s))), max(8, int(round(h * s))))
-    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
-    return cv2.resize(np.ascontiguousarray(grey), size, interpolation=interp)
+    return cv2.resize(np.ascontiguousarray(grey), size, interpolation=cv2.INTER_AREA)
 
 
 def _rank(img: np.ndarray, side: int) -> np.ndarray:
@@ -54,58 +76,455 @@ def _rank(img: np.ndarray, side: int) -> np.ndarray:
     return (ranks / order.size).reshape(side, side)
 
 
-def verify_pair(a: np.ndarray, b: np.ndarray, side: int = 64) -> Verification:
-    """Best alignment of panel b onto panel a (any size / aspect; uint8 or float greyscale)."""
+def align_pair(a: np.ndarray, b: np.ndarray, side: int = 64) -> Alignment:
+    """Best whole-panel alignment of b onto a over 8 orientations and crop scales."""
     ra = _rank(a, side)
-    best = Verification(-1.0, "identity", 1.0, "")
+    best = Alignment(-1.0, "identity", 1.0, "")
     for name, turn in _ORIENT.items():
         rb = np.ascontiguousarray(_rank(np.ascontiguousarray(turn(b)), side))
         ncc = float(cv2.matchTemplate(ra, rb, cv2.TM_CCOEFF_NORMED)[0, 0])
         if ncc > best.ncc:
-            best = Verification(ncc, name, 1.0, "")
+            best = Alignment(ncc, name, 1.0, "")
         for s in SCALES[1:]:
             k = int(round(side * s))
             for inner, outer, tag in ((rb, ra, "b"), (ra, rb, "a")):
                 small = cv2.resize(inner, (k, k), interpolation=cv2.INTER_AREA)
-                # the crop is the inner panel: find it inside the outer one
                 val = float(cv2.matchTemplate(outer, small, cv2.TM_CCOEFF_NORMED).max())
                 if val > best.ncc:
-                    best = Verification(val, name, s, tag)
+                    best = Alignment(val, name, s, tag)
     return best
 
 
-VERIFY_NCC = 0.87   # accept at or above; measured on held-out pairs (docs/MODEL.md)
+# ---------------------------------------------------------------- keypoints
+
+@lru_cache(maxsize=1)
+def _sift() -> cv2.SIFT:
+    return cv2.SIFT_create(nfeatures=500, contrastThreshold=0.02)
 
 
-def verify_report(report, lookup, threshold: float = VERIFY_NCC, keep_rejected: bool = False):
-    """Add verification columns to a pair report and drop (or keep, marked) the rejected pairs.
+@lru_cache(maxsize=1)
+def _clahe() -> cv2.CLAHE:
+    return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4))
 
-    ``lookup(side, row)`` returns the panel pixels of side "query" / "match" of a report row,
-    or None when they are not available (the pair is then kept, unverified).
+
+@lru_cache(maxsize=1)
+def _dense_sift() -> cv2.SIFT:
+    return cv2.SIFT_create(nfeatures=3000, contrastThreshold=0.005)
+
+
+def _describe(img: np.ndarray, dense: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    kp, d = (_dense_sift() if dense else _sift()).detectAndCompute(_clahe().apply(img), None)
+    if d is None or len(kp) == 0:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32)
+    d = d / (d.sum(1, keepdims=True) + 1e-7)            # RootSIFT
+    return np.float32([k.pt for k in kp]), np.sqrt(d).astype(np.float32)
+
+
+@dataclass
+class Features:
+    """A panel prepared for verification (``img`` is the panel at ``PREP`` px, uint8)."""
+
+    img: np.ndarray
+    orig_shape: tuple[int, int]
+    pts: np.ndarray
+    desc: np.ndarray
+    dense: bool = False
+    _mirror: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def mirror(self) -> tuple[np.ndarray, np.ndarray]:
+        """Keypoints of the left-right mirrored image (in the mirrored frame)."""
+        if self._mirror is None:
+            self._mirror = _describe(np.ascontiguousarray(self.img[:, ::-1]), self.dense)
+        return self._mirror
+
+
+def _as_uint8(grey: np.ndarray) -> np.ndarray:
+    g = np.asarray(grey)
+    if g.dtype != np.uint8:
+        g = np.clip(g.astype(np.float32) * (255.0 if g.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(g)
+
+
+def features(grey: np.ndarray, side: int = PREP, dense: bool = False) -> Features:
+    """Resize to ``side`` px on the longer side (small panels enlarged up to 3x) and describe.
+
+    ``dense`` (for copy-move, 2 x ``PREP``): a much lower contrast threshold, up to 3000 points.
+    """
+    g = _as_uint8(grey)
+    h, w = g.shape
+    s = min(3.0, side / max(h, w))
+    size = (max(8, int(round(w * s))), max(8, int(round(h * s))))
+    img = cv2.resize(g, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
+    pts, desc = _describe(img, dense)
+    return Features(img, (h, w), pts, desc, dense)
+
+
+def copy_move_features(grey: np.ndarray) -> Features:
+    """Dense keypoints at twice the verification size, as ``copy_move`` needs."""
+    return features(grey, 2 * PREP, dense=True)
+
+
+def _ratio_matches(da: np.ndarray, db: np.ndarray, ratio: float = 0.85, skip_self: bool = False):
+    k = 3 if skip_self else 2
+    if len(da) < k or len(db) < k:
+        return np.zeros((0, 2), np.int64)
+    knn = cv2.BFMatcher(cv2.NORM_L2).knnMatch(da, db, k=k)
+    out = []
+    for m in knn:
+        if skip_self:
+            m = [x for x in m if x.trainIdx != x.queryIdx]
+        if len(m) >= 2 and m[0].distance < ratio * m[1].distance:
+            out.append((m[0].queryIdx, m[0].trainIdx))
+    return np.array(out, np.int64).reshape(-1, 2)
+
+
+def _plausible(A: np.ndarray) -> bool:
+    sv = np.linalg.svd(A[:, :2], compute_uv=False)
+    return bool(sv[1] > 0.15 and sv[0] < 6.0 and sv[0] / max(sv[1], 1e-9) < 2.5)
+
+
+def _ransac(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    if len(src) < 4:
+        return None, np.zeros(len(src), bool)
+    A, inl = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=3.0,
+                                  maxIters=2000, confidence=0.995, refineIters=10)
+    if A is None or not _plausible(A):
+        return None, np.zeros(len(src), bool)
+    return A, inl.ravel().astype(bool)
+
+
+def _h(A: np.ndarray) -> np.ndarray:
+    return np.vstack([A, [0.0, 0.0, 1.0]])
+
+
+def _rank_ncc(x: np.ndarray, y: np.ndarray) -> float:
+    """Correlation of the ranks of two equally long samples (Spearman), robust to tone curves."""
+    if len(x) < 50:
+        return float("nan")
+    rx = x.argsort(kind="stable").argsort().astype(np.float64)
+    ry = y.argsort(kind="stable").argsort().astype(np.float64)
+    rx -= rx.mean()
+    ry -= ry.mean()
+    den = math.sqrt(float((rx * rx).sum() * (ry * ry).sum()))
+    return float((rx * ry).sum() / den) if den > 0 else float("nan")
+
+
+def _poly_area(p: np.ndarray) -> float:
+    return float(cv2.contourArea(p.astype(np.float32))) if len(p) >= 3 else 0.0
+
+
+def _rect(h: int, w: int) -> np.ndarray:
+    return np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+
+
+@dataclass(frozen=True)
+class Match:
+    """Keypoint verification of panel b against panel a (coordinates normalised to 0..1)."""
+
+    inliers: int
+    aligned_ncc: float          # rank correlation of the registered overlap (nan: none)
+    flip: bool                  # b is mirrored relative to a
+    rotation: float             # degrees, counter-clockwise, of b onto a (after the flip)
+    scale: float                # linear scale of b onto a, in original pixels
+    tx: float                   # translation of b's origin in a, fraction of a's width
+    ty: float                   # ... and of a's height
+    overlap_a: list[tuple[float, float]]    # overlap polygon in a (x, y in 0..1)
+    overlap_b: list[tuple[float, float]]    # the same region in b
+    overlap_frac: float         # overlap area / area of the smaller panel's share (max of both)
+    pts_a: np.ndarray           # inlier keypoints in a (normalised), for the evidence picture
+    pts_b: np.ndarray           # ... and in b
+
+    @staticmethod
+    def none() -> "Match":
+        e = np.zeros((0, 2), np.float32)
+        return Match(0, float("nan"), False, 0.0, 1.0, 0.0, 0.0, [], [], 0.0, e, e)
+
+    @property
+    def orientation(self) -> str:
+        """Nearest of the 8 quarter-turn / flip names (as ``Alignment``)."""
+        q = int(round(self.rotation / 90.0)) % 4
+        if not self.flip:
+            return ["identity", "rot90", "rot180", "rot270"][q]
+        return ["flip-lr", "transpose", "flip-ud", "anti-transpose"][q]
+
+
+MIN_INLIERS = 5     # an affine needs 3 points; fewer than 5 inliers say nothing
+
+
+def match(fa: Features, fb: Features) -> Match:
+    """Keypoint + RANSAC verification of b against a (b tried as is and mirrored)."""
+    best: tuple[int, np.ndarray, bool, np.ndarray, np.ndarray] | None = None
+    hb, wb = fb.img.shape
+    flip_m = np.array([[-1.0, 0.0, wb - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    for mirrored in (False, True):
+        pb, db = fb.mirror if mirrored else (fb.pts, fb.desc)
+        m = _ratio_matches(fa.desc, db)
+        if len(m) < 4:
+            continue
+        src, dst = pb[m[:, 1]], fa.pts[m[:, 0]]
+        A, inl = _ransac(src, dst)
+        if A is None:
+            continue
+        n = int(inl.sum())
+        if best is None or n > best[0]:
+            A3 = _h(A) @ flip_m if mirrored else _h(A)       # b (unmirrored) -> a
+            ptb = src[inl]
+            if mirrored:
+                ptb = np.column_stack([wb - 1.0 - ptb[:, 0], ptb[:, 1]])
+            best = (n, A3, mirrored, dst[inl], ptb)
+    if best is None or best[0] < MIN_INLIERS:
+        return Match.none()
+    n, A3, mirrored, pa, pb = best
+    ha, wa = fa.img.shape
+    # overlap polygon: b's frame mapped into a, clipped to a
+    rb_in_a = cv2.transform(_rect(hb, wb)[None], A3[:2])[0]
+    area, poly_a = cv2.intersectConvexConvex(_rect(ha, wa), rb_in_a.astype(np.float32))
+    poly_a = poly_a.reshape(-1, 2) if poly_a is not None and area > 0 else np.zeros((0, 2), np.float32)
+    inv = np.linalg.inv(A3)
+    poly_b = cv2.transform(poly_a[None].astype(np.float64), inv[:2])[0] if len(poly_a) else poly_a
+    frac = max(_poly_area(poly_a) / (ha * wa), _poly_area(poly_b) / (hb * wb)) if len(poly_a) else 0.0
+    # registered overlap
+    ncc = float("nan")
+    if len(poly_a) >= 3:
+        warped = cv2.warpAffine(fb.img, A3[:2], (wa, ha), flags=cv2.INTER_LINEAR, borderValue=0)
+        mask = np.zeros((ha, wa), np.uint8)
+        cv2.fillConvexPoly(mask, np.round(poly_a).astype(np.int32), 1)
+        mask = cv2.erode(mask, np.ones((5, 5), np.uint8))
+        if mask.sum() >= 400:
+            sa = cv2.GaussianBlur(fa.img, (0, 0), 1.0)[mask > 0].astype(np.float32)
+            sb = cv2.GaussianBlur(warped, (0, 0), 1.0)[mask > 0].astype(np.float32)
+            ncc = _rank_ncc(sa, sb)
+    # transform in original pixels: a_orig <- a_prep <- b_prep <- b_orig
+    sa_ = np.diag([fa.orig_shape[1] / wa, fa.orig_shape[0] / ha, 1.0])
+    sb_ = np.diag([wb / fb.orig_shape[1], hb / fb.orig_shape[0], 1.0])
+    T = sa_ @ A3 @ sb_
+    L = T[:2, :2]
+    if mirrored:
+        L = L @ np.diag([-1.0, 1.0])
+    det = float(np.linalg.det(L))
+    rot = math.degrees(math.atan2(-(L[1, 0] - L[0, 1]) / 2, (L[0, 0] + L[1, 1]) / 2)) % 360.0
+    norm_a = np.array([wa, ha], np.float64)
+    norm_b = np.array([wb, hb], np.float64)
+    return Match(
+        n, ncc, mirrored, rot, math.sqrt(abs(det)), float(A3[0, 2] / wa), float(A3[1, 2] / ha),
+        [tuple(map(float, p)) for p in np.round(poly_a / norm_a, 4)],
+        [tuple(map(float, p)) for p in np.round(poly_b / norm_b, 4)],
+        float(frac), (pa / norm_a).astype(np.float32), (pb / norm_b).astype(np.float32))
+
+
+# ---------------------------------------------------------------- copy-move inside one panel
+
+@dataclass(frozen=True)
+class CopyMove:
+    inliers: int
+    aligned_ncc: float
+    region_src: list[tuple[float, float]]   # convex hull of the source region (0..1)
+    region_dst: list[tuple[float, float]]   # ... and of its copy
+    flip: bool
+
+
+def copy_move(f: Features, min_inliers: int = 10, min_ncc: float = 0.8) -> CopyMove | None:
+    """A region of the panel repeated elsewhere in it (cloned cells, repeated bands), or None."""
+    h, w = f.img.shape
+    side = max(h, w)
+    best: CopyMove | None = None
+    for mirrored in (False, True):
+        pb, db = f.mirror if mirrored else (f.pts, f.desc)
+        m = _ratio_matches(f.desc, db, ratio=0.7, skip_self=not mirrored)
+        if len(m) < min_inliers:
+            continue
+        src = pb[m[:, 1]]
+        if mirrored:
+            src = np.column_stack([w - 1.0 - src[:, 0], src[:, 1]])
+        dst = f.pts[m[:, 0]]
+        far = np.linalg.norm(src - dst, axis=1) > 0.08 * side
+        src, dst = src[far], dst[far]
+        # each correspondence appears in both directions: keep one
+        keep = (src[:, 0] + 1e-3 * src[:, 1]) < (dst[:, 0] + 1e-3 * dst[:, 1])
+        src, dst = src[keep].astype(np.float32), dst[keep].astype(np.float32)
+        A, inl = _ransac(src, dst)
+        if A is None or inl.sum() < min_inliers:
+            continue
+        s_in, d_in = src[inl], dst[inl]
+        hs, hd = cv2.convexHull(s_in).reshape(-1, 2), cv2.convexHull(d_in).reshape(-1, 2)
+        if _poly_area(hs) < 0.005 * h * w:
+            continue
+        mask = np.zeros((h, w), np.uint8)
+        cv2.fillConvexPoly(mask, np.round(hd).astype(np.int32), 1)
+        warped = cv2.warpAffine(f.img, A, (w, h), flags=cv2.INTER_LINEAR)
+        src_mask = np.zeros((h, w), np.uint8)
+        cv2.fillConvexPoly(src_mask, np.round(hs).astype(np.int32), 1)
+        if (mask & src_mask).sum() > 0.5 * mask.sum():
+            continue        # the "copy" overlaps its source: a texture, not a clone
+        sel = mask > 0
+        ncc = _rank_ncc(cv2.GaussianBlur(f.img, (0, 0), 1.0)[sel].astype(np.float32),
+                        cv2.GaussianBlur(warped, (0, 0), 1.0)[sel].astype(np.float32))
+        if not (ncc >= min_ncc):
+            continue
+        norm = np.array([w, h], np.float64)
+        cm = CopyMove(int(inl.sum()), ncc, [tuple(map(float, p)) for p in np.round(hs / norm, 4)],
+                      [tuple(map(float, p)) for p in np.round(hd / norm, 4)], mirrored)
+        if best is None or cm.inliers > best.inliers:
+            best = cm
+    return best
+
+
+# ---------------------------------------------------------------- calibrated confidence
+
+@lru_cache(maxsize=1)
+def confidence_model() -> dict:
+    """Coefficients and threshold fitted by ``benchmarks/calibrate.py`` (see docs/MODEL.md)."""
+    return json.loads(CONFIDENCE_FILE.read_text())
+
+
+def feature_vector(f: float, m: Match, al: Alignment) -> np.ndarray:
+    """The confidence model's inputs; ``f`` may be nan (CNN distance unknown)."""
+    fcl = min(float(f), 4.0) if np.isfinite(f) else 2.0
+    ancc = m.aligned_ncc if np.isfinite(m.aligned_ncc) else 0.0
+    return np.array([fcl, math.log1p(m.inliers), ancc, al.ncc], np.float64)
+
+
+def confidence(x: np.ndarray, model: dict | None = None) -> np.ndarray:
+    """Calibrated probability that a pair is a re-use, from ``feature_vector`` rows."""
+    p = model or confidence_model()
+    z = np.atleast_2d(x) @ np.asarray(p["coef"]) + p["intercept"]
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    match: Match
+    alignment: Alignment
+    confidence: float
+
+
+def verify(fa: Features, fb: Features, f: float = float("nan"), a_thumb: np.ndarray | None = None,
+           b_thumb: np.ndarray | None = None) -> Verdict:
+    """Both checks and the calibrated confidence for one pair."""
+    m = match(fa, fb)
+    al = align_pair(a_thumb if a_thumb is not None else fa.img, b_thumb if b_thumb is not None else fb.img)
+    return Verdict(m, al, float(confidence(feature_vector(f, m, al))[0]))
+
+
+# ---------------------------------------------------------------- pair reports
+
+FURNITURE_PT = 3.0      # same image within this many points of the same page place: furniture
+ICON_PT = 40.0          # placements smaller than this on both sides are icons, not figures
+
+
+def entropy_bits(grey: np.ndarray) -> float:
+    """Shannon entropy of the grey-level histogram (bits); logos and frames have little."""
+    h = np.bincount(_as_uint8(grey).ravel(), minlength=256).astype(np.float64)
+    p = h[h > 0] / h.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def trivial_reason(row, a: np.ndarray | None, b: np.ndarray | None) -> str:
+    """Why a candidate pair is not a finding (publisher furniture, icon, blank), or ""."""
+    if row.same_xref:
+        return "same stored image placed twice in the document"
+    qb, mb = np.asarray(row.query_bbox, float), np.asarray(row.match_bbox, float)
+    if row.same_content and not row.same_doc and np.abs(qb - mb).max() <= FURNITURE_PT:
+        return "publisher furniture: identical image at the same place on the page of both documents"
+    if max(qb[2] - qb[0], qb[3] - qb[1]) < ICON_PT and max(mb[2] - mb[0], mb[3] - mb[1]) < ICON_PT:
+        return f"icon-sized placements (< {ICON_PT:.0f} pt on both sides)"
+    for px in (a, b):
+        if px is not None and (entropy_bits(px) < 1.5 or float(np.std(px)) < 3.0):
+            return "low-information graphic (logo, icon or frame)"
+    return ""
+
+
+def _poly_list(p) -> list[list[float]]:
+    return [[float(x), float(y)] for x, y in p]
+
+
+def verify_report(report, lookup, keep_rejected: bool = False, threshold: float | None = None,
+                  progress: bool = False):
+    """Verify every candidate pair of a report; add the verification columns; drop (or keep,
+    with ``reject_reason``) what is rejected.
+
+    ``lookup(side, row)`` returns the pixels (uint8 greyscale, any size) of side "query" or
+    "match" of a report row, or None when they are unavailable: such a pair is kept, marked
+    "not verified".  Features are computed once per panel.
     """
     import pandas as pd
+    from tqdm import tqdm
 
-    ncc, orient, scale, ok, reason = [], [], [], [], []
-    for row in report.itertuples(index=False):
-        if row.same_xref:
-            ncc.append(np.nan), orient.append(""), scale.append(np.nan), ok.append(False)
-            reason.append("same stored image placed twice in the document")
+    from ..index.report import VERIFY_FIELDS
+
+    thr = float(threshold if threshold is not None else confidence_model()["threshold"])
+    cache: dict[tuple, tuple[np.ndarray, Features]] = {}
+
+    def get(side: str, row):
+        key = (getattr(row, f"{side}_sha256"), getattr(row, f"{side}_panel"), getattr(row, f"{side}_panel_id"))
+        if key not in cache:
+            px = lookup(side, row)
+            cache[key] = None if px is None else (thumbnail(_as_uint8(px)), None)
+        hit = cache[key]
+        if hit is not None and hit[1] is None:
+            hit = cache[key] = (hit[0], features(hit[0]))
+        return hit
+
+    cols: dict[str, list] = {c: [] for c in VERIFY_FIELDS}
+    if report.empty:
+        return report.assign(**{c: pd.Series(dtype=k) for c, (k, _) in VERIFY_FIELDS.items()})
+    for row in tqdm(list(report.itertuples(index=False)), desc="verify", unit="pair", disable=not progress):
+        a = get("query", row)
+        b = get("match", row)
+        reason = trivial_reason(row, None if a is None else a[0], None if b is None else b[0])
+        if reason or a is None or b is None:
+            _append(cols, None, None, float("nan"), not reason,
+                    reason or "not verified: pixels unavailable")
             continue
-        a, b = lookup("query", row), lookup("match", row)
-        if a is None or b is None:
-            ncc.append(np.nan), orient.append(""), scale.append(np.nan), ok.append(True)
-            reason.append("not verified: pixels unavailable")
-            continue
-        v = verify_pair(a, b)
-        ncc.append(v.ncc), orient.append(v.orientation), scale.append(v.scale)
-        ok.append(v.ncc >= threshold)
-        reason.append("" if v.ncc >= threshold else f"no alignment (best correlation {v.ncc:.2f} < {threshold})")
+        m = match(a[1], b[1])
+        al = align_pair(a[0], b[0])
+        conf = float(confidence(feature_vector(float(row.distance), m, al))[0])
+        ok = conf >= thr
+        why = "" if ok else (f"confidence {conf:.2f} < {thr:.2f} ({m.inliers} keypoint inliers, "
+                             f"overlap correlation {m.aligned_ncc:.2f}, whole-panel correlation {al.ncc:.2f})")
+        _append(cols, m, al, conf, ok, why)
     out = report.copy()
-    out["verify_ncc"] = pd.Series(ncc, index=out.index, dtype="float64")
-    out["verify_orientation"] = pd.Series(orient, index=out.index, dtype="object")
-    out["verify_scale"] = pd.Series(scale, index=out.index, dtype="float64")
-    out["verified"] = pd.Series(ok, index=out.index, dtype="bool")
-    out["reject_reason"] = pd.Series(reason, index=out.index, dtype="object")
+    for c, (kind, _) in VERIFY_FIELDS.items():
+        out[c] = pd.Series(cols[c], index=out.index, dtype=kind)
     if not keep_rejected:
         out = out[out.verified]
-    return out.reset_index(drop=True)
+    return out.sort_values(["verified", "confidence"], ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _append(cols: dict, m: Match | None, al: Alignment | None, conf: float, ok: bool, why: str,
+            finding: str = "pair") -> None:
+    use_kp = m is not None and m.inliers >= MIN_INLIERS
+    vals = {
+        "finding": finding, "confidence": conf, "verified": ok, "reject_reason": why,
+        "verify_inliers": m.inliers if m else 0,
+        "verify_aligned_ncc": m.aligned_ncc if m else float("nan"),
+        "verify_ncc": al.ncc if al else float("nan"),
+        "verify_orientation": (m.orientation if use_kp else al.orientation) if al else "",
+        "verify_rotation": m.rotation if use_kp else float("nan"),
+        "verify_scale": (m.scale if use_kp else al.scale) if al else float("nan"),
+        "verify_flip": bool(m.flip) if use_kp else False,
+        "verify_tx": m.tx if use_kp else float("nan"), "verify_ty": m.ty if use_kp else float("nan"),
+        "overlap_frac": m.overlap_frac if use_kp else float("nan"),
+        "overlap_query": _poly_list(m.overlap_a) if use_kp else [],
+        "overlap_match": _poly_list(m.overlap_b) if use_kp else [],
+        "points_query": np.round(m.pts_a, 4).tolist() if use_kp else [],
+        "points_match": np.round(m.pts_b, 4).tolist() if use_kp else [],
+    }
+    for k, v in vals.items():
+        cols[k].append(v)
+
+
+def find_copy_moves(pixels: dict, progress: bool = False) -> list[tuple[object, CopyMove]]:
+    """Copy-move inside single panels: ``pixels`` maps a key to a panel's pixels; returns
+    (key, CopyMove) for each panel with a duplicated region."""
+    from tqdm import tqdm
+
+    found = []
+    for key, px in tqdm(list(pixels.items()), desc="copy-move", unit="panel", disable=not progress):
+        if px is None or entropy_bits(px) < 1.5:
+            continue
+        cm = copy_move(copy_move_features(thumbnail(_as_uint8(px))))
+        if cm is not None:
+            found.append((key, cm))
+    return found

@@ -1,0 +1,104 @@
+"""Fit imgdup's calibrated confidence (imgdup/pipeline/confidence.json) on validation images.
+
+The pairs are built exactly as in ``benchmarks/quality.py`` (every family, overlap families and
+the shared hard negatives, each distinct pair once), but from up to 600 images of the validation
+and training splits (the validation split alone has 42 images, too few to sample thousands of
+distinct negatives), so that the quality benchmark, on the test split, stays held out.  Features: ``imgdup.pipeline.verify.feature_vector`` (CNN
+distance, log inliers, aligned-overlap NCC, whole-panel NCC).  Model: L2-penalised
+logistic regression (Newton / IRLS, a few lines of numpy), with negatives weighted up so the
+probability reflects a 1 : 10 prior; threshold: the smallest confidence that keeps the false
+positive rate on the calibration negatives at or below 1e-3.
+
+    python benchmarks/calibrate.py [--per-family 30] [--negatives 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from quality import Scorers, family_pairs, load_images, negatives  # noqa: E402
+
+FEATURES = ["cnn_distance", "log1p_inliers", "aligned_ncc", "thumb_ncc"]
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = 1e-2, iters: int = 50):
+    """Weighted, L2-penalised logistic regression by Newton's method; returns (coef, intercept)."""
+    mu, sd = x.mean(0), x.std(0) + 1e-9
+    z = np.column_stack([(x - mu) / sd, np.ones(len(x))])
+    beta = np.zeros(z.shape[1])
+    pen = np.full(z.shape[1], l2)
+    pen[-1] = 0.0
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-z @ beta))
+        g = z.T @ (w * (p - y)) + pen * beta
+        h = (z * (w * p * (1 - p))[:, None]).T @ z + np.diag(pen)
+        step = np.linalg.solve(h, g)
+        beta -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    coef = beta[:-1] / sd
+    return coef, float(beta[-1] - (coef * mu).sum())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--per-family", type=int, default=30)
+    ap.add_argument("--negatives", type=int, default=3000)
+    ap.add_argument("--images", type=int, default=600)
+    ap.add_argument("--out", default=str(ROOT / "imgdup" / "pipeline" / "confidence.json"))
+    ap.add_argument("--cache", default=None, help="Keep / reuse the computed features in this .npz.")
+    args = ap.parse_args()
+    rng = np.random.default_rng(1)
+    imgs, groups = [], []
+    for split in ("val", "train"):
+        i, g = load_images(False, split=split)
+        imgs += i
+        groups += g
+    keep = rng.choice(len(imgs), size=min(args.images, len(imgs)), replace=False)
+    imgs, groups = [imgs[k] for k in keep], [groups[k] for k in keep]
+    t0 = time.time()
+    if args.cache and Path(args.cache).exists():
+        z = np.load(args.cache)
+        xn, xp = z["xn"], z["xp"]
+    else:
+        sc = Scorers()
+        neg, seen = [], set()
+        for a, b in negatives(imgs, groups, args.negatives, rng):
+            key = (a.__array_interface__["data"][0], b.__array_interface__["data"][0], a.shape, b.shape)
+            if key not in seen:         # the same pair drawn twice would count twice
+                seen.add(key)
+                neg.append((a, b))
+        xn = sc.features(neg)
+        xp = np.concatenate([sc.features(p) for p in family_pairs(imgs, args.per_family, rng).values()])
+        if args.cache:
+            np.savez(args.cache, xn=xn, xp=xp)
+    x = np.concatenate([xp, xn])
+    y = np.concatenate([np.ones(len(xp)), np.zeros(len(xn))])
+    # weight so that the fitted probability reflects one re-use per ten candidate pairs
+    w = np.where(y == 1, 1.0, 10.0 * len(xp) / len(xn))
+    coef, b = fit_logistic(x, y, w)
+    conf = lambda m: 1 / (1 + np.exp(-(m @ coef + b)))  # noqa: E731
+    cn, cp = np.sort(conf(xn))[::-1], conf(xp)
+    k = int(np.floor(1e-3 * len(cn)))
+    thr = float(max(0.5, cn[k] + 1e-6))
+    out = {"features": FEATURES, "coef": coef.tolist(), "intercept": b, "threshold": thr,
+           "fitted_on": {"split": "val+train (never test)", "images": len(imgs), "positives": int(len(xp)), "negatives": int(len(xn)),
+                         "prior": "1 re-use : 10 candidates", "command": "python benchmarks/calibrate.py "
+                         f"--per-family {args.per_family} --negatives {args.negatives} --images {args.images}"},
+           "calibration_tpr": float((cp >= thr).mean()), "calibration_fpr": float((cn >= thr).mean()),
+           "seconds": time.time() - t0}
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

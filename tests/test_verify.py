@@ -1,0 +1,131 @@
+"""Geometric verification, copy-move, trivial-duplicate filter and the calibrated confidence."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import micrograph
+from imgdup.pipeline import verify as V
+
+
+def textured(i: int) -> np.ndarray:
+    """A real micrograph with enough structure for keypoints (most DSB images qualify)."""
+    for k in range(i, i + 40):
+        im = V.thumbnail(micrograph(k))
+        if len(V.features(im).pts) >= 150 and min(im.shape) >= 180:
+            return im
+    pytest.skip("no textured micrograph found")
+
+
+@pytest.mark.parametrize("name", list(V._ORIENT))
+def test_orientation_recovered(name):
+    a = textured(3)
+    b = np.ascontiguousarray(V._ORIENT[name](a))
+    # the name that turns b back into a
+    expect = [k for k, t in V._ORIENT.items() if t(b).shape == a.shape and np.array_equal(t(b), a)]
+    m = V.match(V.features(a), V.features(b))
+    assert m.inliers >= 20
+    assert m.orientation in expect
+    assert m.aligned_ncc > 0.9
+    assert m.scale == pytest.approx(1.0, abs=0.03)
+
+
+def test_partial_overlap_polygon_and_transform():
+    a = textured(7)
+    h, w = a.shape
+    # b: the lower-right 70 % x 70 % of a, enlarged 1.5x and JPEG-compressed
+    crop = a[int(.3 * h):, int(.3 * w):]
+    b = cv2.resize(crop, None, fx=1.5, fy=1.5, interpolation=cv2.INTER_CUBIC)
+    b = cv2.imdecode(cv2.imencode(".jpg", b, [cv2.IMWRITE_JPEG_QUALITY, 60])[1], cv2.IMREAD_GRAYSCALE)
+    m = V.match(V.features(a), V.features(b))
+    assert m.inliers >= 15 and not m.flip
+    assert m.scale == pytest.approx(1 / 1.5, rel=0.05)
+    assert (m.tx, m.ty) == (pytest.approx(0.3, abs=0.02), pytest.approx(0.3, abs=0.02))
+    xs, ys = zip(*m.overlap_a)
+    assert min(xs) == pytest.approx(0.3, abs=0.03) and max(xs) == pytest.approx(1.0, abs=0.02)
+    assert min(ys) == pytest.approx(0.3, abs=0.03) and max(ys) == pytest.approx(1.0, abs=0.02)
+    assert m.overlap_frac > 0.95     # all of b lies in a
+    v = V.verify(V.features(a), V.features(b), f=float("nan"))
+    assert v.confidence >= V.confidence_model()["threshold"]
+
+
+def test_shifted_field_of_view_third_overlap():
+    a = textured(11)
+    h, w = a.shape
+    # two crops sharing 1/3 of their area, one also mirrored and gamma-changed
+    ax = 1 - np.sqrt(1 / 3)
+    cw, ch = int(w / (1 + ax)), int(h / (1 + ax))
+    p = a[:ch, :cw]
+    q = a[int(ax * ch):int(ax * ch) + ch, int(ax * cw):int(ax * cw) + cw][:, ::-1]
+    q = (255 * (q / 255.0) ** 0.6).astype(np.uint8)
+    m = V.match(V.features(p), V.features(q))
+    assert m.flip and m.inliers >= 8
+    assert m.overlap_frac == pytest.approx(1 / 3, abs=0.08)
+
+
+def test_unrelated_fields_rejected():
+    a, b = textured(20), textured(60)
+    v = V.verify(V.features(a), V.features(b), f=0.8)
+    assert v.match.inliers < 8
+    assert v.confidence < V.confidence_model()["threshold"]
+
+
+def test_copy_move_found_and_located():
+    a = textured(30)
+    h, w = a.shape
+    s = min(h, w) // 4
+    d = a.copy()
+    d[h - s - 5:h - 5, w - s - 5:w - 5] = a[5:5 + s, 5:5 + s]
+    cm = V.copy_move(V.copy_move_features(d))
+    assert cm is not None and cm.aligned_ncc > 0.9
+    regions = [np.asarray(cm.region_src), np.asarray(cm.region_dst)]
+    centres = sorted(tuple(np.round(r.mean(0), 1)) for r in regions)
+    assert centres[0][0] < 0.35 and centres[1][0] > 0.65      # one near the top-left, one bottom-right
+    assert V.copy_move(V.copy_move_features(a)) is None
+
+
+def _row(**kw):
+    base = dict(same_xref=False, same_content=False, same_doc=False, query_bbox=[50, 50, 250, 250],
+                match_bbox=[60, 300, 260, 500], distance=0.5, query_sha256="q", match_sha256="m",
+                query_panel="p1", match_panel="p2", query_panel_id=-1, match_panel_id=3)
+    base.update(kw)
+    return pd.DataFrame([base]).itertuples(index=False).__next__()
+
+
+def test_trivial_reasons():
+    a = textured(5)
+    assert "placed twice" in V.trivial_reason(_row(same_xref=True), a, a)
+    assert "furniture" in V.trivial_reason(_row(same_content=True, match_bbox=[51, 50, 250, 251]), a, a)
+    assert "icon" in V.trivial_reason(_row(query_bbox=[0, 0, 30, 20], match_bbox=[0, 0, 20, 20]), a, a)
+    logo = np.full((64, 64), 255, np.uint8)
+    logo[20:40, 20:40] = 0
+    assert "low-information" in V.trivial_reason(_row(), logo, a)
+    assert V.trivial_reason(_row(), a, a) == ""
+
+
+def test_verify_report_columns_and_rejections():
+    from imgdup.index.report import VERIFY_COLUMNS
+
+    a, other = textured(40), textured(70)
+    b = np.rot90(a).copy()
+    rows = [dict(_row(query_panel="p1", match_panel="p2")._asdict()),
+            dict(_row(query_panel="p1", match_panel="p3")._asdict())]
+    rep = pd.DataFrame(rows)
+    px = {"p1": a, "p2": b, "p3": other}
+    out = V.verify_report(rep, lambda side, r: px[getattr(r, f"{side}_panel")], keep_rejected=True)
+    assert set(VERIFY_COLUMNS) <= set(out.columns)
+    assert list(out.verified) == [True, False]
+    assert out.verify_orientation[0] == "rot270" and out.confidence[0] > out.confidence[1]
+    assert out.reject_reason[1].startswith("confidence") and len(out.overlap_query[0]) >= 3
+    assert len(V.verify_report(rep, lambda side, r: px[getattr(r, f"{side}_panel")])) == 1
+
+
+def test_confidence_is_monotone_in_evidence():
+    m = V.confidence_model()
+    assert 0 < m["threshold"] < 1 and "test" not in m["fitted_on"]["split"].replace("never test", "")
+    strong = V.confidence(np.array([0.5, np.log1p(60), 0.95, 0.9]))[0]
+    weak = V.confidence(np.array([0.9, np.log1p(5), 0.1, 0.3]))[0]
+    assert strong > m["threshold"] > weak
