@@ -15,8 +15,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from .index.report import SIDE_COLUMNS, copy_move_report, empty_report, make_report, unverified, write_report
-from .index.search import pairs_against, pairs_within
-from .index.store import PanelRow, Store, StoreError
+from .index.search import pairs_against, pairs_within, tile_index_of, tile_pairs, whole_index_of
+from .index.store import TILE_ID_BASE, PanelRow, Store, StoreError
 from .model.api import Embedder, load_model
 from .pipeline import DocResult, ExtractOptions, Limits, extract_many, write_panels
 from .hashing import sha256_file
@@ -82,19 +82,23 @@ class _PendingBatch:
         self.docs: list[dict] = []
         self.rows: list[PanelRow] = []
         self.vecs: list[np.ndarray] = []
+        self.tiles: list[np.ndarray] = []
         self.thumbs: list[bytes] = []
 
-    def add(self, res: DocResult, key: str, vectors: np.ndarray | None = None) -> None:
+    def add(self, res: DocResult, key: str, vectors: np.ndarray | None = None,
+            tiles: np.ndarray | None = None) -> None:
         self.docs.append(_doc_row(res, key))
         if not res.error and res.panels:
             self.rows.extend(_panel_rows(res))
             self.vecs.append(vectors)
+            self.tiles.append(tiles)
             self.thumbs.extend(_thumbs(res))
 
     def flush(self, store: Store) -> None:
         if self.docs:
             vec = np.concatenate(self.vecs) if self.vecs else np.zeros((0, self.dim), np.float32)
-            store.add_batch(self.docs, self.rows, vec, self.thumbs)
+            tiles = np.concatenate(self.tiles) if self.tiles and all(t is not None for t in self.tiles) else None
+            store.add_batch(self.docs, self.rows, vec, self.thumbs, tiles=tiles)
         self._clear()
 
 
@@ -141,8 +145,9 @@ def ingest(pdfs: Sequence[str | Path], index: str | Path | None = None, model: E
             else:
                 summary.ingested += 1
                 summary.panels += len(res.panels)
-            vectors = model.embed([p.pixels for p in res.panels]) if res.panels and not res.error else None
-            pending.add(res, key, vectors)
+            px = [p.pixels for p in res.panels] if not res.error else []
+            vectors = model.embed(px) if px else None
+            pending.add(res, key, vectors, model.embed_tiles(px) if px else None)
             if echo:
                 echo(res.summary())
             if len(pending.docs) >= commit_every or len(pending.rows) >= 4096:
@@ -161,6 +166,16 @@ class QueryResult:
     path: Path | None = None
 
 
+def _merge_pairs(i: np.ndarray, j: np.ndarray, f: np.ndarray, ti: np.ndarray, tj: np.ndarray,
+                 tf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Whole-panel candidates plus the sub-region candidates not already among them."""
+    have = set(zip(i.tolist(), j.tolist()))
+    new = np.array([(a, b) not in have for a, b in zip(ti.tolist(), tj.tolist())], bool)
+    via = np.concatenate([np.full(len(f), "whole", object), np.full(int(new.sum()), "tiles", object)])
+    return (np.concatenate([i, ti[new]]).astype(np.int64), np.concatenate([j, tj[new]]).astype(np.int64),
+            np.concatenate([f, tf[new]]), via)
+
+
 def _info_from_results(results: list[DocResult]) -> pd.DataFrame:
     recs = []
     for res in results:
@@ -176,12 +191,13 @@ def _info_from_results(results: list[DocResult]) -> pd.DataFrame:
 def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold: float | None = None,
           out: str | Path | None = None, add: bool = False, model: Embedder | None = None,
           workers: int = 2, progress: bool = False, verify: bool = True, keep_rejected: bool = False,
-          copy_move: bool = True, **limits_kw) -> QueryResult:
+          copy_move: bool = True, partial: bool = True, **limits_kw) -> QueryResult:
     """Compare manuscript panels with each other and with the store (read-only unless add).
 
     Candidates within the CNN threshold are verified (keypoints + RANSAC, whole-panel alignment,
     calibrated confidence; ``verify``); rejected pairs are dropped unless ``keep_rejected``.
-    ``copy_move`` also looks for regions duplicated inside each manuscript panel.
+    ``copy_move`` also looks for regions duplicated inside each manuscript panel; ``partial``
+    also retrieves candidates through panel sub-regions (crops, shifted fields of view).
     """
     model = model or load_model()
     t = float(threshold if threshold is not None else model.threshold)
@@ -189,10 +205,19 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
     results = list(tqdm(stream, total=len(pdfs), desc="extract", unit="doc", disable=not progress))
     good = [r for r in results if not r.error]
     qinfo = _info_from_results(good)
-    qvec = model.embed([p.pixels for r in good for p in r.panels])
+    qpix = [p.pixels for r in good for p in r.panels]
+    qvec = model.embed(qpix)
+    qtiles = model.embed_tiles(qpix)
     parts = []
     i, j, f = pairs_within(qvec, t)
-    parts.append(make_report(qinfo, qinfo, i, j, f))
+    via = np.full(len(f), "whole", object)
+    if partial and len(qvec) > 1:
+        rows = np.arange(len(qvec))
+        ti, tj, tf = tile_pairs(qvec, qtiles, whole_index_of(qvec, rows), tile_index_of(qtiles, rows, TILE_ID_BASE),
+                                t, TILE_ID_BASE)
+        lo, hi = np.minimum(ti, tj), np.maximum(ti, tj)
+        i, j, f, via = _merge_pairs(i, j, f, lo[lo != hi], hi[lo != hi], tf[lo != hi])
+    parts.append(make_report(qinfo, qinfo, i, j, f, via))
     store_path = Path(index or default_index())
     stored_thumbs: dict[int, np.ndarray] = {}
     if store_path.exists():
@@ -200,12 +225,16 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
         if store.count():
             store.check_model(model.sha256, model.card.name, qvec.shape[1])
             qi, ids, f = pairs_against(store.index(), qvec, t)
+            via = np.full(len(f), "whole", object)
+            if partial:
+                ti, tids, tf = tile_pairs(qvec, qtiles, store.index(), store.tile_index(), t, TILE_ID_BASE)
+                qi, ids, f, via = _merge_pairs(qi, ids, f, ti, tids, tf)
             minfo = store.panel_table(ids)
             mine = set(qinfo.doc_sha256)
             keep = ~minfo.loc[ids, "doc_sha256"].isin(mine).to_numpy() if len(ids) else np.zeros(0, bool)
-            qi, ids, f = qi[keep], ids[keep], f[keep]
+            qi, ids, f, via = qi[keep], ids[keep], f[keep], via[keep]
             pos = minfo.index.get_indexer(ids)
-            parts.append(make_report(qinfo, minfo.reset_index(drop=True), qi, pos, f))
+            parts.append(make_report(qinfo, minfo.reset_index(drop=True), qi, pos, f, via))
             if verify and len(ids):
                 stored_thumbs = store.thumbs(np.unique(ids))
         store.close()
@@ -237,7 +266,7 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
             for r in good:
                 n = len(r.panels)
                 if known.get(r.sha256) != "ok":
-                    pending.add(r, r.sha256, qvec[offset:offset + n])
+                    pending.add(r, r.sha256, qvec[offset:offset + n], qtiles[offset:offset + n])
                 offset += n
             pending.flush(store)
             store.save_index()
@@ -256,7 +285,8 @@ class ScreenResult:
 
 def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-reports", all_pairs: bool = False,
            threshold: float | None = None, model_sha256: str | None = None, verify: bool = True,
-           keep_rejected: bool = False, copy_move: bool = False, progress: bool = False) -> ScreenResult:
+           keep_rejected: bool = False, copy_move: bool = False, progress: bool = False,
+           partial: bool = True) -> ScreenResult:
     """The nightly job: panels added since the last screen (or all) against the whole store.
 
     ``copy_move`` also searches each new panel for regions duplicated inside it (about 0.4 s a
@@ -275,14 +305,22 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
         if len(new):
             ids, vec = store.vectors(new)
             qi, mid, f = pairs_against(store.index(), vec, t)
+            via = np.full(len(f), "whole", object)
+            if partial:
+                tid, tvec = store.tile_vectors(new)
+                if len(tid):
+                    rows = pd.Index(ids).get_indexer(tid)
+                    ti, tm, tf = tile_pairs(vec[rows], tvec, store.index(), store.tile_index(), t, TILE_ID_BASE)
+                    qi, mid, f, via = _merge_pairs(qi, mid, f, rows[ti], tm, tf)
             a, b = ids[qi], mid
             lo, hi = np.minimum(a, b), np.maximum(a, b)
             keep = lo != hi
-            pairs = pd.DataFrame({"lo": lo[keep], "hi": hi[keep], "f": f[keep]}).drop_duplicates(["lo", "hi"])
+            pairs = pd.DataFrame({"lo": lo[keep], "hi": hi[keep], "f": f[keep], "via": via[keep]})
+            pairs = pairs.sort_values("f", kind="stable").drop_duplicates(["lo", "hi"])
             info = store.panel_table(np.union1d(pairs.lo, pairs.hi)).reset_index(drop=True)
             pos = pd.Index(info.panel_id)
             report = make_report(info, info, pos.get_indexer(pairs.lo), pos.get_indexer(pairs.hi),
-                                 pairs.f.to_numpy())
+                                 pairs.f.to_numpy(), pairs.via.to_numpy())
             if verify and len(report):
                 th = store.thumbs(np.union1d(report.query_panel_id, report.match_panel_id))
                 report = verify_report(report, lambda side, row: th.get(int(getattr(row, f"{side}_panel_id"))),

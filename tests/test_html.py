@@ -36,15 +36,17 @@ def demo_report(tmp_path_factory):
 def test_html_report_content_and_escaping(demo_report):
     tmp, index, res = demo_report
     assert res.report.verified.sum() >= 5
-    page = render_html(res.path, tmp / "site", index=index)
+    page = render_html(res.path, tmp / "site", index=index, include_rejected=True, limit=60)
     text = page.read_text()
     assert "<script" not in text.lower()        # the hostile file name is shown escaped, never run
     assert "&lt;script&gt;" in text
     assert "Content-Security-Policy" in text
     n = len(pq.read_table(res.path))
-    assert text.count('class="pair') == n
+    assert text.count('class="pair') == min(n, 60) and n > res.report.verified.sum()
     imgs = sorted((tmp / "site" / "img").glob("*.png"))
     assert len(imgs) >= 2 * res.report.verified.sum()
+    verified_only = render_html(res.path, tmp / "site3", index=index).read_text()
+    assert verified_only.count('class="pair') == res.report.verified.sum()
     assert all(p.resolve().is_relative_to((tmp / "site").resolve()) for p in (tmp / "site").rglob("*"))
     # sorted by confidence inside each document group
     confs = [float(x.split("confidence ")[1].split("<")[0].split(" ")[0])

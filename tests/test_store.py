@@ -156,3 +156,55 @@ def test_query_add_then_idempotent(corpus, model, tmp_path):
     assert Store(tmp_path / "st").count() == before + n_ms
     query([ms], tmp_path / "st", model=model, add=True)   # already there: nothing added twice
     assert _check_consistent(tmp_path / "st") == before + n_ms
+
+
+def _pdf(path: Path, images: list[np.ndarray]) -> Path:
+    import pymupdf
+
+    from conftest import png_bytes
+
+    doc = pymupdf.open()
+    page = doc.new_page(width=612, height=792)
+    for k, im in enumerate(images):
+        x, y = 60 + (k % 2) * 260, 60 + (k // 2) * 260
+        page.insert_image(pymupdf.Rect(x, y, x + 220, y + 220 * im.shape[0] / im.shape[1]), stream=png_bytes(im))
+    doc.save(path)
+    return path
+
+
+def test_partial_reuse_found_through_tiles_and_verified(model, tmp_path):
+    """Shifted fields of view sharing half and a third of their area with stored panels: found
+    (through sub-regions where the whole panels are too different), verified by keypoints, with
+    the overlap in the report."""
+    from conftest import micrograph
+
+    def shifted(img: np.ndarray, keep: float) -> tuple[np.ndarray, np.ndarray]:
+        ax = 1 - np.sqrt(keep)
+        c = int(400 / (1 + ax))
+        d = int(round(ax * c))
+        return img[:c, :c], img[d:d + c, d:d + c]
+
+    a1, b1 = shifted(cv2_resize(micrograph(101), 400), 0.5)
+    a2, b2 = shifted(cv2_resize(micrograph(160), 400), 1 / 3)
+    others = [cv2_resize(micrograph(k), 300) for k in (7, 19)]
+    _pdf(tmp_path / "a.pdf", [a1, others[0], a2])
+    _pdf(tmp_path / "b.pdf", [others[1], b1, b2])
+    ingest([tmp_path / "a.pdf"], tmp_path / "st", model=model)
+    res = query([tmp_path / "b.pdf"], tmp_path / "st", model=model, copy_move=False)
+    rep = res.report
+    found = {(r.query_panel, r.match_panel): r for r in rep.itertuples()}
+    assert set(found) == {("p1-f2-0", "p1-f1-0"), ("p1-f3-0", "p1-f3-0")}, rep[["query_panel", "match_panel", "via"]]
+    half, third = found[("p1-f2-0", "p1-f1-0")], found[("p1-f3-0", "p1-f3-0")]
+    assert half.verified and third.verified and min(half.verify_inliers, third.verify_inliers) >= 10
+    assert third.via == "tiles"          # the whole panels are too different for the CNN (f > 1)
+    assert half.overlap_frac == pytest.approx(0.5, abs=0.1)
+    assert third.overlap_frac == pytest.approx(1 / 3, abs=0.1)
+    whole_only = query([tmp_path / "b.pdf"], tmp_path / "st", model=model, copy_move=False, partial=False)
+    assert set(whole_only.report.via) <= {"whole"}
+    assert len(whole_only.report) <= len(rep)
+
+
+def cv2_resize(im: np.ndarray, side: int) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(im, (side, side), interpolation=cv2.INTER_CUBIC)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pandas as pd
@@ -126,6 +128,15 @@ def test_verify_report_columns_and_rejections():
 def test_confidence_is_monotone_in_evidence():
     m = V.confidence_model()
     assert 0 < m["threshold"] < 1 and "test" not in m["fitted_on"]["split"].replace("never test", "")
-    strong = V.confidence(np.array([0.5, np.log1p(60), 0.95, 0.9]))[0]
-    weak = V.confidence(np.array([0.9, np.log1p(5), 0.1, 0.3]))[0]
-    assert strong > m["threshold"] > weak
+    none = V.Match.none()
+
+    def conf(f, inliers, ancc, thumb):
+        mm = dataclasses.replace(none, inliers=inliers, aligned_ncc=ancc) if inliers else none
+        return V.confidence(V.feature_vector(f, mm, V.Alignment(thumb, "identity", 1.0, "")))[0]
+
+    assert conf(0.5, 60, 0.95, 0.9) > m["threshold"] > conf(0.9, 5, 0.1, 0.3)
+    # more support never lowers the confidence (inside the region the model sees)
+    for inl in (5, 10, 20, 40):
+        assert conf(0.5, inl, 0.9, 0.5) <= conf(0.5, 2 * inl, 0.9, 0.5)
+        assert conf(0.5, inl, 0.5, 0.5) <= conf(0.5, inl, 0.9, 0.5)
+    assert conf(0.4, 0, 0.0, 0.95) > conf(0.4, 0, 0.0, 0.6)

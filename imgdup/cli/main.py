@@ -124,11 +124,12 @@ def ingest(pdfs: tuple[Path, ...], index: str | None, commit_every: int, workers
 @click.option("--no-verify", is_flag=True, help="Report CNN candidates without keypoint verification.")
 @click.option("--keep-rejected", is_flag=True, help="Keep pairs the verification rejects (verified=False, with the reason).")
 @click.option("--no-copy-move", is_flag=True, help="Do not search panels for regions duplicated inside them.")
+@click.option("--no-partial", is_flag=True, help="Whole panels only: no candidates through sub-regions (faster).")
 @click.option("--top", default=20, show_default=True, help="Pairs shown in the table.")
 @click.option("--exit-zero", is_flag=True, help="Exit 0 even when pairs are flagged.")
 @_extract_options
 def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold: float | None, add: bool,
-          no_verify: bool, keep_rejected: bool, no_copy_move: bool, top: int, exit_zero: bool, workers: int,
+          no_verify: bool, keep_rejected: bool, no_copy_move: bool, no_partial: bool, top: int, exit_zero: bool, workers: int,
           timeout: float, memory_mb: int, max_pages: int) -> None:
     """Compare a manuscript's panels with each other and with the store.
 
@@ -139,7 +140,7 @@ def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold
 
     res = run(list(pdfs), index, threshold=threshold, out=out, add=add, workers=workers,
               progress=_progress(), verify=not no_verify, keep_rejected=keep_rejected,
-              copy_move=not no_copy_move, **_limits(timeout, memory_mb, max_pages))
+              copy_move=not no_copy_move, partial=not no_partial, **_limits(timeout, memory_mb, max_pages))
     for d in res.documents:
         click.echo(d.summary(), err=True)
     click.echo(format_table(res.report, top))
@@ -160,15 +161,17 @@ def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold
 @click.option("--no-verify", is_flag=True, help="Report CNN candidates without keypoint verification.")
 @click.option("--keep-rejected", is_flag=True, help="Keep pairs the verification rejects (verified=False, with the reason).")
 @click.option("--copy-move", is_flag=True, help="Also search each new panel for regions duplicated inside it (~0.4 s a panel).")
+@click.option("--no-partial", is_flag=True, help="Whole panels only: no candidates through sub-regions (faster).")
 @click.option("--top", default=20, show_default=True, help="Pairs shown in the table.")
 def screen(index: str | None, out_dir: Path, all_pairs: bool, threshold: float | None, no_verify: bool,
-           keep_rejected: bool, copy_move: bool, top: int) -> None:
+           keep_rejected: bool, copy_move: bool, no_partial: bool, top: int) -> None:
     """Nightly job: panels added since the last screen against the whole store."""
     from ..api import screen as run
     from ..index.report import format_table
 
     res = run(index, out_dir, all_pairs=all_pairs, threshold=threshold,
-              verify=not no_verify, keep_rejected=keep_rejected, copy_move=copy_move, progress=_progress())
+              verify=not no_verify, keep_rejected=keep_rejected, copy_move=copy_move, progress=_progress(),
+              partial=not no_partial)
     click.echo(format_table(res.report, top))
     click.echo(f"screen {res.run_id}: {res.panels} panels screened, {len(res.report)} pairs, "
                f"{res.seconds:.1f}s; report: {res.path}")
@@ -190,13 +193,13 @@ def reindex(index: str | None, workers: int) -> None:
               help="Write DIR/index.html and DIR/img/ (a static, offline page).")
 @click.option("--index", "index", default=None,
               help="Store whose thumbnails to show (default: render the panels from the PDFs).")
-@click.option("--verified-only", is_flag=True, help="Leave out pairs the verification rejected.")
+@click.option("--include-rejected", is_flag=True, help="Also show the pairs the verification rejected (when the report kept them).")
 @click.option("--limit", default=500, show_default=True, help="Most pairs shown (highest confidence first).")
-def report(report: Path, html_dir: Path, index: str | None, verified_only: bool, limit: int) -> None:
+def report(report: Path, html_dir: Path, index: str | None, include_rejected: bool, limit: int) -> None:
     """Turn a Parquet pair report into an HTML page for reviewers."""
     from ..index.html import render_html
 
-    page = render_html(report, html_dir, index=index, include_rejected=not verified_only, limit=limit)
+    page = render_html(report, html_dir, index=index, include_rejected=include_rejected, limit=limit)
     click.echo(f"html report: {page}")
 
 

@@ -139,7 +139,7 @@ def _write_png(img: np.ndarray, out: Path, name: str) -> str:
 
 
 def render_html(report_path: str | Path, out_dir: str | Path, index: str | Path | None = None,
-                include_rejected: bool = True, limit: int = 500,
+                include_rejected: bool = False, limit: int = 500,
                 progress: Callable[[int], None] | None = None) -> Path:
     """Write ``out_dir/index.html`` and ``out_dir/img/*.png`` for a Parquet pair report."""
     from jinja2 import Environment, PackageLoader, select_autoescape

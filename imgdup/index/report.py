@@ -20,7 +20,7 @@ REPORT_COLUMNS = [
     "query_doc", "query_sha256", "query_page", "query_bbox", "query_panel", "match_doc",
     "match_sha256", "match_page", "match_bbox", "match_panel", "distance", "score", "same_doc",
     "query_figure", "match_figure", "query_kind", "match_kind", "query_panel_id", "match_panel_id",
-    "same_content", "same_xref"]
+    "same_content", "same_xref", "via"]
 _POLY = pa.list_(pa.list_(pa.float64()))
 # verification columns: pandas dtype and Parquet type (filled by imgdup.pipeline.verify)
 VERIFY_FIELDS = {
@@ -59,8 +59,9 @@ def _side(info: pd.DataFrame, rows: np.ndarray, prefix: str) -> dict[str, object
 
 
 def make_report(qinfo: pd.DataFrame, minfo: pd.DataFrame, qrows: np.ndarray, mrows: np.ndarray,
-                f: np.ndarray) -> pd.DataFrame:
-    """Build report rows for candidate pairs (row positions into qinfo / minfo).
+                f: np.ndarray, via: np.ndarray | None = None) -> pd.DataFrame:
+    """Build report rows for candidate pairs (row positions into qinfo / minfo); ``via`` says
+    how each was retrieved ("whole" panels, or "tiles": sub-regions).
 
     Dropped: a panel against itself, and a whole figure against its own panels.
     """
@@ -69,6 +70,7 @@ def make_report(qinfo: pd.DataFrame, minfo: pd.DataFrame, qrows: np.ndarray, mro
     d = {**_side(qinfo, qrows, "query"), **_side(minfo, mrows, "match")}
     df = pd.DataFrame(d)
     df["distance"] = f.astype(np.float64)
+    df["via"] = via if via is not None else "whole"
     df["score"] = 1.0 / (1.0 + np.exp(df["distance"] - 1.0))
     df["same_doc"] = df.query_sha256 == df.match_sha256
     same_panel = df.same_doc & (df.query_panel == df.match_panel)
@@ -121,6 +123,7 @@ def copy_move_report(info: pd.DataFrame, found: list) -> pd.DataFrame:
     df["same_doc"] = True
     df["same_content"] = True
     df["same_xref"] = False
+    df["via"] = "copy-move"
     cms = [cm for _, cm in found]
     df["finding"] = "copy-move"
     df["confidence"] = [cm.aligned_ncc for cm in cms]
@@ -157,7 +160,7 @@ def write_report(df: pd.DataFrame, path: str | Path, model_sha256: str, threshol
         ("distance", pa.float64()), ("score", pa.float64()), ("same_doc", pa.bool_()),
         ("query_figure", pa.string()), ("match_figure", pa.string()), ("query_kind", pa.string()),
         ("match_kind", pa.string()), ("query_panel_id", pa.int64()), ("match_panel_id", pa.int64()),
-        ("same_content", pa.bool_()), ("same_xref", pa.bool_())]
+        ("same_content", pa.bool_()), ("same_xref", pa.bool_()), ("via", pa.string())]
         + [(c, t) for c, (_, t) in VERIFY_FIELDS.items()])
     meta = {"imgdup.model_sha256": model_sha256, "imgdup.version": __version__,
             "imgdup.threshold": repr(float(threshold)),

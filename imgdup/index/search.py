@@ -76,3 +76,57 @@ def brute_force_pairs(a: np.ndarray, b: np.ndarray, threshold: float) -> set[tup
         d = np.abs(b - a[i]).sum(axis=1, dtype=np.float64)
         out.update((i, int(j)) for j in np.flatnonzero(d <= threshold))
     return out
+
+
+def tile_pairs(q_whole: np.ndarray, q_tiles: np.ndarray, whole_index: faiss.Index, tile_index: faiss.Index,
+               threshold: float, tile_base: int, cap: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidates through sub-regions, for partial re-use: (query row, stored panel id, f).
+
+    Three searches: the query's tiles against whole panels (the stored panel is a crop of the
+    query), the query against stored tiles (the query is a crop), and tiles against tiles (a
+    shifted field of view).  ``tile_index`` ids are ``panel_id * tile_base + tile``.  f is the
+    smallest over the three; at most ``cap`` stored panels per query row, lowest f first, so
+    the number of candidates to verify stays bounded.
+    """
+    n, n_t, dim = q_tiles.shape
+    flat = np.ascontiguousarray(q_tiles.reshape(-1, dim))
+    parts = []
+    if whole_index.ntotal and len(flat):
+        qi, ids, f = pairs_against(whole_index, flat, threshold)
+        parts.append((qi // n_t, ids, f))
+    if tile_index.ntotal and n:
+        qi, ids, f = pairs_against(tile_index, q_whole, threshold)
+        parts.append((qi, ids // tile_base, f))
+        qi, ids, f = pairs_against(tile_index, flat, threshold)
+        parts.append((qi // n_t, ids // tile_base, f))
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    qi = np.concatenate([p[0] for p in parts])
+    ids = np.concatenate([p[1] for p in parts])
+    f = np.concatenate([p[2] for p in parts])
+    order = np.lexsort((f, ids, qi))                 # by query, stored id, then f
+    qi, ids, f = qi[order], ids[order], f[order]
+    first = np.ones(len(qi), bool)
+    first[1:] = (qi[1:] != qi[:-1]) | (ids[1:] != ids[:-1])
+    qi, ids, f = qi[first], ids[first], f[first]      # the smallest f of each pair
+    order = np.lexsort((f, qi))
+    qi, ids, f = qi[order], ids[order], f[order]
+    rank = np.arange(len(qi)) - np.searchsorted(qi, qi, side="left")
+    keep = rank < cap
+    return qi[keep], ids[keep], f[keep]
+
+
+def tile_index_of(tiles: np.ndarray, ids: np.ndarray, tile_base: int) -> faiss.Index:
+    """An in-memory L1 index of (n, tiles, dim) vectors with ids ``id * tile_base + tile``."""
+    idx = faiss.IndexIDMap2(faiss.IndexFlat(tiles.shape[2], faiss.METRIC_L1))
+    if len(ids):
+        tid = (np.asarray(ids, np.int64)[:, None] * tile_base + np.arange(tiles.shape[1])[None]).ravel()
+        idx.add_with_ids(np.ascontiguousarray(tiles.reshape(-1, tiles.shape[2]), np.float32), tid)
+    return idx
+
+
+def whole_index_of(vectors: np.ndarray, ids: np.ndarray) -> faiss.Index:
+    idx = faiss.IndexIDMap2(faiss.IndexFlat(vectors.shape[1], faiss.METRIC_L1))
+    if len(ids):
+        idx.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
+    return idx

@@ -2,7 +2,8 @@
 
     catalog.sqlite        documents (also the skipped ones, with their reason), panels, shards,
                           screen runs and store metadata (model sha256) - SQLite transactions
-    embeddings/part-*.parquet   panel_id + alpha-scaled vector (the source of truth) + a small
+    embeddings/part-*.parquet   panel_id + alpha-scaled vector (the source of truth) + the
+                          vectors of the panel's 5 sub-regions ("tiles", for partial re-use) + a
                           PNG thumbnail (longer side 256 px, never enlarged) for verification and evidence
     index.faiss           FAISS IndexIDMap2(IndexFlat, METRIC_L1), rebuildable from the shards
     .lock                 one writer at a time (fcntl lock), with a clear message
@@ -59,6 +60,9 @@ CREATE TABLE IF NOT EXISTS screens (
 PANEL_COLUMNS = ["panel_id", "doc_sha256", "page", "figure_id", "panel_key", "kind", "x0", "y0",
                  "x1", "y1", "width", "height", "content_hash", "xrefs", "source", "rotation",
                  "flipped", "shard"]
+
+
+TILE_ID_BASE = 16      # tile index ids: panel_id * TILE_ID_BASE + tile number
 
 
 def new_index(dim: int) -> faiss.Index:
@@ -184,7 +188,7 @@ class Store:
 
     # ------------------------------------------------------------------ writing
     def add_batch(self, docs: list[dict], panels: list[PanelRow], vectors: np.ndarray,
-                  thumbs: list[bytes] | None = None) -> list[int]:
+                  thumbs: list[bytes] | None = None, tiles: np.ndarray | None = None) -> list[int]:
         """Register documents (ok or skipped) and their panels + vectors atomically."""
         assert self._lock_fh is not None, "add_batch needs Store.writer()"
         assert len(panels) == len(vectors)
@@ -197,9 +201,13 @@ class Store:
             shard = (self.db.execute("SELECT MAX(shard) FROM shards").fetchone()[0] or 0) + 1
             fname = f"part-{shard:08d}.parquet"
             vec = np.ascontiguousarray(vectors, dtype=np.float32)
-            table = pa.table({"panel_id": pa.array(ids, pa.int64()),
-                              "vector": pa.FixedSizeListArray.from_arrays(pa.array(vec.ravel()), vec.shape[1]),
-                              "thumb": pa.array(thumbs, pa.binary())})
+            cols = {"panel_id": pa.array(ids, pa.int64()),
+                    "vector": pa.FixedSizeListArray.from_arrays(pa.array(vec.ravel()), vec.shape[1]),
+                    "thumb": pa.array(thumbs, pa.binary())}
+            if tiles is not None:
+                tv = np.ascontiguousarray(tiles, dtype=np.float32)
+                cols["tiles"] = pa.FixedSizeListArray.from_arrays(pa.array(tv.ravel()), tv.shape[1] * tv.shape[2])
+            table = pa.table(cols)
             _fsync_write_table(table, self.path / "embeddings" / fname)
         self.db.execute("BEGIN IMMEDIATE")
         try:
@@ -264,6 +272,38 @@ class Store:
             keep = np.isin(all_ids, ids)
             all_ids, vec = all_ids[keep], vec[keep]
         return all_ids, vec
+
+    def tile_vectors(self, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(panel ids, (n, tiles, dim) vectors) of the panels whose shards hold tile vectors
+        (stores written before tiles existed have none: ``imgdup reindex`` adds them)."""
+        dim = int(self.meta("dim", "128"))
+        got_ids, got = [], []
+        for f in self._shard_files(ids):
+            if "tiles" not in pq.read_schema(f).names:
+                continue
+            t = pq.read_table(f, columns=["panel_id", "tiles"])
+            pid = t.column("panel_id").to_numpy()
+            v = np.asarray(t.column("tiles").combine_chunks().flatten().to_numpy(zero_copy_only=False),
+                           np.float32).reshape(len(pid), -1, dim)
+            if ids is not None:
+                keep = np.isin(pid, ids)
+                pid, v = pid[keep], v[keep]
+            got_ids.append(pid)
+            got.append(v)
+        if not got:
+            return np.zeros(0, np.int64), np.zeros((0, 0, dim), np.float32)
+        return np.concatenate(got_ids), np.concatenate(got)
+
+    def tile_index(self) -> faiss.Index:
+        """A FAISS index of every stored tile vector, id = panel_id * TILE_ID_BASE + tile; built
+        in memory from the shards (so always consistent with them), not kept on disk."""
+        ids, v = self.tile_vectors()
+        idx = new_index(int(self.meta("dim", "128")))
+        if len(ids):
+            n_t = v.shape[1]
+            tid = (ids[:, None] * TILE_ID_BASE + np.arange(n_t)[None]).ravel()
+            idx.add_with_ids(np.ascontiguousarray(v.reshape(-1, v.shape[2])), tid.astype(np.int64))
+        return idx
 
     def index(self) -> faiss.Index:
         """The FAISS index, loaded and caught up with the catalogue on first use."""

@@ -73,6 +73,20 @@ def prepare(image: Any, size: int) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(grey, dtype=np.float32), (size, size), interpolation=interp)
 
 
+# Sub-regions embedded beside each whole panel, for partial re-use (a crop, a shifted field of
+# view): the four corners and the centre, each 60 % of the panel's width and height.
+TILE_SIDE = 0.6
+TILE_ORIGINS = ((0.0, 0.0), (0.4, 0.0), (0.0, 0.4), (0.4, 0.4), (0.2, 0.2))
+N_TILES = len(TILE_ORIGINS)
+
+
+def tiles(image: np.ndarray) -> list[np.ndarray]:
+    """The ``N_TILES`` sub-regions of a 2-D panel (see ``TILE_ORIGINS``)."""
+    h, w = image.shape[:2]
+    th, tw = max(1, int(h * TILE_SIDE)), max(1, int(w * TILE_SIDE))
+    return [image[int(y * h):int(y * h) + th, int(x * w):int(x * w) + tw] for x, y in TILE_ORIGINS]
+
+
 class Embedder:
     """A loaded model: batched, deterministic embeddings already scaled by alpha."""
 
@@ -116,6 +130,14 @@ class Embedder:
             return np.zeros((0, self.net.fc2.out_features), np.float32)
         prepared = np.stack([prepare(im, self.size) for im in images])
         return self.embed_prepared(prepared)
+
+    def embed_tiles(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """(N, N_TILES, 128) embeddings of each panel's sub-regions (``tiles``)."""
+        dim = self.net.fc2.out_features
+        if len(images) == 0:
+            return np.zeros((0, N_TILES, dim), np.float32)
+        flat = self.embed([t for im in images for t in tiles(np.asarray(im))])
+        return flat.reshape(len(images), N_TILES, dim)
 
     def score(self, img_a: Any, img_b: Any) -> tuple[float, float]:
         """(f, sigmoid(1 - f)) for two panels; f <= 1 means "same"."""

@@ -14,7 +14,8 @@ though, lines up with its source once the geometry is undone.  Two independent c
   few crop scales, by normalised cross-correlation (``thumb_ncc``).  This covers panels with too
   few keypoints (blurred, flat, tiny).
 
-A logistic model over (CNN distance, log inliers, aligned_ncc, thumb_ncc), fitted on held-out
+A logistic model over (CNN distance, log inliers, aligned_ncc, thumb_ncc, aligned_ncc x log
+inliers), fitted on held-out
 calibration pairs (``benchmarks/calibrate.py`` writes ``confidence.json``), turns them into one
 calibrated ``confidence``; the pair is accepted at or above the threshold stored with it.
 ``copy_move`` finds a region duplicated inside one panel with the same machinery.
@@ -382,7 +383,8 @@ def feature_vector(f: float, m: Match, al: Alignment) -> np.ndarray:
     """The confidence model's inputs; ``f`` may be nan (CNN distance unknown)."""
     fcl = min(float(f), 4.0) if np.isfinite(f) else 2.0
     ancc = m.aligned_ncc if np.isfinite(m.aligned_ncc) else 0.0
-    return np.array([fcl, math.log1p(m.inliers), ancc, al.ncc], np.float64)
+    li = math.log1p(m.inliers)
+    return np.array([fcl, li, ancc, al.ncc, ancc * li], np.float64)
 
 
 def confidence(x: np.ndarray, model: dict | None = None) -> np.ndarray:
