@@ -164,6 +164,20 @@ class QueryResult:
     report: pd.DataFrame
     documents: list[DocResult]
     path: Path | None = None
+    seconds: dict[str, float] = field(default_factory=dict)    # per stage
+
+
+class _Clock:
+    """Seconds per pipeline stage."""
+
+    def __init__(self) -> None:
+        self.t = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(self.laps.get(name, 0.0) + now - self.t, 3)
+        self.t = now
 
 
 def _merge_pairs(i: np.ndarray, j: np.ndarray, f: np.ndarray, ti: np.ndarray, tj: np.ndarray,
@@ -201,13 +215,16 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
     """
     model = model or load_model()
     t = float(threshold if threshold is not None else model.threshold)
+    clock = _Clock()
     stream = extract_many(list(pdfs), Limits(**limits_kw), ExtractOptions(), workers=workers)
     results = list(tqdm(stream, total=len(pdfs), desc="extract", unit="doc", disable=not progress))
+    clock.lap("extract")
     good = [r for r in results if not r.error]
     qinfo = _info_from_results(good)
     qpix = [p.pixels for r in good for p in r.panels]
     qvec = model.embed(qpix)
     qtiles = model.embed_tiles(qpix)
+    clock.lap("embed")
     parts = []
     i, j, f = pairs_within(qvec, t)
     via = np.full(len(f), "whole", object)
@@ -240,6 +257,7 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
         store.close()
     report = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else parts[0]
     report = report.sort_values("distance", kind="stable").reset_index(drop=True)
+    clock.lap("search")
     if verify and len(report):
         manuscript_px = {(p.doc_sha256, p.panel_id): p.pixels for r in good for p in r.panels}
 
@@ -251,11 +269,13 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
             return None if px is None else thumbnail(px)
 
         report = verify_report(report, lookup, keep_rejected=keep_rejected, progress=progress)
+    clock.lap("verify")
     if copy_move:
         px = {i: p.pixels for i, p in enumerate(p for r in good for p in r.panels) if p.kind != "figure"}
         cm = copy_move_report(qinfo, find_copy_moves(px, progress=progress))
         if len(cm):
             report = pd.concat([cm, unverified(report)], ignore_index=True)
+    clock.lap("copy_move")
     path = write_report(report, out, model.sha256, t, {"command": "query"}) if out else None
     if add:
         store = Store(store_path)
@@ -271,7 +291,7 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
             pending.flush(store)
             store.save_index()
         store.close()
-    return QueryResult(report, results, path)
+    return QueryResult(report, results, path, clock.laps)
 
 
 @dataclass

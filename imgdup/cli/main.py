@@ -146,6 +146,7 @@ def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold
     click.echo(format_table(res.report, top))
     if res.path:
         click.echo(f"report: {res.path} ({len(res.report)} pairs)")
+    click.echo("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in res.seconds.items()), err=True)
     if all(d.error for d in res.documents):
         raise SystemExit(2)
     flagged = res.report[res.report.verified] if not no_verify else res.report

@@ -53,6 +53,8 @@ MANIPULATIONS: dict[str, Manip] = {
     "rot180": lambda im, r: np.rot90(im, 2).copy(),
     "flip": lambda im, r: im[:, ::-1].copy(),
     "crop90": lambda im, r: _crop(im, 0.9, r),
+    "crop70": lambda im, r: _crop(im, 0.7, r),
+    "crop50": lambda im, r: _crop(im, 0.5, r),
     "rescale": lambda im, r: cv2.resize(im, None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA),
     "aspect": lambda im, r: cv2.resize(im, (int(im.shape[1] * 1.3), im.shape[0]), interpolation=cv2.INTER_LINEAR),
     "gamma": lambda im, r: (255 * (im / 255.0) ** 0.6).astype(np.uint8),
