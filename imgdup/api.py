@@ -112,9 +112,9 @@ def _file_key(path: str | Path) -> str:
     """The store key of an input: its sha256, or a path key for what cannot be read."""
     p = Path(path)
     try:
-        return sha256_file(p) if p.is_file() else f"path:{p.resolve()}"
+        return sha256_file(p) if p.is_file() else f"path:{os.path.abspath(p)}"
     except OSError:
-        return f"path:{p.resolve()}"
+        return f"path:{os.path.abspath(p)}"
 
 
 def ingest(pdfs: Sequence[str | Path], index: str | Path | None = None, model: Embedder | None = None,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pymupdf
 import pytest
 from PIL import Image
 
@@ -21,14 +21,17 @@ EVIL = '<script>document.title="PWNED"</script><img src=x onerror=alert(1)>'
 
 @pytest.fixture(scope="module")
 def demo_report(tmp_path_factory):
-    """The demo corpus ingested, a manuscript with a hostile file name queried against it."""
+    """The demo corpus ingested, a manuscript with a hostile file name and hostile metadata
+    (title, author, subject, keywords) queried against it."""
     tmp = tmp_path_factory.mktemp("html")
     index = tmp / "index"
     ingest(sorted((DEMO_DIR / "corpus").glob("*.pdf")), index)
     evil_dir = tmp / "in"
     evil_dir.mkdir()
     manuscript = evil_dir / f"{EVIL.replace('/', '_')}.pdf"
-    shutil.copy(next((DEMO_DIR / "manuscript").glob("*.pdf")), manuscript)
+    with pymupdf.open(next((DEMO_DIR / "manuscript").glob("*.pdf"))) as doc:
+        doc.set_metadata({"title": EVIL, "author": EVIL, "subject": EVIL, "keywords": EVIL})
+        doc.save(manuscript)
     res = query([manuscript], index, out=tmp / "report.parquet", keep_rejected=True)
     return tmp, index, res
 

@@ -189,6 +189,30 @@ def reindex(index: str | None, workers: int) -> None:
 
 
 @cli.command()
+@click.option("--index", "index", default=None, help=INDEX_HELP)
+def check(index: str | None) -> None:
+    """Verify a store's invariants (read-only); exit 1 if anything is wrong."""
+    from ..api import default_index
+    from ..index.store import Store
+
+    store = Store(index or default_index(), create=False)
+    try:
+        c = store.check()
+    finally:
+        store.close()
+    click.echo(f"{c['store']}: {c['documents']} documents, {c['skipped']} skipped, {c['panels']} panels "
+               f"in {c['shards']} shards; index.faiss holds {c['index_on_disk']} "
+               f"({c['index_lag']} to catch up on next open)")
+    if c["unregistered_files"]:
+        click.echo(f"{len(c['unregistered_files'])} files of an interrupted write (removed by the next writer)")
+    for p in c["problems"]:
+        click.echo(f"PROBLEM: {p}", err=True)
+    click.echo("store is sound" if not c["problems"] else f"{len(c['problems'])} problems")
+    if c["problems"]:
+        raise SystemExit(1)
+
+
+@cli.command()
 @click.argument("report", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--html", "html_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Write DIR/index.html and DIR/img/ (a static, offline page).")

@@ -100,10 +100,14 @@ class PanelRow:
 
 def _fsync_write_table(table: pa.Table, dst: Path) -> None:
     tmp = dst.with_name(f".{dst.name}.tmp")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, dst)
+    try:
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class Store:
@@ -208,9 +212,12 @@ class Store:
                 tv = np.ascontiguousarray(tiles, dtype=np.float32)
                 cols["tiles"] = pa.FixedSizeListArray.from_arrays(pa.array(tv.ravel()), tv.shape[1] * tv.shape[2])
             table = pa.table(cols)
-            _fsync_write_table(table, self.path / "embeddings" / fname)
-        self.db.execute("BEGIN IMMEDIATE")
+            try:
+                _fsync_write_table(table, self.path / "embeddings" / fname)
+            except OSError as exc:
+                raise self._write_failed(exc) from exc
         try:
+            self.db.execute("BEGIN IMMEDIATE")
             if shard is not None:
                 self.db.execute("INSERT INTO shards VALUES (?, ?, ?)", (shard, fname, len(ids)))
             for d in docs:
@@ -224,8 +231,13 @@ class Store:
                   p.content_hash, p.xrefs, p.source, p.rotation, int(p.flipped), shard)
                  for i, p in zip(ids, panels)])
             self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
+        except BaseException as exc:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            if shard is not None:   # not registered: remove it now rather than at the next open
+                (self.path / "embeddings" / fname).unlink(missing_ok=True)
+            if isinstance(exc, (OSError, sqlite3.OperationalError)):
+                raise self._write_failed(exc) from exc
             raise
         if ids:
             self.index().add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
@@ -341,8 +353,18 @@ class Store:
         """Write the index atomically (temp file + rename)."""
         idx = self.index()
         tmp = self.path / ".index.faiss.tmp"
-        faiss.write_index(idx, str(tmp))
-        os.replace(tmp, self.path / "index.faiss")
+        try:
+            faiss.write_index(idx, str(tmp))
+            os.replace(tmp, self.path / "index.faiss")
+        except (OSError, RuntimeError) as exc:   # faiss reports a failed write as RuntimeError
+            tmp.unlink(missing_ok=True)
+            raise self._write_failed(exc) from exc
+
+    def _write_failed(self, exc: BaseException) -> "StoreError":
+        why = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]
+        return StoreError(f"could not write to the store at {self.path} ({why}); what this batch "
+                          f"wrote was rolled back and the store is intact: free some disk space and "
+                          f"run the same command again")
 
     def rebuild_index(self) -> int:
         self._index = None
@@ -365,6 +387,70 @@ class Store:
                      for c in _id_chunks(ids)]
             df = pd.concat(parts, ignore_index=True) if parts else pd.read_sql_query(q + " WHERE 0", self.db)
         return df.set_index("panel_id", drop=False)
+
+    # ------------------------------------------------------------------ checking
+    def check(self) -> dict:
+        """Verify the store's invariants without changing it: SQLite integrity, every registered
+        shard present and complete, the same panel ids in the catalogue and in the shards (no
+        orphan, no duplicate), panels only of documents recorded as ok and as many as recorded,
+        and an on-disk FAISS index that holds no panel the catalogue does not.  Returns counts
+        and a list of ``problems`` (empty when the store is sound)."""
+        problems: list[str] = []
+        integrity = self.db.execute("PRAGMA integrity_check").fetchone()[0]
+        if integrity != "ok":
+            problems.append(f"catalogue integrity: {integrity}")
+        shard_ids: list[np.ndarray] = []
+        registered = self.db.execute("SELECT file, rows FROM shards").fetchall()
+        for fname, rows in registered:
+            f = self.path / "embeddings" / fname
+            try:
+                ids = pq.read_table(f, columns=["panel_id"]).column("panel_id").to_numpy()
+            except Exception as exc:
+                problems.append(f"shard {fname} unreadable ({type(exc).__name__}: {exc})")
+                continue
+            if len(ids) != rows:
+                problems.append(f"shard {fname} has {len(ids)} rows, the catalogue says {rows}")
+            shard_ids.append(ids)
+        in_shards = np.concatenate(shard_ids) if shard_ids else np.zeros(0, np.int64)
+        catalogue = np.array([r[0] for r in self.db.execute("SELECT panel_id FROM panels")], np.int64)
+        if len(np.unique(in_shards)) != len(in_shards):
+            problems.append(f"{len(in_shards) - len(np.unique(in_shards))} panel vectors stored twice")
+        if n := int((~np.isin(catalogue, in_shards)).sum()):
+            problems.append(f"{n} catalogued panels without a vector")
+        if n := int((~np.isin(in_shards, catalogue)).sum()):
+            problems.append(f"{n} stored vectors without a catalogued panel")
+        dup = self.db.execute("SELECT COUNT(*) FROM (SELECT 1 FROM panels GROUP BY doc_sha256, panel_key "
+                              "HAVING COUNT(*) > 1)").fetchone()[0]
+        if dup:
+            problems.append(f"{dup} panels registered twice for one document")
+        bad_docs = self.db.execute(
+            "SELECT d.path, d.status, d.panels, COUNT(p.panel_id) FROM documents d LEFT JOIN panels p "
+            "ON p.doc_sha256 = d.sha256 GROUP BY d.sha256 "
+            "HAVING (d.status = 'ok' AND COUNT(p.panel_id) != d.panels) "
+            "OR (d.status != 'ok' AND COUNT(p.panel_id) > 0)").fetchall()
+        problems += [f"document {p} ({st}) should have {n} panels, has {m}" for p, st, n, m in bad_docs]
+        orphans = self.db.execute("SELECT COUNT(*) FROM panels p LEFT JOIN documents d "
+                                  "ON d.sha256 = p.doc_sha256 WHERE d.sha256 IS NULL").fetchone()[0]
+        if orphans:
+            problems.append(f"{orphans} panels of no recorded document")
+        index_file = self.path / "index.faiss"
+        on_disk = 0
+        if index_file.exists():
+            try:
+                idx = faiss.read_index(str(index_file))
+                on_disk = idx.ntotal
+                have = faiss.vector_to_array(idx.id_map) if idx.ntotal else np.zeros(0, np.int64)
+                if n := int((~np.isin(have, catalogue)).sum()):
+                    problems.append(f"index.faiss holds {n} panels the catalogue does not")
+            except Exception as exc:
+                problems.append(f"index.faiss unreadable ({type(exc).__name__}); `imgdup reindex` rebuilds it")
+        known = {r[0] for r in registered}
+        leftovers = [f.name for f in (self.path / "embeddings").iterdir() if f.name not in known]
+        docs = dict(self.db.execute("SELECT status, COUNT(*) FROM documents GROUP BY status").fetchall())
+        return {"store": str(self.path), "documents": docs.get("ok", 0), "skipped": docs.get("skipped", 0),
+                "panels": int(len(catalogue)), "shards": len(registered), "index_on_disk": int(on_disk),
+                "index_lag": int(len(catalogue) - on_disk),
+                "unregistered_files": leftovers, "problems": problems}
 
     def close(self) -> None:
         self.db.close()

@@ -226,7 +226,7 @@ def train(recipe: Recipe, out_dir: str | Path, device: str = "auto", resume: boo
     start, best = 0, {"auc": -1.0}
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.exists():
-        state = torch.load(ckpt, map_location=dev, weights_only=False)
+        state = torch.load(ckpt, map_location=dev, weights_only=True)   # tensors and numbers only: no pickle code
         model.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         start, best = state["step"], state["best"]

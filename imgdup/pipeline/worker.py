@@ -63,7 +63,9 @@ def extract_many(paths: Iterable[str | Path], limits: Limits | None = None,
         while next_i < len(todo) and len(running) < workers:
             path = todo[next_i]
             if not os.path.isfile(path):  # cheap checks without a process
-                reason = "is a directory" if os.path.isdir(path) else "file not found"
+                reason = ("is a directory" if os.path.isdir(path) else
+                          "not a regular file" if os.path.exists(path) else
+                          "broken symbolic link" if os.path.islink(path) else "file not found")
                 results[next_i] = DocResult(path=path, error=reason)
             else:
                 recv, send = ctx.Pipe(duplex=False)
