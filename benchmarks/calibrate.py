@@ -26,9 +26,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from quality import Scorers, family_pairs, load_images, negatives  # noqa: E402
+from quality import family_pairs, load_images, negatives, parallel_features  # noqa: E402
 
-FEATURES = ["cnn_distance", "log1p_inliers", "aligned_ncc", "thumb_ncc", "aligned_ncc*log1p_inliers"]
+from imgdup.pipeline.verify import FEATURES  # noqa: E402
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = 1e-2, iters: int = 50):
@@ -48,6 +48,27 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = 1e-2, 
             break
     coef = beta[:-1] / sd
     return coef, float(beta[-1] - (coef * mu).sum())
+
+
+# the sign each feature's effect must have: more distance lowers the confidence, more evidence
+# never does (so that a reviewer can read the model, and collinear features cannot flip)
+SIGNS = {"cnn_distance": -1}
+
+
+def fit_monotone(x: np.ndarray, y: np.ndarray, w: np.ndarray, names: list[str]):
+    """``fit_logistic`` with sign constraints (``SIGNS``; +1 for the rest): a feature whose fitted
+    coefficient has the wrong sign is dropped (coefficient 0) and the rest refitted."""
+    active = list(range(x.shape[1]))
+    while True:
+        c, b = fit_logistic(x[:, active], y, w)
+        wrong = [k for k, ci in zip(active, c) if ci * SIGNS.get(names[k], 1) < 0]
+        if not wrong:
+            coef = np.zeros(x.shape[1])
+            coef[active] = c
+            return coef, b
+        # drop the most wrongly signed (relative to its spread) and refit
+        worst = max(wrong, key=lambda k: abs(c[active.index(k)]) * x[:, k].std())
+        active.remove(worst)
 
 
 def main() -> None:
@@ -70,25 +91,23 @@ def main() -> None:
     if args.cache and Path(args.cache).exists():
         z = np.load(args.cache)
         xn, xp = z["xn"], z["xp"]
-        if xn.shape[1] == 4:        # a cache from before the product feature
-            xn, xp = (np.column_stack([x, x[:, 2] * x[:, 1]]) for x in (xn, xp))
     else:
-        sc = Scorers()
         neg, seen = [], set()
         for a, b in negatives(imgs, groups, args.negatives, rng):
             key = (a.__array_interface__["data"][0], b.__array_interface__["data"][0], a.shape, b.shape)
             if key not in seen:         # the same pair drawn twice would count twice
                 seen.add(key)
                 neg.append((a, b))
-        xn = sc.features(neg)
-        xp = np.concatenate([sc.features(p) for p in family_pairs(imgs, args.per_family, rng).values()])
+        xn = parallel_features(neg)
+        fam = family_pairs(imgs, args.per_family, rng)
+        xp = parallel_features([p for pairs in fam.values() for p in pairs])
         if args.cache:
             np.savez(args.cache, xn=xn, xp=xp)
     x = np.concatenate([xp, xn])
     y = np.concatenate([np.ones(len(xp)), np.zeros(len(xn))])
     # weight so that the fitted probability reflects one re-use per ten candidate pairs
     w = np.where(y == 1, 1.0, 10.0 * len(xp) / len(xn))
-    coef, b = fit_logistic(x, y, w)
+    coef, b = fit_monotone(x, y, w, FEATURES)
     conf = lambda m: 1 / (1 + np.exp(-(m @ coef + b)))  # noqa: E731
     cn, cp = np.sort(conf(xn))[::-1], conf(xp)
     k = int(np.floor(1e-3 * len(cn)))

@@ -74,6 +74,15 @@ def main() -> None:
         sc = score_report(rep, truth, involving="manuscript.pdf")
         out[f"query_{mode}"] = strip(sc)
         out["seconds"][f"query_{mode}"] = t
+        # per-stage seconds, as `imgdup query` prints them on stderr
+        stages = [ln for ln in r.stderr.splitlines() if ln.startswith("seconds: ")]
+        if stages:
+            out["seconds"][f"query_{mode}_stages"] = {
+                k: float(v) for k, v in (x.rsplit(" ", 1) for x in stages[-1][len("seconds: "):].split(", "))}
+        out[f"query_{mode}"]["reported_pairs"] = int(len(rep))   # cnn_only: every candidate
+    from imgdup.pipeline.extract import extract_document
+
+    out["manuscript_panels"] = sum(p.kind != "figure" for p in extract_document(ms).panels)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))

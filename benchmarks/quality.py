@@ -242,7 +242,7 @@ class Scorers:
         return np.array(rows)
 
     def score(self, pairs) -> dict[str, np.ndarray]:
-        x = self.features(pairs)
+        x = parallel_features(pairs)
         f = x[:, 0]
         conf = self.v.confidence(x) if self.v.CONFIDENCE_FILE.exists() else np.zeros(len(x))
         out = {"cnn": -f, "verify": x[:, 3], "keypoints": x[:, 1] + x[:, 2], "imgdup": conf}
@@ -250,6 +250,36 @@ class Scorers:
             out[name] = np.array([-(fn(self.Image.fromarray(a)) - fn(self.Image.fromarray(b))) for a, b in pairs], float)
         out["sift"] = np.array([self._sift(a, b) for a, b in pairs])
         return out
+
+
+_WORKER: "Scorers | None" = None
+
+
+def _init_worker() -> None:
+    global _WORKER
+    import torch
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    _WORKER = Scorers()
+
+
+def _worker_features(pairs) -> np.ndarray:
+    return _WORKER.features(pairs)
+
+
+def parallel_features(pairs, workers: int = 2, chunk: int = 40) -> np.ndarray:
+    """``Scorers.features`` over worker processes (one model each), in order."""
+    from multiprocessing import get_context
+
+    if len(pairs) <= chunk or workers <= 1:
+        global _WORKER
+        if _WORKER is None:
+            _WORKER = Scorers()
+        return _WORKER.features(pairs)
+    parts = [pairs[i:i + chunk] for i in range(0, len(pairs), chunk)]
+    with get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
+        return np.concatenate(pool.map(_worker_features, parts))
 
 
 def copy_move_rates(imgs, n: int, rng) -> dict[str, float]:

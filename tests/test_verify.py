@@ -130,13 +130,16 @@ def test_confidence_is_monotone_in_evidence():
     assert 0 < m["threshold"] < 1 and "test" not in m["fitted_on"]["split"].replace("never test", "")
     none = V.Match.none()
 
-    def conf(f, inliers, ancc, thumb):
-        mm = dataclasses.replace(none, inliers=inliers, aligned_ncc=ancc) if inliers else none
+    def conf(f, inliers, ancc, thumb, detail=0.0):
+        mm = (dataclasses.replace(none, inliers=inliers, aligned_ncc=ancc, detail_ncc=detail, detail_raw=detail)
+              if inliers else none)
         return V.confidence(V.feature_vector(f, mm, V.Alignment(thumb, "identity", 1.0, "")))[0]
 
-    assert conf(0.5, 60, 0.95, 0.9) > m["threshold"] > conf(0.9, 5, 0.1, 0.3)
+    assert conf(0.5, 60, 0.95, 0.9, 0.9) > m["threshold"] > conf(0.9, 5, 0.1, 0.3, 0.1)
+    # a look-alike (same structure, different grain) stays below a copy with the same keypoints
+    assert conf(0.5, 15, 0.95, 0.8, 0.2) < m["threshold"] < conf(0.5, 15, 0.95, 0.8, 0.95)
     # more support never lowers the confidence (inside the region the model sees)
     for inl in (5, 10, 20, 40):
-        assert conf(0.5, inl, 0.9, 0.5) <= conf(0.5, 2 * inl, 0.9, 0.5)
+        assert conf(0.5, inl, 0.9, 0.5, 0.8) <= conf(0.5, 2 * inl, 0.9, 0.5, 0.8)
         assert conf(0.5, inl, 0.5, 0.5) <= conf(0.5, inl, 0.9, 0.5)
     assert conf(0.4, 0, 0.0, 0.95) > conf(0.4, 0, 0.0, 0.6)

@@ -210,7 +210,8 @@ def _pair_view(n: int, r, src: PixelSource, imgdir: Path) -> dict:
                            "caption": "difference once registered (dark: same pixels)", "link": ""})
     scores = [("confidence", _fmt(g("confidence"))), ("CNN distance f", _fmt(g("distance"))),
               ("keypoint inliers", _fmt(g("verify_inliers"), "d")),
-              ("overlap correlation", _fmt(g("verify_aligned_ncc"))), ("whole-panel correlation", _fmt(g("verify_ncc"))),
+              ("overlap correlation", _fmt(g("verify_aligned_ncc"))), ("fine-detail correlation", _fmt(g("verify_detail_ncc"))),
+              ("whole-panel correlation", _fmt(g("verify_ncc"))),
               ("orientation", orient), ("rotation (deg)", _fmt(g("verify_rotation"), ".1f")),
               ("scale", _fmt(g("verify_scale"), ".2f")), ("shared area", _fmt(g("overlap_frac"), ".0%")),
               ("same document", "yes" if g("same_doc") else "no")]

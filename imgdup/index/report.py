@@ -30,6 +30,7 @@ VERIFY_FIELDS = {
     "reject_reason": ("object", pa.string()),       # why not (kept with --keep-rejected)
     "verify_inliers": ("int64", pa.int64()),        # RANSAC keypoint inliers
     "verify_aligned_ncc": ("float64", pa.float64()),  # rank correlation of the registered overlap
+    "verify_detail_ncc": ("float64", pa.float64()),   # correlation of its fine detail (grain): copies share it
     "verify_ncc": ("float64", pa.float64()),        # whole-panel correlation over 8 orientations
     "verify_orientation": ("object", pa.string()),  # nearest flip / quarter turn of match onto query
     "verify_rotation": ("float64", pa.float64()),   # degrees, counter-clockwise
@@ -101,7 +102,7 @@ def unverified(df: pd.DataFrame) -> pd.DataFrame:
     """Fill absent verification columns (CNN-only runs): not verified, with the reason."""
     fill = {"finding": "pair", "confidence": np.nan, "verified": False,
             "reject_reason": "not verified (--no-verify)", "verify_inliers": 0, "verify_aligned_ncc": np.nan,
-            "verify_ncc": np.nan, "verify_orientation": "", "verify_rotation": np.nan, "verify_scale": np.nan,
+            "verify_detail_ncc": np.nan, "verify_ncc": np.nan, "verify_orientation": "", "verify_rotation": np.nan, "verify_scale": np.nan,
             "verify_flip": False, "verify_tx": np.nan, "verify_ty": np.nan, "overlap_frac": np.nan}
     out = df.copy()
     for c, (kind, _) in VERIFY_FIELDS.items():
@@ -131,6 +132,7 @@ def copy_move_report(info: pd.DataFrame, found: list) -> pd.DataFrame:
     df["reject_reason"] = ""
     df["verify_inliers"] = [cm.inliers for cm in cms]
     df["verify_aligned_ncc"] = [cm.aligned_ncc for cm in cms]
+    df["verify_detail_ncc"] = np.nan
     df["verify_ncc"] = np.nan
     df["verify_orientation"] = ["flip-lr" if cm.flip else "identity" for cm in cms]
     df["verify_rotation"] = np.nan

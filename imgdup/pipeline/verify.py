@@ -211,6 +211,57 @@ def _rank_ncc(x: np.ndarray, y: np.ndarray) -> float:
     return float((rx * ry).sum() / den) if den > 0 else float("nan")
 
 
+def _band(img: np.ndarray) -> np.ndarray:
+    """Fine detail (difference of Gaussians, sigma 0.8 - 2.5 px): the grain of the image, which a
+    copy shares and a look-alike (another lane, another field of the same sample) does not."""
+    f = img.astype(np.float32)
+    return cv2.GaussianBlur(f, (0, 0), 0.8) - cv2.GaussianBlur(f, (0, 0), 2.5)
+
+
+def _equalise(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Map grey levels through their cumulative histogram inside ``mask`` (so any monotone tone
+    change, e.g. gamma or histogram equalisation, gives the same result)."""
+    h = np.bincount(img[mask > 0].ravel(), minlength=256).astype(np.float64)
+    lut = (np.cumsum(h) - h / 2) / max(h.sum(), 1.0) * 255.0
+    return lut.astype(np.float32)[img]
+
+
+BLOCK = 16
+
+
+def _block_corr(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
+    """Median over the BLOCK x BLOCK blocks inside ``mask`` of the correlation of x and y.
+
+    A median over blocks, not one correlation over the overlap: a copy agrees everywhere, while
+    two different blots that carry the same printed lane labels agree only where the text is
+    (a global correlation is dominated by the text's strong edges)."""
+    h, w = (np.array(mask.shape) // BLOCK) * BLOCK
+    if h == 0 or w == 0:
+        return float("nan")
+
+    def blocks(a: np.ndarray) -> np.ndarray:
+        return a[:h, :w].reshape(h // BLOCK, BLOCK, w // BLOCK, BLOCK).swapaxes(1, 2).reshape(-1, BLOCK * BLOCK)
+
+    inside = blocks(mask.astype(np.float32)).mean(1) >= 0.99
+    if inside.sum() < 2:
+        return float("nan")
+    bx, by = blocks(x.astype(np.float64))[inside], blocks(y.astype(np.float64))[inside]
+    bx -= bx.mean(1, keepdims=True)
+    by -= by.mean(1, keepdims=True)
+    den = np.sqrt((bx * bx).sum(1) * (by * by).sum(1))
+    ok = den > 1e-6
+    if ok.sum() < 2:
+        return float("nan")
+    return float(np.median((bx * by).sum(1)[ok] / den[ok]))
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x = x.astype(np.float64) - x.mean()
+    y = y.astype(np.float64) - y.mean()
+    den = math.sqrt(float((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / den) if den > 0 else float("nan")
+
+
 def _poly_area(p: np.ndarray) -> float:
     return float(cv2.contourArea(p.astype(np.float32))) if len(p) >= 3 else 0.0
 
@@ -225,6 +276,8 @@ class Match:
 
     inliers: int
     aligned_ncc: float          # rank correlation of the registered overlap (nan: none)
+    detail_ncc: float           # correlation of the fine detail (band-pass) of that overlap, tone-equalised
+    detail_raw: float           # ... without equalisation (robust to noise in dark backgrounds)
     flip: bool                  # b is mirrored relative to a
     rotation: float             # degrees, counter-clockwise, of b onto a (after the flip)
     scale: float                # linear scale of b onto a, in original pixels
@@ -239,7 +292,7 @@ class Match:
     @staticmethod
     def none() -> "Match":
         e = np.zeros((0, 2), np.float32)
-        return Match(0, float("nan"), False, 0.0, 1.0, 0.0, 0.0, [], [], 0.0, e, e)
+        return Match(0, float("nan"), float("nan"), float("nan"), False, 0.0, 1.0, 0.0, 0.0, [], [], 0.0, e, e)
 
     @property
     def orientation(self) -> str:
@@ -286,7 +339,7 @@ def match(fa: Features, fb: Features) -> Match:
     poly_b = cv2.transform(poly_a[None].astype(np.float64), inv[:2])[0] if len(poly_a) else poly_a
     frac = max(_poly_area(poly_a) / (ha * wa), _poly_area(poly_b) / (hb * wb)) if len(poly_a) else 0.0
     # registered overlap
-    ncc = float("nan")
+    ncc = detail = detail_raw = float("nan")
     if len(poly_a) >= 3:
         warped = cv2.warpAffine(fb.img, A3[:2], (wa, ha), flags=cv2.INTER_LINEAR, borderValue=0)
         mask = np.zeros((ha, wa), np.uint8)
@@ -296,6 +349,10 @@ def match(fa: Features, fb: Features) -> Match:
             sa = cv2.GaussianBlur(fa.img, (0, 0), 1.0)[mask > 0].astype(np.float32)
             sb = cv2.GaussianBlur(warped, (0, 0), 1.0)[mask > 0].astype(np.float32)
             ncc = _rank_ncc(sa, sb)
+            inner = cv2.erode(mask, np.ones((9, 9), np.uint8)) > 0
+            if inner.sum() >= 400:
+                detail_raw = _block_corr(_band(fa.img), _band(warped), inner)
+                detail = _block_corr(_band(_equalise(fa.img, mask)), _band(_equalise(warped, mask)), inner)
     # transform in original pixels: a_orig <- a_prep <- b_prep <- b_orig
     sa_ = np.diag([fa.orig_shape[1] / wa, fa.orig_shape[0] / ha, 1.0])
     sb_ = np.diag([wb / fb.orig_shape[1], hb / fb.orig_shape[0], 1.0])
@@ -308,7 +365,7 @@ def match(fa: Features, fb: Features) -> Match:
     norm_a = np.array([wa, ha], np.float64)
     norm_b = np.array([wb, hb], np.float64)
     return Match(
-        n, ncc, mirrored, rot, math.sqrt(abs(det)), float(A3[0, 2] / wa), float(A3[1, 2] / ha),
+        n, ncc, detail, detail_raw, mirrored, rot, math.sqrt(abs(det)), float(A3[0, 2] / wa), float(A3[1, 2] / ha),
         [tuple(map(float, p)) for p in np.round(poly_a / norm_a, 4)],
         [tuple(map(float, p)) for p in np.round(poly_b / norm_b, 4)],
         float(frac), (pa / norm_a).astype(np.float32), (pb / norm_b).astype(np.float32))
@@ -379,12 +436,20 @@ def confidence_model() -> dict:
     return json.loads(CONFIDENCE_FILE.read_text())
 
 
+FEATURES = ["cnn_distance", "log1p_inliers", "aligned_ncc", "thumb_ncc", "aligned_ncc*log1p_inliers",
+            "detail_ncc", "detail_raw", "max_detail*log1p_inliers"]
+
+
 def feature_vector(f: float, m: Match, al: Alignment) -> np.ndarray:
-    """The confidence model's inputs; ``f`` may be nan (CNN distance unknown)."""
+    """The confidence model's inputs (``FEATURES``); ``f`` may be nan (CNN distance unknown)."""
     fcl = min(float(f), 4.0) if np.isfinite(f) else 2.0
-    ancc = m.aligned_ncc if np.isfinite(m.aligned_ncc) else 0.0
+
+    def z(v: float) -> float:
+        return float(v) if np.isfinite(v) else 0.0
+
+    ancc, d1, d2 = z(m.aligned_ncc), z(m.detail_ncc), z(m.detail_raw)
     li = math.log1p(m.inliers)
-    return np.array([fcl, li, ancc, al.ncc, ancc * li], np.float64)
+    return np.array([fcl, li, ancc, al.ncc, ancc * li, d1, d2, max(d1, d2) * li], np.float64)
 
 
 def confidence(x: np.ndarray, model: dict | None = None) -> np.ndarray:
@@ -501,6 +566,8 @@ def _append(cols: dict, m: Match | None, al: Alignment | None, conf: float, ok: 
         "finding": finding, "confidence": conf, "verified": ok, "reject_reason": why,
         "verify_inliers": m.inliers if m else 0,
         "verify_aligned_ncc": m.aligned_ncc if m else float("nan"),
+        "verify_detail_ncc": (np.nanmax([m.detail_ncc, m.detail_raw]) if np.isfinite([m.detail_ncc, m.detail_raw]).any()
+                              else float("nan")) if m else float("nan"),
         "verify_ncc": al.ncc if al else float("nan"),
         "verify_orientation": (m.orientation if use_kp else al.orientation) if al else "",
         "verify_rotation": m.rotation if use_kp else float("nan"),
