@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -506,6 +507,52 @@ def _poly_list(p) -> list[list[float]]:
     return [[float(x), float(y)] for x, y in p]
 
 
+_ROW_FIELDS = ("distance", "same_xref", "same_content", "same_doc", "query_bbox", "match_bbox")
+
+
+def _key(side: str, row) -> tuple:
+    return (getattr(row, f"{side}_sha256"), getattr(row, f"{side}_panel"), getattr(row, f"{side}_panel_id"))
+
+
+def _verify_rows(rows: list[tuple[tuple, tuple, SimpleNamespace]], thumbs: dict, thr: float,
+                 feats: dict[tuple, Features] | None = None) -> list[dict]:
+    """The verification columns of each (query key, match key, row fields) triple; ``thumbs``
+    maps a key to its thumbnail (or None).  Features are computed once per panel (``feats``:
+    a cache to share between calls)."""
+    feats = {} if feats is None else feats
+
+    def get(key: tuple) -> Features:
+        if key not in feats:
+            feats[key] = features(thumbs[key])
+        return feats[key]
+
+    out: list[dict] = []
+    for ka, kb, row in rows:
+        ta, tb = thumbs.get(ka), thumbs.get(kb)
+        reason = trivial_reason(row, ta, tb)
+        if reason or ta is None or tb is None:
+            out.append(_columns(None, None, float("nan"), not reason, reason or "not verified: pixels unavailable"))
+            continue
+        m = match(get(ka), get(kb))
+        # the whole-panel correlation (half the cost of a pair) enters the model linearly: when
+        # even its best or worst value cannot lift the pair over the threshold, skip it
+        bound = max(float(confidence(feature_vector(float(row.distance), m, Alignment(c, "", 1.0, "")))[0])
+                    for c in (-1.0, 1.0))
+        if bound < thr:
+            out.append(_columns(m, None, bound, False,
+                                f"confidence at most {bound:.2f} < {thr:.2f} ({m.inliers} keypoint inliers, overlap "
+                                f"correlation {m.aligned_ncc:.2f}, fine-detail correlation {_detail(m):.2f})"))
+            continue
+        al = align_pair(ta, tb)
+        conf = float(confidence(feature_vector(float(row.distance), m, al))[0])
+        ok = conf >= thr
+        why = "" if ok else (f"confidence {conf:.2f} < {thr:.2f} ({m.inliers} keypoint inliers, "
+                             f"overlap correlation {m.aligned_ncc:.2f}, fine-detail correlation {_detail(m):.2f}, "
+                             f"whole-panel correlation {al.ncc:.2f})")
+        out.append(_columns(m, al, conf, ok, why))
+    return out
+
+
 def verify_report(report, lookup, keep_rejected: bool = False, threshold: float | None = None,
                   progress: bool = False):
     """Verify every candidate pair of a report; add the verification columns; drop (or keep,
@@ -513,7 +560,9 @@ def verify_report(report, lookup, keep_rejected: bool = False, threshold: float 
 
     ``lookup(side, row)`` returns the pixels (uint8 greyscale, any size) of side "query" or
     "match" of a report row, or None when they are unavailable: such a pair is kept, marked
-    "not verified".  Features are computed once per panel.
+    "not verified".  Features are computed once per panel.  (Two worker processes sharing the
+    pairs by match panel were tried: slower at 1,200 pairs, since start-up and the features of
+    the query panels, needed by both, cost more than the split saves.)
     """
     import pandas as pd
     from tqdm import tqdm
@@ -521,57 +570,50 @@ def verify_report(report, lookup, keep_rejected: bool = False, threshold: float 
     from ..index.report import VERIFY_FIELDS
 
     thr = float(threshold if threshold is not None else confidence_model()["threshold"])
-    cache: dict[tuple, tuple[np.ndarray, Features]] = {}
-
-    def get(side: str, row):
-        key = (getattr(row, f"{side}_sha256"), getattr(row, f"{side}_panel"), getattr(row, f"{side}_panel_id"))
-        if key not in cache:
-            px = lookup(side, row)
-            cache[key] = None if px is None else (thumbnail(_as_uint8(px)), None)
-        hit = cache[key]
-        if hit is not None and hit[1] is None:
-            hit = cache[key] = (hit[0], features(hit[0]))
-        return hit
-
-    cols: dict[str, list] = {c: [] for c in VERIFY_FIELDS}
     if report.empty:
         return report.assign(**{c: pd.Series(dtype=k) for c, (k, _) in VERIFY_FIELDS.items()})
-    for row in tqdm(list(report.itertuples(index=False)), desc="verify", unit="pair", disable=not progress):
-        a = get("query", row)
-        b = get("match", row)
-        reason = trivial_reason(row, None if a is None else a[0], None if b is None else b[0])
-        if reason or a is None or b is None:
-            _append(cols, None, None, float("nan"), not reason,
-                    reason or "not verified: pixels unavailable")
-            continue
-        m = match(a[1], b[1])
-        al = align_pair(a[0], b[0])
-        conf = float(confidence(feature_vector(float(row.distance), m, al))[0])
-        ok = conf >= thr
-        why = "" if ok else (f"confidence {conf:.2f} < {thr:.2f} ({m.inliers} keypoint inliers, "
-                             f"overlap correlation {m.aligned_ncc:.2f}, whole-panel correlation {al.ncc:.2f})")
-        _append(cols, m, al, conf, ok, why)
+    thumbs: dict[tuple, np.ndarray | None] = {}
+    rows = []
+    for row in report.itertuples(index=False):
+        for side in ("query", "match"):
+            k = _key(side, row)
+            if k not in thumbs:
+                px = lookup(side, row)
+                thumbs[k] = None if px is None else thumbnail(_as_uint8(px))
+        rows.append((_key("query", row), _key("match", row),
+                     SimpleNamespace(**{f: getattr(row, f) for f in _ROW_FIELDS})))
+    results: list[dict] = []
+    cache: dict[tuple, Features] = {}
+    with tqdm(total=len(rows), desc="verify", unit="pair", disable=not progress) as bar:
+        for k0 in range(0, len(rows), 64):
+            results += _verify_rows(rows[k0:k0 + 64], thumbs, thr, cache)
+            bar.update(len(rows[k0:k0 + 64]))
     out = report.copy()
     for c, (kind, _) in VERIFY_FIELDS.items():
-        out[c] = pd.Series(cols[c], index=out.index, dtype=kind)
+        out[c] = pd.Series([r[c] for r in results], index=out.index, dtype=kind)
     if not keep_rejected:
         out = out[out.verified]
     return out.sort_values(["verified", "confidence"], ascending=False, kind="stable").reset_index(drop=True)
 
 
-def _append(cols: dict, m: Match | None, al: Alignment | None, conf: float, ok: bool, why: str,
-            finding: str = "pair") -> None:
+def _detail(m: Match) -> float:
+    """The larger of the two fine-detail correlations (nan when there was no overlap)."""
+    v = [x for x in (m.detail_ncc, m.detail_raw) if np.isfinite(x)]
+    return max(v) if v else float("nan")
+
+
+def _columns(m: Match | None, al: Alignment | None, conf: float, ok: bool, why: str,
+             finding: str = "pair") -> dict:
     use_kp = m is not None and m.inliers >= MIN_INLIERS
     vals = {
         "finding": finding, "confidence": conf, "verified": ok, "reject_reason": why,
         "verify_inliers": m.inliers if m else 0,
         "verify_aligned_ncc": m.aligned_ncc if m else float("nan"),
-        "verify_detail_ncc": (np.nanmax([m.detail_ncc, m.detail_raw]) if np.isfinite([m.detail_ncc, m.detail_raw]).any()
-                              else float("nan")) if m else float("nan"),
+        "verify_detail_ncc": _detail(m) if m else float("nan"),
         "verify_ncc": al.ncc if al else float("nan"),
-        "verify_orientation": (m.orientation if use_kp else al.orientation) if al else "",
+        "verify_orientation": m.orientation if use_kp else (al.orientation if al else ""),
         "verify_rotation": m.rotation if use_kp else float("nan"),
-        "verify_scale": (m.scale if use_kp else al.scale) if al else float("nan"),
+        "verify_scale": m.scale if use_kp else (al.scale if al else float("nan")),
         "verify_flip": bool(m.flip) if use_kp else False,
         "verify_tx": m.tx if use_kp else float("nan"), "verify_ty": m.ty if use_kp else float("nan"),
         "overlap_frac": m.overlap_frac if use_kp else float("nan"),
@@ -580,8 +622,7 @@ def _append(cols: dict, m: Match | None, al: Alignment | None, conf: float, ok: 
         "points_query": np.round(m.pts_a, 4).tolist() if use_kp else [],
         "points_match": np.round(m.pts_b, 4).tolist() if use_kp else [],
     }
-    for k, v in vals.items():
-        cols[k].append(v)
+    return vals
 
 
 def find_copy_moves(pixels: dict, progress: bool = False) -> list[tuple[object, CopyMove]]:
