@@ -234,9 +234,12 @@ class Store:
         except BaseException as exc:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
-            if shard is not None:   # not registered: remove it now rather than at the next open
+            if shard is not None and not self.db.execute(
+                    "SELECT 1 FROM shards WHERE shard = ?", (shard,)).fetchone():
+                # not registered: remove it now rather than at the next writer's open
                 (self.path / "embeddings" / fname).unlink(missing_ok=True)
-            if isinstance(exc, (OSError, sqlite3.OperationalError)):
+            if isinstance(exc, OSError) or (isinstance(exc, sqlite3.OperationalError)
+                                            and ("full" in str(exc) or "disk" in str(exc))):
                 raise self._write_failed(exc) from exc
             raise
         if ids:

@@ -256,13 +256,6 @@ def _block_corr(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
     return float(np.median((bx * by).sum(1)[ok] / den[ok]))
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    x = x.astype(np.float64) - x.mean()
-    y = y.astype(np.float64) - y.mean()
-    den = math.sqrt(float((x * x).sum() * (y * y).sum()))
-    return float((x * y).sum() / den) if den > 0 else float("nan")
-
-
 def _poly_area(p: np.ndarray) -> float:
     return float(cv2.contourArea(p.astype(np.float32))) if len(p) >= 3 else 0.0
 
