@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import time
@@ -19,6 +20,7 @@ from .index.search import pairs_against, pairs_within, tile_index_of, tile_pairs
 from .index.store import TILE_ID_BASE, PanelRow, Store, StoreError
 from .model.api import Embedder, load_model
 from .pipeline import DocResult, ExtractOptions, Limits, extract_many, write_panels
+from . import __version__
 from .hashing import sha256_file
 from .pipeline.verify import find_copy_moves, thumbnail, verify_report
 
@@ -364,7 +366,23 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
                          (run_id, t0, time.time(), int(len(new)), int(len(report)), str(path)))
         store.db.execute("COMMIT")
     store.close()
-    return ScreenResult(report, int(len(new)), path, run_id, time.time() - t0)
+    result = ScreenResult(report, int(len(new)), path, run_id, time.time() - t0)
+    _log_run(Path(out_dir) / "screen-runs.jsonl", {
+        "run_id": run_id, "started": dt.datetime.fromtimestamp(t0, dt.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(result.seconds, 1), "mode": "all" if all_pairs else "new", "store": str(store.path),
+        "panels_screened": result.panels, "pairs": int(len(report)),
+        "verified": int(report["verified"].sum()) if "verified" in report and len(report) else 0,
+        "report": str(path), "model_sha256": sha, "imgdup": __version__})
+    return result
+
+
+def _log_run(path: Path, record: dict) -> None:
+    """Append one JSON line (the operator's run log) and fsync it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def reindex(index: str | Path | None = None, model: Embedder | None = None, workers: int = 2,

@@ -109,6 +109,11 @@ def test_query_and_screen_find_planted_pairs(corpus, model, tmp_path):
     assert not canon.duplicated().any()
     again = screen(tmp_path / "st", tmp_path / "reports")
     assert again.panels == 0 and again.report.empty   # remembered what was screened
+    # the operator's run log: one JSON line per run
+    runs = [json.loads(line) for line in (tmp_path / "reports" / "screen-runs.jsonl").read_text().splitlines()]
+    assert [r["run_id"] for r in runs] == [sc.run_id, again.run_id]
+    assert runs[0]["panels_screened"] == sc.panels and runs[0]["pairs"] == len(sc.report)
+    assert runs[1]["panels_screened"] == 0 and runs[0]["report"] == str(sc.path)
 
 
 def test_query_add_then_idempotent(corpus, model, tmp_path):
