@@ -386,18 +386,23 @@ def _log_run(path: Path, record: dict) -> None:
 
 
 def reindex(index: str | Path | None = None, model: Embedder | None = None, workers: int = 2,
-            progress: bool = False) -> str:
-    """Rebuild the FAISS index from the embeddings; if the store was built with other weights,
-    re-extract its documents from their recorded paths and re-embed them with the current model
-    into a fresh store that replaces the old one."""
+            progress: bool = False, kind: str = "auto", nlist: int | None = None) -> str:
+    """Rebuild the FAISS index from the embeddings (``kind``: auto, flat or ivf; see
+    ``Store.rebuild_index``); if the store was built with other weights, re-extract its documents
+    from their recorded paths and re-embed them with the current model into a fresh store that
+    replaces the old one."""
     path = Path(index or default_index())
     model = model or load_model()
     store = Store(path, create=False)
     if store.meta("model_sha256") in (None, model.sha256):
         with store.writer():
-            n = store.rebuild_index()
+            info = store.rebuild_index(kind, nlist)
         store.close()
-        return f"index rebuilt from embeddings: {n} vectors"
+        if info["kind"] == "ivf":
+            return (f"IVF index rebuilt from embeddings: {info['panels']} vectors, {info['nlist']} lists, "
+                    f"nprobe {info['nprobe']} (recall {info['recall']:.3f} of the pairs within f <= 1 "
+                    f"against exact search, {info['queries']} sample queries); {info['seconds']}s")
+        return f"flat index rebuilt from embeddings: {info['panels']} vectors; {info['seconds']}s"
     paths = [r[0] for r in store.db.execute("SELECT path FROM documents WHERE status = 'ok'")]
     store.close()
     fresh = path.with_name(path.name + ".reindex")

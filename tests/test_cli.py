@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pymupdf
+import pytest
 from click.testing import CliRunner
 
 from conftest import ROOT, micrograph, need_shared, png_bytes
@@ -38,6 +39,16 @@ def test_panels_command(tmp_path):
     assert all((tmp_path / "out" / p).exists() for p in df.png)
     assert {"doc_sha256", "doc_path", "figure_id", "panel_id", "bbox", "width", "height",
             "content_hash"} <= set(df.columns)
+
+
+def test_device_cuda_without_cuda_is_a_clear_error(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present here: nothing to refuse")
+    r = subprocess.run([sys.executable, "-m", "imgdup.cli", "ingest", str(tmp_path / "x.pdf"), "--device", "cuda",
+                        "--index", str(tmp_path / "s")], capture_output=True, text=True)
+    assert r.returncode == 2 and "no usable CUDA device" in r.stderr and "--device cpu" in r.stderr
 
 
 def test_query_exit_codes(tmp_path):
@@ -74,6 +85,16 @@ def test_speed_benchmark_smoke(tmp_path):
     data = json.loads(out.read_text())
     assert data["embed"]["panels_per_s"] > 0 and data["query"][0]["store_panels"] == 2000
     assert data["extract"]["pages"] > 0
+
+
+def test_index_scale_benchmark_smoke(tmp_path):
+    need_shared()
+    out = tmp_path / "index_scale.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "index_scale.py"), "--smoke", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["ivf"]["recall"] >= 0.99 and run["ivf_query_recall"] >= 0.95 and run["query_pairs_exact"] > 0
 
 
 def test_quality_and_end_to_end_benchmarks_smoke(tmp_path):

@@ -21,6 +21,11 @@ def _limits(timeout: float, memory_mb: int, max_pages: int) -> dict:
     return dict(timeout_s=timeout, memory_mb=memory_mb, max_pages=max_pages)
 
 
+def _device_option(f):
+    return click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+                        help="Where the CNN embeds panels (auto: CUDA when present).")(f)
+
+
 def _extract_options(f):
     f = click.option("--workers", default=2, show_default=True, help="Extraction worker processes.")(f)
     f = click.option("--timeout", default=300.0, show_default=True, help="Seconds per document.")(f)
@@ -103,12 +108,14 @@ def eval_model(weights: str, pairs: int, negatives: str, split: str, out_json: P
 @click.option("--index", "index", default=None, help=INDEX_HELP)
 @click.option("--commit-every", default=8, show_default=True, help="Documents per store transaction.")
 @_extract_options
+@_device_option
 def ingest(pdfs: tuple[Path, ...], index: str | None, commit_every: int, workers: int, timeout: float,
-           memory_mb: int, max_pages: int) -> None:
+           memory_mb: int, max_pages: int, device: str) -> None:
     """Add PDFs to the store: extract -> embed -> index.  Idempotent and resumable."""
     from ..api import ingest as run
+    from ..model.api import load_model
 
-    s = run(list(pdfs), index, workers=workers, commit_every=commit_every,
+    s = run(list(pdfs), index, model=load_model(device=device), workers=workers, commit_every=commit_every,
             progress=_progress(), echo=click.echo, **_limits(timeout, memory_mb, max_pages))
     for path, reason in s.skipped.items():
         click.echo(f"skipped {path}: {reason}", err=True)
@@ -128,17 +135,19 @@ def ingest(pdfs: tuple[Path, ...], index: str | None, commit_every: int, workers
 @click.option("--top", default=20, show_default=True, help="Pairs shown in the table.")
 @click.option("--exit-zero", is_flag=True, help="Exit 0 even when pairs are flagged.")
 @_extract_options
+@_device_option
 def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold: float | None, add: bool,
           no_verify: bool, keep_rejected: bool, no_copy_move: bool, no_partial: bool, top: int, exit_zero: bool, workers: int,
-          timeout: float, memory_mb: int, max_pages: int) -> None:
+          timeout: float, memory_mb: int, max_pages: int, device: str) -> None:
     """Compare a manuscript's panels with each other and with the store.
 
     Exit code 0: nothing flagged; 1: pairs flagged; 2: error.
     """
     from ..api import query as run
     from ..index.report import format_table
+    from ..model.api import load_model
 
-    res = run(list(pdfs), index, threshold=threshold, out=out, add=add, workers=workers,
+    res = run(list(pdfs), index, model=load_model(device=device), threshold=threshold, out=out, add=add, workers=workers,
               progress=_progress(), verify=not no_verify, keep_rejected=keep_rejected,
               copy_move=not no_copy_move, partial=not no_partial, **_limits(timeout, memory_mb, max_pages))
     for d in res.documents:
@@ -181,11 +190,14 @@ def screen(index: str | None, out_dir: Path, all_pairs: bool, threshold: float |
 @cli.command()
 @click.option("--index", "index", default=None, help=INDEX_HELP)
 @click.option("--workers", default=2, show_default=True, help="Extraction worker processes.")
-def reindex(index: str | None, workers: int) -> None:
+@click.option("--index-kind", "kind", type=click.Choice(["auto", "flat", "ivf"]), default="auto", show_default=True,
+              help="flat: exact; ivf: inverted lists, nprobe chosen for 0.99 pair recall; auto: IVF from 500,000 panels.")
+@click.option("--nlist", type=int, default=None, help="IVF lists (default: sqrt of the panel count).")
+def reindex(index: str | None, workers: int, kind: str, nlist: int | None) -> None:
     """Rebuild the FAISS index; re-embed every document if the store used other weights."""
     from ..api import reindex as run
 
-    click.echo(run(index, workers=workers, progress=_progress()))
+    click.echo(run(index, workers=workers, progress=_progress(), kind=kind, nlist=nlist))
 
 
 @cli.command()

@@ -130,3 +130,63 @@ def whole_index_of(vectors: np.ndarray, ids: np.ndarray) -> faiss.Index:
     if len(ids):
         idx.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
     return idx
+
+
+# ------------------------------------------------------------------------------------ IVF
+
+def ivf_of(index: faiss.Index):
+    """The IndexIVF inside ``index`` (through an IndexIDMap2), or None for a flat index."""
+    return faiss.try_extract_index_ivf(index)
+
+
+def new_ivf_index(vectors: np.ndarray, ids: np.ndarray, nlist: int | None = None, seed: int = 0,
+                  sample_per_list: int = 40) -> faiss.Index:
+    """IndexIDMap2(IndexIVFFlat, METRIC_L1) over ``vectors``: coarse centroids trained on a
+    sample (about ``sample_per_list`` vectors a list; nlist defaults to sqrt(n)), a direct map
+    so that stored vectors can be read back for exact re-scoring, then every vector added.
+    Later adds go to the same lists without retraining."""
+    n, d = vectors.shape
+    nlist = int(nlist or np.clip(int(np.sqrt(n)), 16, 8192))
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlat(d, faiss.METRIC_L1), d, nlist, faiss.METRIC_L1)
+    rng = np.random.default_rng(seed)
+    sample = vectors[rng.choice(n, size=min(n, sample_per_list * nlist), replace=False)]
+    ivf.cp.seed = seed
+    ivf.train(np.ascontiguousarray(sample, np.float32))
+    ivf.make_direct_map()
+    idx = faiss.IndexIDMap2(ivf)
+    idx.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
+    return idx
+
+
+def choose_nprobe(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray, threshold: float,
+                  target: float = 0.99, queries: int = 1000, seed: int = 0) -> dict:
+    """The smallest nprobe (powers of two) at which an IVF range search finds at least
+    ``target`` of the stored pairs within ``threshold`` that an exact search finds, measured
+    with ``queries`` stored vectors as queries; sets it on the index and returns the curve."""
+    ivf = ivf_of(index)
+    rng = np.random.default_rng(seed)
+    q = np.ascontiguousarray(vectors[rng.choice(len(vectors), size=min(queries, len(vectors)), replace=False)],
+                             np.float32)
+    exact = faiss.IndexFlat(vectors.shape[1], faiss.METRIC_L1)
+    exact.add(np.ascontiguousarray(vectors, np.float32))
+    ti, tj = range_candidates(exact, q, threshold)
+    truth = set(zip(ti.tolist(), np.asarray(ids)[tj].tolist()))     # (query row, panel id)
+    curve: dict[int, float] = {}
+
+    def recall_at(nprobe: int) -> float:
+        if nprobe not in curve:
+            ivf.nprobe = nprobe
+            fi, fj = range_candidates(index, q, threshold)
+            found = len(truth & set(zip(fi.tolist(), fj.tolist()))) if truth else 0
+            curve[nprobe] = found / len(truth) if truth else 1.0
+        return curve[nprobe]
+
+    lo, hi = 0, 1              # powers of two up to the first that reaches the target ...
+    while recall_at(hi) < target and hi < ivf.nlist:
+        lo, hi = hi, min(2 * hi, ivf.nlist)
+    while hi - lo > max(1, hi // 8):   # ... then bisect between it and the one before
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if recall_at(mid) >= target else (mid, hi)
+    ivf.nprobe = hi
+    return {"nprobe": hi, "recall": curve[hi], "truth_pairs": len(truth), "queries": len(q),
+            "curve": dict(sorted(curve.items()))}

@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import __version__
+from .search import choose_nprobe, ivf_of, new_ivf_index
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,9 @@ PANEL_COLUMNS = ["panel_id", "doc_sha256", "page", "figure_id", "panel_key", "ki
 
 
 TILE_ID_BASE = 16      # tile index ids: panel_id * TILE_ID_BASE + tile number
+IVF_MIN_PANELS = 500_000   # from this size on, save_index switches the store to an IVF index
+PAIR_RADIUS = 1.0          # the f threshold at which the IVF's pair recall is measured
+PAIR_RECALL = 0.99         # ... and the recall its nprobe must reach
 
 
 def new_index(dim: int) -> faiss.Index:
@@ -335,25 +339,46 @@ class Store:
         if idx is not None and (idx.metric_type != faiss.METRIC_L1 or idx.d != dim):
             log.warning("index has another metric or dimension; rebuilding from embeddings")
             idx = None
-        if idx is None:
-            idx = new_index(dim)
         n_cat = self.count()
-        if idx.ntotal != n_cat:
-            have = faiss.vector_to_array(idx.id_map) if idx.ntotal else np.zeros(0, np.int64)
+        if idx is None or idx.ntotal != n_cat:
+            have = faiss.vector_to_array(idx.id_map) if idx is not None and idx.ntotal else np.zeros(0, np.int64)
             ids, vec = self.vectors()
-            missing = ~np.isin(ids, have)
-            stale = not np.isin(have, ids).all()
-            if stale:
+            if not np.isin(have, ids).all():
                 log.warning("index holds panels the catalogue does not; rebuilding")
-                idx = new_index(dim)
-                missing = np.ones(len(ids), bool)
-            if missing.any():
-                idx.add_with_ids(vec[missing], ids[missing])
+                idx = None
+            if idx is None:
+                idx = self._fresh_index(ids, vec)
+            else:   # a lagging index (killed before its save): add what it misses, no retraining
+                missing = ~np.isin(ids, have)
+                if missing.any():
+                    idx.add_with_ids(vec[missing], ids[missing])
+        ivf = ivf_of(idx)
+        if ivf is not None:
+            ivf.nprobe = int(self.meta("ivf_nprobe", str(ivf.nprobe)))
         self._index = idx
         return idx
 
+    def _fresh_index(self, ids: np.ndarray, vec: np.ndarray) -> faiss.Index:
+        """An index of the given vectors of the kind the store records (flat, or IVF with the
+        recorded number of lists)."""
+        if self.meta("index_kind", "flat") == "ivf" and len(ids):
+            return new_ivf_index(vec, ids, nlist=int(self.meta("ivf_nlist", "0")) or None)
+        idx = new_index(int(self.meta("dim", "128")))
+        if len(ids):
+            idx.add_with_ids(vec, ids)
+        return idx
+
+    def index_kind(self) -> str:
+        return self.meta("index_kind", "flat")
+
     def save_index(self) -> None:
-        """Write the index atomically (temp file + rename)."""
+        """Write the index atomically (temp file + rename); a flat index that has grown past
+        IVF_MIN_PANELS is first rebuilt as an IVF (``rebuild_index``), unless a rebuild chose
+        the kind explicitly."""
+        if self.meta("index_kind") is None and self.count() >= IVF_MIN_PANELS and self._lock_fh is not None:
+            log.warning("the store has %d panels: switching to an IVF index", self.count())
+            self.rebuild_index("ivf")
+            return
         idx = self.index()
         tmp = self.path / ".index.faiss.tmp"
         try:
@@ -369,13 +394,36 @@ class Store:
                           f"wrote was rolled back and the store is intact: free some disk space and "
                           f"run the same command again")
 
-    def rebuild_index(self) -> int:
-        self._index = None
-        p = self.path / "index.faiss"
-        if p.exists():
-            p.unlink()
+    def rebuild_index(self, kind: str = "auto", nlist: int | None = None) -> dict:
+        """Rebuild the index from the shards: ``flat`` (exact), ``ivf`` (lists trained on a
+        sample, nprobe chosen so that at least PAIR_RECALL of the stored pairs within PAIR_RADIUS
+        are found, measured against exact search and recorded), or ``auto`` (IVF from
+        IVF_MIN_PANELS panels on).  Returns what was built."""
+        assert self._lock_fh is not None, "rebuild_index needs Store.writer()"
+        ids, vec = self.vectors()
+        kind = ("ivf" if len(ids) >= IVF_MIN_PANELS else "flat") if kind == "auto" else kind
+        t0 = time.time()
+        info: dict = {"kind": kind, "panels": int(len(ids))}
+        if kind == "ivf" and len(ids) >= 2:
+            idx = new_ivf_index(vec, ids, nlist=nlist)
+            info.update(choose_nprobe(idx, vec, ids, PAIR_RADIUS, PAIR_RECALL))
+            info["nlist"] = int(ivf_of(idx).nlist)
+            meta = {"index_kind": "ivf", "ivf_nlist": str(info["nlist"]), "ivf_nprobe": str(info["nprobe"]),
+                    "ivf_recall": f"{info['recall']:.4f}", "ivf_built": time.strftime("%Y-%m-%d %H:%M:%S")}
+        else:
+            info["kind"] = "flat"
+            idx = new_index(int(self.meta("dim", "128")))
+            if len(ids):
+                idx.add_with_ids(vec, ids)
+            meta = {"index_kind": "flat"}
+        self.db.execute("BEGIN IMMEDIATE")
+        for k, v in meta.items():
+            self.set_meta(k, v)
+        self.db.execute("COMMIT")
+        self._index = idx
         self.save_index()
-        return self._index.ntotal
+        info["seconds"] = round(time.time() - t0, 1)
+        return info
 
     # ------------------------------------------------------------------ reading
     def panel_table(self, ids: np.ndarray | None = None):

@@ -95,6 +95,10 @@ class Embedder:
         if str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("CUDA was asked for, but this PyTorch has no usable CUDA device "
+                             "(torch.cuda.is_available() is False): install a CUDA build of torch "
+                             "(see README) or use --device cpu")
         self.net = net.to(self.device).eval()
         if self.device.type == "cpu":
             self.net = self.net.to(memory_format=torch.channels_last)
