@@ -426,7 +426,7 @@ def copy_move(f: Features, min_inliers: int = 10, min_ncc: float = 0.8) -> CopyM
 
 @lru_cache(maxsize=1)
 def confidence_model() -> dict:
-    """Coefficients and threshold fitted by ``benchmarks/calibrate.py`` (see docs/MODEL.md)."""
+    """Coefficients and threshold fitted by ``benchmarks/calibrate.py`` (see docs/VERIFICATION.md)."""
     return json.loads(CONFIDENCE_FILE.read_text())
 
 
