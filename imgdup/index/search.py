@@ -160,9 +160,10 @@ def new_ivf_index(vectors: np.ndarray, ids: np.ndarray, nlist: int | None = None
 
 def choose_nprobe(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray, threshold: float,
                   target: float = 0.99, queries: int = 1000, seed: int = 0) -> dict:
-    """The smallest nprobe (powers of two) at which an IVF range search finds at least
-    ``target`` of the stored pairs within ``threshold`` that an exact search finds, measured
-    with ``queries`` stored vectors as queries; sets it on the index and returns the curve."""
+    """The smallest nprobe (powers of two, then bisection to within 1/8) at which an IVF range
+    search finds at least ``target`` of the stored pairs within ``threshold`` that an exact
+    search finds, measured with ``queries`` stored vectors as queries; sets it on the index and
+    returns it with the recall curve."""
     ivf = ivf_of(index)
     rng = np.random.default_rng(seed)
     q = np.ascontiguousarray(vectors[rng.choice(len(vectors), size=min(queries, len(vectors)), replace=False)],
