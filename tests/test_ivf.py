@@ -80,3 +80,33 @@ def test_store_switches_to_ivf_when_it_grows(tmp_path, monkeypatch):
         assert store.index_kind() == "ivf" and float(store.meta("ivf_recall")) >= 0.99
         assert store.index().ntotal == 3500
     store.close()
+
+
+def test_tile_index_persisted_and_caught_up(tmp_path):
+    """tiles.faiss is saved with the index, reloaded, caught up with later adds from the shards."""
+    rng = np.random.default_rng(8)
+
+    def add(store, n, doc):
+        rows = [PanelRow(doc, 1, "f1", f"p{i}", "panel", (0.0, 0.0, 10.0, 10.0), 64, 64, "", "", "xref", 0, False)
+                for i in range(n)]
+        docs = [{"sha256": doc, "path": f"/synthetic/{doc}.pdf", "status": "ok", "panels": n}]
+        return store.add_batch(docs, rows, rng.normal(0, 0.05, (n, 128)).astype(np.float32),
+                               tiles=rng.normal(0, 0.05, (n, 5, 128)).astype(np.float32))
+
+    store = Store(tmp_path / "s")
+    with store.writer():
+        store.check_model("0" * 64, "synthetic", 128)
+        add(store, 300, "a")
+        store.save_index()
+    store.close()
+    assert (tmp_path / "s" / "tiles.faiss").exists()
+    s2 = Store(tmp_path / "s", create=False)
+    assert s2.tile_index().ntotal == 1500
+    with s2.writer():
+        new = add(s2, 40, "b")                        # not saved: caught up from the shard
+        t = s2.tile_index()
+        assert t.ntotal == 1700
+        _, got = t.search(s2.tile_vectors(np.array(new[:1]))[1][0], 1)
+        assert (got[:, 0] // 16 == new[0]).all()      # each tile of the new panel finds itself
+    s2.close()
+    assert Store(tmp_path / "s", create=False).check()["problems"] == []

@@ -5,7 +5,9 @@
     embeddings/part-*.parquet   panel_id + alpha-scaled vector (the source of truth) + the
                           vectors of the panel's 5 sub-regions ("tiles", for partial re-use) + a
                           PNG thumbnail (longer side 256 px, never enlarged) for verification and evidence
-    index.faiss           FAISS IndexIDMap2(IndexFlat, METRIC_L1), rebuildable from the shards
+    index.faiss           FAISS IndexIDMap2(IndexFlat, METRIC_L1) - or IVF from IVF_MIN_PANELS on -
+                          rebuildable from the shards
+    tiles.faiss           the sub-region vectors (flat, L1), rebuildable from the shards
     .lock                 one writer at a time (fcntl lock), with a clear message
 
 Crash safety: a batch writes its shard (temp file + fsync + rename) *before* the one SQLite
@@ -129,6 +131,7 @@ class Store:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
         self._index: faiss.Index | None = None
+        self._tile_index: faiss.Index | None = None
         self._lock_fh = None
 
     # ------------------------------------------------------------------ metadata and locking
@@ -248,6 +251,7 @@ class Store:
             raise
         if ids:
             self.index().add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
+            self._tile_index = None      # caught up from the shards when next needed
         return ids
 
     # ------------------------------------------------------------------ vectors and index
@@ -314,14 +318,37 @@ class Store:
         return np.concatenate(got_ids), np.concatenate(got)
 
     def tile_index(self) -> faiss.Index:
-        """A FAISS index of every stored tile vector, id = panel_id * TILE_ID_BASE + tile; built
-        in memory from the shards (so always consistent with them), not kept on disk."""
-        ids, v = self.tile_vectors()
-        idx = new_index(int(self.meta("dim", "128")))
-        if len(ids):
-            n_t = v.shape[1]
-            tid = (ids[:, None] * TILE_ID_BASE + np.arange(n_t)[None]).ravel()
-            idx.add_with_ids(np.ascontiguousarray(v.reshape(-1, v.shape[2])), tid.astype(np.int64))
+        """A FAISS index of every stored tile vector, id = panel_id * TILE_ID_BASE + tile: kept
+        in tiles.faiss (saved with index.faiss) and caught up from the shards of the panels it
+        lacks, so it never disagrees with them; rebuilt when it holds unknown panels."""
+        if self._tile_index is not None:
+            return self._tile_index
+        dim = int(self.meta("dim", "128"))
+        path = self.path / "tiles.faiss"
+        idx = None
+        if path.exists():
+            try:
+                idx = faiss.read_index(str(path))
+                if idx.metric_type != faiss.METRIC_L1 or idx.d != dim:
+                    idx = None
+            except Exception as exc:
+                log.warning("tiles.faiss unreadable (%s); rebuilding from embeddings", exc)
+        catalogue = np.array([r[0] for r in self.db.execute("SELECT panel_id FROM panels")], np.int64)
+        covered = np.zeros(0, np.int64)
+        if idx is not None and idx.ntotal:
+            covered = np.unique(faiss.vector_to_array(idx.id_map) // TILE_ID_BASE)
+            if not np.isin(covered, catalogue).all():
+                log.warning("tiles.faiss holds panels the catalogue does not; rebuilding")
+                idx, covered = None, np.zeros(0, np.int64)
+        if idx is None:
+            idx = new_index(dim)
+        missing = catalogue[~np.isin(catalogue, covered)]
+        if len(missing):        # panels of stores written before tiles existed stay missing
+            ids, v = self.tile_vectors(missing)
+            if len(ids):
+                tid = (ids[:, None] * TILE_ID_BASE + np.arange(v.shape[1])[None]).ravel()
+                idx.add_with_ids(np.ascontiguousarray(v.reshape(-1, v.shape[2])), tid.astype(np.int64))
+        self._tile_index = idx
         return idx
 
     def index(self) -> faiss.Index:
@@ -372,21 +399,22 @@ class Store:
         return self.meta("index_kind", "flat")
 
     def save_index(self) -> None:
-        """Write the index atomically (temp file + rename); a flat index that has grown past
-        IVF_MIN_PANELS is first rebuilt as an IVF (``rebuild_index``), unless a rebuild chose
-        the kind explicitly."""
+        """Write index.faiss and tiles.faiss atomically (temp file + rename); a flat index that
+        has grown past IVF_MIN_PANELS is first rebuilt as an IVF (``rebuild_index``), unless a
+        rebuild chose the kind explicitly."""
         if self.meta("index_kind") is None and self.count() >= IVF_MIN_PANELS and self._lock_fh is not None:
             log.warning("the store has %d panels: switching to an IVF index", self.count())
             self.rebuild_index("ivf")
             return
         idx = self.index()
-        tmp = self.path / ".index.faiss.tmp"
-        try:
-            faiss.write_index(idx, str(tmp))
-            os.replace(tmp, self.path / "index.faiss")
-        except (OSError, RuntimeError) as exc:   # faiss reports a failed write as RuntimeError
-            tmp.unlink(missing_ok=True)
-            raise self._write_failed(exc) from exc
+        for index, name in ((idx, "index.faiss"), (self.tile_index(), "tiles.faiss")):
+            tmp = self.path / f".{name}.tmp"
+            try:
+                faiss.write_index(index, str(tmp))
+                os.replace(tmp, self.path / name)
+            except (OSError, RuntimeError) as exc:   # faiss reports a failed write as RuntimeError
+                tmp.unlink(missing_ok=True)
+                raise self._write_failed(exc) from exc
 
     def _write_failed(self, exc: BaseException) -> "StoreError":
         why = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]
@@ -421,6 +449,8 @@ class Store:
             self.set_meta(k, v)
         self.db.execute("COMMIT")
         self._index = idx
+        self._tile_index = None                      # rebuilt from the shards too
+        (self.path / "tiles.faiss").unlink(missing_ok=True)
         self.save_index()
         info["seconds"] = round(time.time() - t0, 1)
         return info
@@ -495,6 +525,15 @@ class Store:
                     problems.append(f"index.faiss holds {n} panels the catalogue does not")
             except Exception as exc:
                 problems.append(f"index.faiss unreadable ({type(exc).__name__}); `imgdup reindex` rebuilds it")
+        tiles_file = self.path / "tiles.faiss"
+        if tiles_file.exists():
+            try:
+                t = faiss.read_index(str(tiles_file))
+                covered = np.unique(faiss.vector_to_array(t.id_map) // TILE_ID_BASE) if t.ntotal else np.zeros(0, np.int64)
+                if n := int((~np.isin(covered, catalogue)).sum()):
+                    problems.append(f"tiles.faiss holds {n} panels the catalogue does not")
+            except Exception as exc:
+                problems.append(f"tiles.faiss unreadable ({type(exc).__name__}); `imgdup reindex` rebuilds it")
         known = {r[0] for r in registered}
         leftovers = [f.name for f in (self.path / "embeddings").iterdir() if f.name not in known]
         docs = dict(self.db.execute("SELECT status, COUNT(*) FROM documents GROUP BY status").fetchall())
