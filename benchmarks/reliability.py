@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from imgdup.index.store import Store
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -202,8 +204,6 @@ def run_cli(args: list[str], **kw) -> subprocess.CompletedProcess:
 def hostile_ingest(work: Path, fuzz_per_pdf: int, seed: int = 0, sources: list[Path] | None = None,
                    timeout: float = 60.0, memory_mb: int = 2048) -> dict:
     """All hostile inputs in one `imgdup ingest`; returns counts and every mismatch found."""
-    from imgdup.index.store import Store
-
     items = build_hostile(work / "inputs", fuzz_per_pdf, seed, sources)
     store = work / "store"
     t0 = time.perf_counter()
@@ -255,8 +255,6 @@ def hostile_ingest(work: Path, fuzz_per_pdf: int, seed: int = 0, sources: list[P
 # ----------------------------------------------------------------------------- kill -9 loops
 
 def _panels(store: Path) -> set[tuple[str, str]]:
-    from imgdup.index.store import Store
-
     if not (store / "catalog.sqlite").exists():
         return set()
     s = Store(store, create=False)
@@ -266,8 +264,6 @@ def _panels(store: Path) -> set[tuple[str, str]]:
 
 
 def _sound(store: Path) -> list[str]:
-    from imgdup.index.store import Store
-
     if not (store / "catalog.sqlite").exists():
         return []
     s = Store(store, create=False)
@@ -334,8 +330,6 @@ def kill_loop(pdfs: list[Path], work: Path, kills: int, seed: int = 0) -> dict:
 
 
 def _unscreened(store: Path) -> int:
-    from imgdup.index.store import Store
-
     s = Store(store, create=False)
     n = s.db.execute("SELECT COUNT(*) FROM panels WHERE screened = 0").fetchone()[0]
     s.close()

@@ -76,35 +76,30 @@ def test_demo_command_runs(tmp_path):
     assert any(t["doc"] == "manuscript.pdf" and t["manipulation"] != "original" for t in truth)
 
 
-def test_speed_benchmark_smoke(tmp_path):
+def _smoke(script: str, tmp_path: Path) -> dict:
+    """Run ``benchmarks/<script> --smoke`` and return the JSON it wrote."""
     need_shared()
-    out = tmp_path / "speed.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--smoke", "--out", str(out)],
+    out = tmp_path / f"{script}.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--out", str(out)],
                        capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    data = json.loads(out.read_text())
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_speed_benchmark_smoke(tmp_path):
+    data = _smoke("speed.py", tmp_path)
     assert data["embed"]["panels_per_s"] > 0 and data["query"][0]["store_panels"] == 2000
     assert data["extract"]["pages"] > 0
 
 
 def test_index_scale_benchmark_smoke(tmp_path):
-    need_shared()
-    out = tmp_path / "index_scale.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "index_scale.py"), "--smoke", "--out", str(out)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    run = json.loads(out.read_text())["runs"][0]
+    run = _smoke("index_scale.py", tmp_path)["runs"][0]
     assert run["ivf"]["recall"] >= 0.99 and run["ivf_query_recall"] >= 0.95 and run["query_pairs_exact"] > 0
 
 
 def test_quality_and_end_to_end_benchmarks_smoke(tmp_path):
-    need_shared()
     for script in ("quality.py", "end_to_end.py"):
-        out = tmp_path / f"{script}.json"
-        r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--out", str(out)],
-                           capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr[-3000:]
-        data = json.loads(out.read_text())
+        data = _smoke(script, tmp_path)
         if script == "quality.py":
             assert set(data["mean_tpr@0.001"]) >= {"cnn", "imgdup", "phash", "sift"}
         else:

@@ -76,6 +76,11 @@ def new_index(dim: int) -> faiss.Index:
     return faiss.IndexIDMap2(faiss.IndexFlat(dim, faiss.METRIC_L1))
 
 
+def _ids_of(index: faiss.Index) -> np.ndarray:
+    """The ids held by an IndexIDMap2 (empty when it holds nothing)."""
+    return faiss.vector_to_array(index.id_map) if index.ntotal else np.zeros(0, np.int64)
+
+
 def _id_chunks(ids, size: int = 900):
     """Sorted distinct ids in chunks small enough for one SQLite ``IN (...)`` list."""
     want = sorted({int(i) for i in np.asarray(ids).ravel()})
@@ -323,25 +328,16 @@ class Store:
         lacks, so it never disagrees with them; rebuilt when it holds unknown panels."""
         if self._tile_index is not None:
             return self._tile_index
-        dim = int(self.meta("dim", "128"))
-        path = self.path / "tiles.faiss"
-        idx = None
-        if path.exists():
-            try:
-                idx = faiss.read_index(str(path))
-                if idx.metric_type != faiss.METRIC_L1 or idx.d != dim:
-                    idx = None
-            except Exception as exc:
-                log.warning("tiles.faiss unreadable (%s); rebuilding from embeddings", exc)
-        catalogue = np.array([r[0] for r in self.db.execute("SELECT panel_id FROM panels")], np.int64)
+        idx = self._read_index_file("tiles.faiss")
+        catalogue = self._panel_ids()
         covered = np.zeros(0, np.int64)
-        if idx is not None and idx.ntotal:
-            covered = np.unique(faiss.vector_to_array(idx.id_map) // TILE_ID_BASE)
+        if idx is not None:
+            covered = np.unique(_ids_of(idx) // TILE_ID_BASE)
             if not np.isin(covered, catalogue).all():
                 log.warning("tiles.faiss holds panels the catalogue does not; rebuilding")
                 idx, covered = None, np.zeros(0, np.int64)
         if idx is None:
-            idx = new_index(dim)
+            idx = new_index(int(self.meta("dim", "128")))
         missing = catalogue[~np.isin(catalogue, covered)]
         if len(missing):        # panels of stores written before tiles existed stay missing
             ids, v = self.tile_vectors(missing)
@@ -355,20 +351,9 @@ class Store:
         """The FAISS index, loaded and caught up with the catalogue on first use."""
         if self._index is not None:
             return self._index
-        dim = int(self.meta("dim", "128"))
-        path = self.path / "index.faiss"
-        idx = None
-        if path.exists():
-            try:
-                idx = faiss.read_index(str(path))
-            except Exception as exc:  # damaged file: rebuild from the shards
-                log.warning("index unreadable (%s); rebuilding from embeddings", exc)
-        if idx is not None and (idx.metric_type != faiss.METRIC_L1 or idx.d != dim):
-            log.warning("index has another metric or dimension; rebuilding from embeddings")
-            idx = None
-        n_cat = self.count()
-        if idx is None or idx.ntotal != n_cat:
-            have = faiss.vector_to_array(idx.id_map) if idx is not None and idx.ntotal else np.zeros(0, np.int64)
+        idx = self._read_index_file("index.faiss")
+        if idx is None or idx.ntotal != self.count():
+            have = _ids_of(idx) if idx is not None else np.zeros(0, np.int64)
             ids, vec = self.vectors()
             if not np.isin(have, ids).all():
                 log.warning("index holds panels the catalogue does not; rebuilding")
@@ -385,15 +370,37 @@ class Store:
         self._index = idx
         return idx
 
+    def _read_index_file(self, name: str) -> faiss.Index | None:
+        """An index file of the store, or None when absent, unreadable or of another metric or
+        dimension (the caller rebuilds it from the shards)."""
+        path = self.path / name
+        if not path.exists():
+            return None
+        try:
+            idx = faiss.read_index(str(path))
+        except Exception as exc:  # damaged file: rebuilt from the shards
+            log.warning("%s unreadable (%s); rebuilding from embeddings", name, exc)
+            return None
+        if idx.metric_type != faiss.METRIC_L1 or idx.d != int(self.meta("dim", "128")):
+            log.warning("%s has another metric or dimension; rebuilding from embeddings", name)
+            return None
+        return idx
+
+    def _panel_ids(self) -> np.ndarray:
+        return np.array([r[0] for r in self.db.execute("SELECT panel_id FROM panels")], np.int64)
+
+    def _flat_index(self, ids: np.ndarray, vec: np.ndarray) -> faiss.Index:
+        idx = new_index(int(self.meta("dim", "128")))
+        if len(ids):
+            idx.add_with_ids(vec, ids)
+        return idx
+
     def _fresh_index(self, ids: np.ndarray, vec: np.ndarray) -> faiss.Index:
         """An index of the given vectors of the kind the store records (flat, or IVF with the
         recorded number of lists)."""
         if self.meta("index_kind", "flat") == "ivf" and len(ids):
             return new_ivf_index(vec, ids, nlist=int(self.meta("ivf_nlist", "0")) or None)
-        idx = new_index(int(self.meta("dim", "128")))
-        if len(ids):
-            idx.add_with_ids(vec, ids)
-        return idx
+        return self._flat_index(ids, vec)
 
     def index_kind(self) -> str:
         return self.meta("index_kind", "flat")
@@ -440,9 +447,7 @@ class Store:
                     "ivf_recall": f"{info['recall']:.4f}", "ivf_built": time.strftime("%Y-%m-%d %H:%M:%S")}
         else:
             info["kind"] = "flat"
-            idx = new_index(int(self.meta("dim", "128")))
-            if len(ids):
-                idx.add_with_ids(vec, ids)
+            idx = self._flat_index(ids, vec)
             meta = {"index_kind": "flat"}
         self.db.execute("BEGIN IMMEDIATE")
         for k, v in meta.items():
@@ -493,7 +498,7 @@ class Store:
                 problems.append(f"shard {fname} has {len(ids)} rows, the catalogue says {rows}")
             shard_ids.append(ids)
         in_shards = np.concatenate(shard_ids) if shard_ids else np.zeros(0, np.int64)
-        catalogue = np.array([r[0] for r in self.db.execute("SELECT panel_id FROM panels")], np.int64)
+        catalogue = self._panel_ids()
         if len(np.unique(in_shards)) != len(in_shards):
             problems.append(f"{len(in_shards) - len(np.unique(in_shards))} panel vectors stored twice")
         if n := int((~np.isin(catalogue, in_shards)).sum()):
@@ -514,26 +519,18 @@ class Store:
                                   "ON d.sha256 = p.doc_sha256 WHERE d.sha256 IS NULL").fetchone()[0]
         if orphans:
             problems.append(f"{orphans} panels of no recorded document")
-        index_file = self.path / "index.faiss"
         on_disk = 0
-        if index_file.exists():
+        for name, per_panel in (("index.faiss", 1), ("tiles.faiss", TILE_ID_BASE)):
+            if not (self.path / name).exists():
+                continue
             try:
-                idx = faiss.read_index(str(index_file))
-                on_disk = idx.ntotal
-                have = faiss.vector_to_array(idx.id_map) if idx.ntotal else np.zeros(0, np.int64)
-                if n := int((~np.isin(have, catalogue)).sum()):
-                    problems.append(f"index.faiss holds {n} panels the catalogue does not")
+                idx = faiss.read_index(str(self.path / name))
             except Exception as exc:
-                problems.append(f"index.faiss unreadable ({type(exc).__name__}); `imgdup reindex` rebuilds it")
-        tiles_file = self.path / "tiles.faiss"
-        if tiles_file.exists():
-            try:
-                t = faiss.read_index(str(tiles_file))
-                covered = np.unique(faiss.vector_to_array(t.id_map) // TILE_ID_BASE) if t.ntotal else np.zeros(0, np.int64)
-                if n := int((~np.isin(covered, catalogue)).sum()):
-                    problems.append(f"tiles.faiss holds {n} panels the catalogue does not")
-            except Exception as exc:
-                problems.append(f"tiles.faiss unreadable ({type(exc).__name__}); `imgdup reindex` rebuilds it")
+                problems.append(f"{name} unreadable ({type(exc).__name__}); `imgdup reindex` rebuilds it")
+                continue
+            on_disk = idx.ntotal if name == "index.faiss" else on_disk
+            if n := int((~np.isin(np.unique(_ids_of(idx) // per_panel), catalogue)).sum()):
+                problems.append(f"{name} holds {n} panels the catalogue does not")
         known = {r[0] for r in registered}
         leftovers = [f.name for f in (self.path / "embeddings").iterdir() if f.name not in known]
         docs = dict(self.db.execute("SELECT status, COUNT(*) FROM documents GROUP BY status").fetchall())
