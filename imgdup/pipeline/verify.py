@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -201,13 +203,18 @@ def _h(A: np.ndarray) -> np.ndarray:
 
 
 def _rank_ncc(x: np.ndarray, y: np.ndarray) -> float:
-    """Correlation of the ranks of two equally long samples (Spearman), robust to tone curves."""
+    """Spearman correlation of two equally long uint8 samples (ties share their mean rank),
+    robust to any monotone tone curve.  Ranks come from the 256-bin histogram: no sort."""
     if len(x) < 50:
         return float("nan")
-    rx = x.argsort(kind="stable").argsort().astype(np.float64)
-    ry = y.argsort(kind="stable").argsort().astype(np.float64)
-    rx -= rx.mean()
-    ry -= ry.mean()
+
+    def ranks(v: np.ndarray) -> np.ndarray:
+        h = np.bincount(v, minlength=256).astype(np.float64)
+        mid = np.cumsum(h) - (h + 1) / 2           # mean 0-based rank of each grey level
+        r = mid[v]
+        return r - r.mean()
+
+    rx, ry = ranks(np.asarray(x, np.uint8)), ranks(np.asarray(y, np.uint8))
     den = math.sqrt(float((rx * rx).sum() * (ry * ry).sum()))
     return float((rx * ry).sum() / den) if den > 0 else float("nan")
 
@@ -298,60 +305,89 @@ class Match:
 
 
 MIN_INLIERS = 5     # an affine needs 3 points; fewer than 5 inliers say nothing
+NEAR_PX = 10.0      # matches this close to the affine are re-fitted by a homography
+
+
+def _near_affine(H: np.ndarray, h: int, w: int) -> bool:
+    """A homography that is a plausible re-photographed / re-projected panel: its affine part is
+    plausible and the perspective scale varies by less than 40 % over the panel."""
+    if abs(H[2, 2]) < 1e-9:
+        return False
+    H = H / H[2, 2]
+    corners = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], np.float64)
+    d = corners @ H[2]
+    return bool(d.min() > 0 and d.max() / d.min() < 1.4 and _plausible(H[:2]))
+
+
+def _register(src: np.ndarray, dst: np.ndarray, hb: int, wb: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """RANSAC affine b -> a, then, when enough matches lie near it, a homography fitted on those
+    (perspective-distorted copies register to the pixel); returns (3x3 transform, inlier mask)."""
+    A, inl = _ransac(src, dst)
+    if A is None:
+        return None
+    T = _h(A)
+    near = np.linalg.norm(cv2.transform(src[None], A)[0] - dst, axis=1) < NEAR_PX
+    if near.sum() >= 8:
+        H, hin = cv2.findHomography(src[near], dst[near], cv2.RANSAC, 3.0, maxIters=500, confidence=0.995)
+        if H is not None and _near_affine(H, hb, wb) and int(hin.sum()) > int(inl.sum()):
+            T = H / H[2, 2]
+            inl = np.zeros(len(src), bool)
+            inl[np.flatnonzero(near)[hin.ravel().astype(bool)]] = True
+    return T, inl
 
 
 def match(fa: Features, fb: Features) -> Match:
-    """Keypoint + RANSAC verification of b against a (b tried as is and mirrored)."""
+    """Keypoint + RANSAC verification of b against a (b matched with a as is and mirrored: SIFT
+    is not flip-invariant).  The mirrored keypoints are those of the first panel, so that a
+    query panel, compared with many stored ones, is mirrored and described once."""
     best: tuple[int, np.ndarray, bool, np.ndarray, np.ndarray] | None = None
     hb, wb = fb.img.shape
-    flip_m = np.array([[-1.0, 0.0, wb - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    ha, wa = fa.img.shape
     for mirrored in (False, True):
-        pb, db = fb.mirror if mirrored else (fb.pts, fb.desc)
-        m = _ratio_matches(fa.desc, db)
-        if len(m) < 4:
+        pa, da = fa.mirror if mirrored else (fa.pts, fa.desc)
+        m = _ratio_matches(da, fb.desc)
+        if len(m) < MIN_INLIERS:
             continue
-        src, dst = pb[m[:, 1]], fa.pts[m[:, 0]]
-        A, inl = _ransac(src, dst)
-        if A is None:
+        src, dst = fb.pts[m[:, 1]], pa[m[:, 0]]
+        if mirrored:        # back to a's own frame: the transform b -> a then includes the flip
+            dst = np.column_stack([wa - 1.0 - dst[:, 0], dst[:, 1]]).astype(np.float32)
+        reg = _register(src, dst, hb, wb)
+        if reg is None:
             continue
+        T, inl = reg
         n = int(inl.sum())
         if best is None or n > best[0]:
-            A3 = _h(A) @ flip_m if mirrored else _h(A)       # b (unmirrored) -> a
-            ptb = src[inl]
-            if mirrored:
-                ptb = np.column_stack([wb - 1.0 - ptb[:, 0], ptb[:, 1]])
-            best = (n, A3, mirrored, dst[inl], ptb)
+            best = (n, T, mirrored, dst[inl], src[inl])
     if best is None or best[0] < MIN_INLIERS:
         return Match.none()
     n, A3, mirrored, pa, pb = best
-    ha, wa = fa.img.shape
     # overlap polygon: b's frame mapped into a, clipped to a
-    rb_in_a = cv2.transform(_rect(hb, wb)[None], A3[:2])[0]
+    rb_in_a = cv2.perspectiveTransform(_rect(hb, wb)[None].astype(np.float64), A3)[0]
     area, poly_a = cv2.intersectConvexConvex(_rect(ha, wa), rb_in_a.astype(np.float32))
     poly_a = poly_a.reshape(-1, 2) if poly_a is not None and area > 0 else np.zeros((0, 2), np.float32)
     inv = np.linalg.inv(A3)
-    poly_b = cv2.transform(poly_a[None].astype(np.float64), inv[:2])[0] if len(poly_a) else poly_a
+    poly_b = cv2.perspectiveTransform(poly_a[None].astype(np.float64), inv)[0] if len(poly_a) else poly_a
     frac = max(_poly_area(poly_a) / (ha * wa), _poly_area(poly_b) / (hb * wb)) if len(poly_a) else 0.0
     # registered overlap
     ncc = detail = detail_raw = float("nan")
     if len(poly_a) >= 3:
-        warped = cv2.warpAffine(fb.img, A3[:2], (wa, ha), flags=cv2.INTER_LINEAR, borderValue=0)
+        warped = cv2.warpPerspective(fb.img, A3, (wa, ha), flags=cv2.INTER_LINEAR, borderValue=0)
         mask = np.zeros((ha, wa), np.uint8)
         cv2.fillConvexPoly(mask, np.round(poly_a).astype(np.int32), 1)
         mask = cv2.erode(mask, np.ones((5, 5), np.uint8))
         if mask.sum() >= 400:
-            sa = cv2.GaussianBlur(fa.img, (0, 0), 1.0)[mask > 0].astype(np.float32)
-            sb = cv2.GaussianBlur(warped, (0, 0), 1.0)[mask > 0].astype(np.float32)
+            sa = cv2.GaussianBlur(fa.img, (0, 0), 1.0)[mask > 0]
+            sb = cv2.GaussianBlur(warped, (0, 0), 1.0)[mask > 0]
             ncc = _rank_ncc(sa, sb)
             inner = cv2.erode(mask, np.ones((9, 9), np.uint8)) > 0
             if inner.sum() >= 400:
                 detail_raw = _block_corr(_band(fa.img), _band(warped), inner)
                 detail = _block_corr(_band(_equalise(fa.img, mask)), _band(_equalise(warped, mask)), inner)
-    # transform in original pixels: a_orig <- a_prep <- b_prep <- b_orig
+    # transform in original pixels: a_orig <- a_prep <- b_prep <- b_orig (linear part at b's centre)
     sa_ = np.diag([fa.orig_shape[1] / wa, fa.orig_shape[0] / ha, 1.0])
     sb_ = np.diag([wb / fb.orig_shape[1], hb / fb.orig_shape[0], 1.0])
     T = sa_ @ A3 @ sb_
-    L = T[:2, :2]
+    L = _jacobian(T, fb.orig_shape[1] / 2, fb.orig_shape[0] / 2)
     if mirrored:
         L = L @ np.diag([-1.0, 1.0])
     det = float(np.linalg.det(L))
@@ -363,6 +399,15 @@ def match(fa: Features, fb: Features) -> Match:
         [tuple(map(float, p)) for p in np.round(poly_a / norm_a, 4)],
         [tuple(map(float, p)) for p in np.round(poly_b / norm_b, 4)],
         float(frac), (pa / norm_a).astype(np.float32), (pb / norm_b).astype(np.float32))
+
+
+def _jacobian(T: np.ndarray, x: float, y: float) -> np.ndarray:
+    """The 2x2 linear part of the projective map T at (x, y) (T's own for an affine T)."""
+    d = T[2, 0] * x + T[2, 1] * y + T[2, 2]
+    u = (T[0, 0] * x + T[0, 1] * y + T[0, 2]) / d
+    v = (T[1, 0] * x + T[1, 1] * y + T[1, 2]) / d
+    return np.array([[T[0, 0] - u * T[2, 0], T[0, 1] - u * T[2, 1]],
+                     [T[1, 0] - v * T[2, 0], T[1, 1] - v * T[2, 1]]]) / d
 
 
 # ---------------------------------------------------------------- copy-move inside one panel
@@ -410,8 +455,7 @@ def copy_move(f: Features, min_inliers: int = 10, min_ncc: float = 0.8) -> CopyM
         if (mask & src_mask).sum() > 0.5 * mask.sum():
             continue        # the "copy" overlaps its source: a texture, not a clone
         sel = mask > 0
-        ncc = _rank_ncc(cv2.GaussianBlur(f.img, (0, 0), 1.0)[sel].astype(np.float32),
-                        cv2.GaussianBlur(warped, (0, 0), 1.0)[sel].astype(np.float32))
+        ncc = _rank_ncc(cv2.GaussianBlur(f.img, (0, 0), 1.0)[sel], cv2.GaussianBlur(warped, (0, 0), 1.0)[sel])
         if not (ncc >= min_ncc):
             continue
         norm = np.array([w, h], np.float64)
@@ -481,8 +525,15 @@ def entropy_bits(grey: np.ndarray) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
-def trivial_reason(row, a: np.ndarray | None, b: np.ndarray | None) -> str:
-    """Why a candidate pair is not a finding (publisher furniture, icon, blank), or ""."""
+def low_information(grey: np.ndarray) -> bool:
+    """A logo, icon, frame or blank: grey-level entropy under 1.5 bits or spread under 3 levels."""
+    return entropy_bits(grey) < 1.5 or float(np.std(grey)) < 3.0
+
+
+def trivial_reason(row, a: np.ndarray | None, b: np.ndarray | None,
+                   low: tuple[bool, bool] | None = None) -> str:
+    """Why a candidate pair is not a finding (publisher furniture, icon, blank), or "".
+    ``low``: ``low_information`` of a and b when already known."""
     if row.same_xref:
         return "same stored image placed twice in the document"
     qb, mb = np.asarray(row.query_bbox, float), np.asarray(row.match_bbox, float)
@@ -490,9 +541,10 @@ def trivial_reason(row, a: np.ndarray | None, b: np.ndarray | None) -> str:
         return "publisher furniture: identical image at the same place on the page of both documents"
     if max(qb[2] - qb[0], qb[3] - qb[1]) < ICON_PT and max(mb[2] - mb[0], mb[3] - mb[1]) < ICON_PT:
         return f"icon-sized placements (< {ICON_PT:.0f} pt on both sides)"
-    for px in (a, b):
-        if px is not None and (entropy_bits(px) < 1.5 or float(np.std(px)) < 3.0):
-            return "low-information graphic (logo, icon or frame)"
+    if low is None:
+        low = tuple(px is not None and low_information(px) for px in (a, b))
+    if any(low):
+        return "low-information graphic (logo, icon or frame)"
     return ""
 
 
@@ -508,7 +560,7 @@ def _key(side: str, row) -> tuple:
 
 
 def _verify_rows(rows: list[tuple[tuple, tuple, SimpleNamespace]], thumbs: dict, thr: float,
-                 feats: dict[tuple, Features] | None = None) -> list[dict]:
+                 feats: dict[tuple, object] | None = None) -> list[dict]:
     """The verification columns of each (query key, match key, row fields) triple; ``thumbs``
     maps a key to its thumbnail (or None).  Features are computed once per panel (``feats``:
     a cache to share between calls)."""
@@ -519,10 +571,16 @@ def _verify_rows(rows: list[tuple[tuple, tuple, SimpleNamespace]], thumbs: dict,
             feats[key] = features(thumbs[key])
         return feats[key]
 
+    def low(key: tuple) -> bool:
+        if ("low", key) not in feats:
+            px = thumbs.get(key)
+            feats[("low", key)] = px is not None and low_information(px)
+        return feats[("low", key)]
+
     out: list[dict] = []
     for ka, kb, row in rows:
         ta, tb = thumbs.get(ka), thumbs.get(kb)
-        reason = trivial_reason(row, ta, tb)
+        reason = trivial_reason(row, ta, tb, (low(ka), low(kb)))
         if reason or ta is None or tb is None:
             out.append(_columns(None, None, float("nan"), not reason, reason or "not verified: pixels unavailable"))
             continue
@@ -547,15 +605,16 @@ def _verify_rows(rows: list[tuple[tuple, tuple, SimpleNamespace]], thumbs: dict,
 
 
 def verify_report(report, lookup, keep_rejected: bool = False, threshold: float | None = None,
-                  progress: bool = False):
+                  progress: bool = False, threads: int | None = None):
     """Verify every candidate pair of a report; add the verification columns; drop (or keep,
     with ``reject_reason``) what is rejected.
 
     ``lookup(side, row)`` returns the pixels (uint8 greyscale, any size) of side "query" or
     "match" of a report row, or None when they are unavailable: such a pair is kept, marked
-    "not verified".  Features are computed once per panel.  (Two worker processes sharing the
-    pairs by match panel were tried: slower at 1,200 pairs, since start-up and the features of
-    the query panels, needed by both, cost more than the split saves.)
+    "not verified".  Features are computed once per panel; pairs are verified by ``threads``
+    threads (default: one per core; OpenCV and numpy release the GIL).  (Two worker processes
+    were tried before threads: slower at 1,200 pairs, since start-up and the features of the
+    query panels, needed by both, cost more than the split saves.)
     """
     import pandas as pd
     from tqdm import tqdm
@@ -576,11 +635,23 @@ def verify_report(report, lookup, keep_rejected: bool = False, threshold: float 
         rows.append((_key("query", row), _key("match", row),
                      SimpleNamespace(**{f: getattr(row, f) for f in _ROW_FIELDS})))
     results: list[dict] = []
-    cache: dict[tuple, Features] = {}
-    with tqdm(total=len(rows), desc="verify", unit="pair", disable=not progress) as bar:
-        for k0 in range(0, len(rows), 64):
-            results += _verify_rows(rows[k0:k0 + 64], thumbs, thr, cache)
-            bar.update(len(rows[k0:k0 + 64]))
+    cache: dict[tuple, object] = {}
+    chunks = [rows[k0:k0 + 64] for k0 in range(0, len(rows), 64)]
+    # OpenCV and numpy release the GIL in the heavy calls: threads share the feature cache
+    # (a panel described twice by two threads at once is the only, harmless, race)
+    n = max(1, threads or os.cpu_count() or 1)
+    cv_threads = cv2.getNumThreads()
+    if n > 1:
+        cv2.setNumThreads(1)        # parallel over pairs, not inside each OpenCV call (measured faster)
+    try:
+        with tqdm(total=len(rows), desc="verify", unit="pair", disable=not progress) as bar, \
+                ThreadPoolExecutor(n) as pool:
+            run = pool.map if n > 1 else map
+            for chunk, res in zip(chunks, run(lambda c: _verify_rows(c, thumbs, thr, cache), chunks)):
+                results += res
+                bar.update(len(chunk))
+    finally:
+        cv2.setNumThreads(cv_threads)
     out = report.copy()
     for c, (kind, _) in VERIFY_FIELDS.items():
         out[c] = pd.Series([r[c] for r in results], index=out.index, dtype=kind)
