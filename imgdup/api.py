@@ -16,7 +16,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .index.report import SIDE_COLUMNS, copy_move_report, empty_report, make_report, unverified, write_report
-from .index.search import pairs_against, pairs_within, tile_index_of, tile_pairs, whole_index_of
+from .index.search import on_device, pairs_against, pairs_within, tile_index_of, tile_pairs, whole_index_of
 from .index.store import TILE_ID_BASE, PanelRow, Store, StoreError
 from .model.api import Embedder, load_model
 from .pipeline import DocResult, ExtractOptions, Limits, extract_many, write_panels
@@ -119,10 +119,32 @@ def _file_key(path: str | Path) -> str:
         return f"path:{os.path.abspath(p)}"
 
 
+def expand_inputs(paths: Sequence[str | Path]) -> list[str]:
+    """Paths as given, each folder replaced by the PDFs under it (recursive, sorted); a folder
+    without PDFs stays, to be skipped with its reason."""
+    out: list[str] = []
+    for p in map(Path, paths):
+        found = sorted(q for q in p.rglob("*") if q.suffix.lower() == ".pdf" and q.is_file()) if p.is_dir() else []
+        out += [str(q) for q in found] or [str(p)]
+    return out
+
+
+def _embedded(stream, model: Embedder):
+    """(document, vectors, tile vectors) for each document of an extraction stream."""
+    for res in stream:
+        px = [p.pixels for p in res.panels] if not res.error else []
+        yield res, (model.embed(px) if px else None), (model.embed_tiles(px) if px else None)
+
+
 def ingest(pdfs: Sequence[str | Path], index: str | Path | None = None, model: Embedder | None = None,
            workers: int = 2, commit_every: int = 8, progress: bool = False,
-           echo: Callable[[str], None] | None = None, **limits_kw) -> IngestSummary:
-    """Extract -> embed -> add.  Idempotent (by document sha256) and resumable after a kill."""
+           echo: Callable[[str], None] | None = None, engine: str = "local", address: str | None = None,
+           actors: int | None = None, device: str = "auto", **limits_kw) -> IngestSummary:
+    """Extract -> embed -> add.  Idempotent (by document sha256) and resumable after a kill.
+
+    ``engine="ray"`` extracts and embeds on a Ray cluster (``address``, as ``ray.init`` takes it;
+    ``actors`` embedding actors on ``device``: auto = GPUs when the cluster has them); the store is
+    written here, exactly as with the local engine."""
     t0 = time.time()
     model = model or load_model()
     store = Store(index or default_index())
@@ -139,17 +161,24 @@ def ingest(pdfs: Sequence[str | Path], index: str | Path | None = None, model: E
             todo.append(str(p))
             keys[str(p)] = key
         pending = _PendingBatch(model.net.fc2.out_features)
-        stream = extract_many(todo, Limits(**limits_kw), ExtractOptions(), workers=workers)
-        for res in tqdm(stream, total=len(todo), desc="ingest", unit="doc", disable=not progress):
+        if engine == "ray":
+            from .model.api import DEFAULT_WEIGHTS
+            from .pipeline.distributed import ray_stream
+
+            stream = ray_stream(todo, Limits(**limits_kw), ExtractOptions(), getattr(model, "source", DEFAULT_WEIGHTS),
+                                model.sha256, address=address, actors=actors, device=device)
+        elif engine == "local":
+            stream = _embedded(extract_many(todo, Limits(**limits_kw), ExtractOptions(), workers=workers), model)
+        else:
+            raise ValueError(f"unknown engine {engine!r} (local or ray)")
+        for res, vectors, tiles in tqdm(stream, total=len(todo), desc="ingest", unit="doc", disable=not progress):
             key = res.sha256 or keys[res.path]
             if res.error:
                 summary.skipped[res.path] = res.error
             else:
                 summary.ingested += 1
                 summary.panels += len(res.panels)
-            px = [p.pixels for p in res.panels] if not res.error else []
-            vectors = model.embed(px) if px else None
-            pending.add(res, key, vectors, model.embed_tiles(px) if px else None)
+            pending.add(res, key, vectors, tiles)
             if echo:
                 echo(res.summary())
             if len(pending.docs) >= commit_every or len(pending.rows) >= 4096:
@@ -207,13 +236,14 @@ def _info_from_results(results: list[DocResult]) -> pd.DataFrame:
 def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold: float | None = None,
           out: str | Path | None = None, add: bool = False, model: Embedder | None = None,
           workers: int = 2, progress: bool = False, verify: bool = True, keep_rejected: bool = False,
-          copy_move: bool = True, partial: bool = True, **limits_kw) -> QueryResult:
+          copy_move: bool = True, partial: bool = True, device: str = "auto", **limits_kw) -> QueryResult:
     """Compare manuscript panels with each other and with the store (read-only unless add).
 
     Candidates within the CNN threshold are verified (keypoints + RANSAC, whole-panel alignment,
     calibrated confidence; ``verify``); rejected pairs are dropped unless ``keep_rejected``.
     ``copy_move`` also looks for regions duplicated inside each manuscript panel; ``partial``
     also retrieves candidates through panel sub-regions (crops, shifted fields of view).
+    ``device``: where FAISS searches a flat store index (cuda: faiss-gpu; auto: GPU when present).
     """
     model = model or load_model()
     t = float(threshold if threshold is not None else model.threshold)
@@ -243,10 +273,11 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
         store = Store(store_path, create=False)
         if store.count():
             store.check_model(model.sha256, model.card.name, qvec.shape[1])
-            qi, ids, f = pairs_against(store.index(), qvec, t)
+            whole = on_device(store.index(), device)
+            qi, ids, f = pairs_against(whole, qvec, t)
             via = np.full(len(f), "whole", object)
             if partial:
-                ti, tids, tf = tile_pairs(qvec, qtiles, store.index(), store.tile_index(), t, TILE_ID_BASE)
+                ti, tids, tf = tile_pairs(qvec, qtiles, whole, on_device(store.tile_index(), device), t, TILE_ID_BASE)
                 qi, ids, f, via = _merge_pairs(qi, ids, f, ti, tids, tf)
             minfo = store.panel_table(ids)
             mine = set(qinfo.doc_sha256)
@@ -308,7 +339,7 @@ class ScreenResult:
 def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-reports", all_pairs: bool = False,
            threshold: float | None = None, model_sha256: str | None = None, verify: bool = True,
            keep_rejected: bool = False, copy_move: bool = False, progress: bool = False,
-           partial: bool = True) -> ScreenResult:
+           partial: bool = True, device: str = "auto") -> ScreenResult:
     """The nightly job: panels added since the last screen (or all) against the whole store.
 
     ``copy_move`` also searches each new panel for regions duplicated inside it (about 0.4 s a
@@ -326,13 +357,15 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
         report = empty_report()
         if len(new):
             ids, vec = store.vectors(new)
-            qi, mid, f = pairs_against(store.index(), vec, t)
+            whole = on_device(store.index(), device)
+            qi, mid, f = pairs_against(whole, vec, t)
             via = np.full(len(f), "whole", object)
             if partial:
                 tid, tvec = store.tile_vectors(new)
                 if len(tid):
                     rows = pd.Index(ids).get_indexer(tid)
-                    ti, tm, tf = tile_pairs(vec[rows], tvec, store.index(), store.tile_index(), t, TILE_ID_BASE)
+                    ti, tm, tf = tile_pairs(vec[rows], tvec, whole, on_device(store.tile_index(), device), t,
+                                            TILE_ID_BASE)
                     qi, mid, f, via = _merge_pairs(qi, mid, f, rows[ti], tm, tf)
             a, b = ids[qi], mid
             lo, hi = np.minimum(a, b), np.maximum(a, b)

@@ -6,7 +6,7 @@ import faiss
 import numpy as np
 import pytest
 
-from imgdup.index.search import brute_force_pairs, pairs_against, pairs_within
+from imgdup.index.search import brute_force_pairs, gpu_available, pairs_against, pairs_within
 
 
 def _clustered(n, dim=128, seed=0):
@@ -51,3 +51,41 @@ def test_real_embeddings_lossless(tmp_path):
     i, j, f = pairs_within(v, 1.0)
     ref = {(a, b) for a, b in brute_force_pairs(v, v, 1.0) if a < b}
     assert set(zip(i.tolist(), j.tolist())) == ref
+
+
+@pytest.mark.parametrize("k,max_k", [(1, 4), (4, 64), (64, 2048)])
+def test_knn_range_is_lossless(k, max_k):
+    """The GPU path's range search by doubling k finds exactly the brute-force pairs; queries
+    with more than max_k neighbours within the threshold are handed back, not cut."""
+    from imgdup.index.search import knn_range
+
+    rng = np.random.default_rng(7)
+    base = rng.normal(0, 0.02, (400, 16)).astype(np.float32)
+    base[:50] = base[0] + rng.normal(0, 0.001, (50, 16))      # a dense clump: many neighbours
+    q = np.concatenate([base[:5], rng.normal(0, 0.02, (30, 16)).astype(np.float32)])
+    t = 0.25
+    idx = faiss.IndexFlat(16, faiss.METRIC_L1)
+    idx.add(base)
+    qi, lab, left = knn_range(idx.search, q, t, k=k, max_k=max_k)
+    truth = brute_force_pairs(q, base, t)
+    got = set(zip(qi.tolist(), lab.tolist()))
+    unresolved = {(i, j) for i, j in truth if i in set(left.tolist())}
+    assert got == truth - unresolved
+    assert got.isdisjoint(unresolved)
+    counts = np.bincount([i for i, _ in truth], minlength=len(q))
+    assert set(left.tolist()) == set(np.flatnonzero(counts >= max_k).tolist())
+    if max_k < 50:
+        assert {0, 1, 2, 3, 4} <= set(left.tolist())      # the clump's members need a range search
+
+
+@pytest.mark.skipif(not gpu_available(), reason="needs faiss-gpu and a GPU")
+def test_gpu_index_matches_cpu():
+    from imgdup.index.search import GpuIndex, whole_index_of
+
+    base = _clustered(5000)
+    ids = np.arange(5000, dtype=np.int64) * 3 + 11
+    cpu = whole_index_of(base, ids)
+    q = base[:200] + np.random.default_rng(1).normal(0, 0.002, (200, base.shape[1])).astype(np.float32)
+    a = pairs_against(cpu, q, 1.0)
+    b = pairs_against(GpuIndex(cpu), q, 1.0)
+    assert set(zip(a[0].tolist(), a[1].tolist())) == set(zip(b[0].tolist(), b[1].tolist()))

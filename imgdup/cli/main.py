@@ -107,19 +107,35 @@ def eval_model(weights: str, pairs: int, negatives: str, split: str, out_json: P
 @click.argument("pdfs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--index", "index", default=None, help=INDEX_HELP)
 @click.option("--commit-every", default=8, show_default=True, help="Documents per store transaction.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: worker processes here; ray: extraction tasks and embedding actors on a Ray cluster.")
+@click.option("--address", default=None, help="Ray cluster address (auto: the running cluster; default: start a local one).")
+@click.option("--actors", type=int, default=None, help="Ray embedding actors (default: one per GPU, else one per 4 CPUs).")
+@click.option("--screen", "screen_out", default=None, type=click.Path(path_type=Path),
+              help="Then screen the new panels against the store, reports under this folder.")
 @_extract_options
 @_device_option
-def ingest(pdfs: tuple[Path, ...], index: str | None, commit_every: int, workers: int, timeout: float,
-           memory_mb: int, max_pages: int, device: str) -> None:
-    """Add PDFs to the store: extract -> embed -> index.  Idempotent and resumable."""
-    from ..api import ingest as run
+def ingest(pdfs: tuple[Path, ...], index: str | None, commit_every: int, engine: str, address: str | None,
+           actors: int | None, screen_out: Path | None, workers: int, timeout: float, memory_mb: int,
+           max_pages: int, device: str) -> None:
+    """Add PDFs (or folders of PDFs) to the store: extract -> embed -> index.  Idempotent and resumable."""
+    from ..api import expand_inputs, ingest as run, screen
+    from ..index.report import format_table
     from ..model.api import load_model
 
-    s = run(list(pdfs), index, model=load_model(device=device), workers=workers, commit_every=commit_every,
-            progress=_progress(), echo=click.echo, **_limits(timeout, memory_mb, max_pages))
+    # with Ray the actors embed; the driver's model only checks the weights
+    model = load_model(device="cpu" if engine == "ray" else device)
+    s = run(expand_inputs(pdfs), index, model=model, workers=workers, commit_every=commit_every,
+            progress=_progress(), echo=click.echo, engine=engine, address=address, actors=actors, device=device,
+            **_limits(timeout, memory_mb, max_pages))
     for path, reason in s.skipped.items():
         click.echo(f"skipped {path}: {reason}", err=True)
     click.echo(s.line())
+    if screen_out is not None:
+        res = screen(index, screen_out, progress=_progress(), device=device)
+        click.echo(format_table(res.report, 20))
+        click.echo(f"screen {res.run_id}: {res.panels} panels screened, {len(res.report)} pairs, "
+                   f"{res.seconds:.1f}s; report: {res.path}")
 
 
 @cli.command()
@@ -149,7 +165,7 @@ def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold
 
     res = run(list(pdfs), index, model=load_model(device=device), threshold=threshold, out=out, add=add, workers=workers,
               progress=_progress(), verify=not no_verify, keep_rejected=keep_rejected,
-              copy_move=not no_copy_move, partial=not no_partial, **_limits(timeout, memory_mb, max_pages))
+              copy_move=not no_copy_move, partial=not no_partial, device=device, **_limits(timeout, memory_mb, max_pages))
     for d in res.documents:
         click.echo(d.summary(), err=True)
     click.echo(format_table(res.report, top))
@@ -173,15 +189,17 @@ def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold
 @click.option("--copy-move", is_flag=True, help="Also search each new panel for regions duplicated inside it (~0.4 s a panel).")
 @click.option("--no-partial", is_flag=True, help="Whole panels only: no candidates through sub-regions (faster).")
 @click.option("--top", default=20, show_default=True, help="Pairs shown in the table.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="Where FAISS searches (cuda needs faiss-gpu; auto: GPU when present).")
 def screen(index: str | None, out_dir: Path, all_pairs: bool, threshold: float | None, no_verify: bool,
-           keep_rejected: bool, copy_move: bool, no_partial: bool, top: int) -> None:
+           keep_rejected: bool, copy_move: bool, no_partial: bool, top: int, device: str) -> None:
     """Nightly job: panels added since the last screen against the whole store."""
     from ..api import screen as run
     from ..index.report import format_table
 
     res = run(index, out_dir, all_pairs=all_pairs, threshold=threshold,
               verify=not no_verify, keep_rejected=keep_rejected, copy_move=copy_move, progress=_progress(),
-              partial=not no_partial)
+              partial=not no_partial, device=device)
     click.echo(format_table(res.report, top))
     click.echo(f"screen {res.run_id}: {res.panels} panels screened, {len(res.report)} pairs, "
                f"{res.seconds:.1f}s; report: {res.path}")

@@ -17,6 +17,8 @@ import numpy as np
 def range_candidates(index: faiss.Index, queries: np.ndarray, threshold: float,
                      chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """(query row, index id) of every stored vector within the threshold of each query."""
+    if isinstance(index, GpuIndex):
+        return index.range_candidates(queries, threshold)
     qi, ids = [], []
     q = np.ascontiguousarray(queries, dtype=np.float32)
     radius = float(threshold) if index.metric_type == faiss.METRIC_L1 else float(threshold) ** 2
@@ -29,6 +31,84 @@ def range_candidates(index: faiss.Index, queries: np.ndarray, threshold: float,
     if not qi:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     return np.concatenate(qi), np.concatenate(ids)
+
+
+def knn_range(search, queries: np.ndarray, threshold: float, k: int = 64, max_k: int = 2048
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A range search made of exact k-NN searches (for indexes without range search: GPU).
+
+    ``search(q, k)`` returns (distances, labels) like ``faiss.Index.search``; ``threshold`` is in
+    its units (L1 here).  k doubles, up to ``max_k``, for the queries whose k-th
+    neighbour is still within the threshold, so nothing within it is lost; returns (query row,
+    label, unresolved query rows): the unresolved ones have more than ``max_k`` neighbours within
+    the threshold and must go to a real range search."""
+    q = np.ascontiguousarray(queries, np.float32)
+    out_q, out_l = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    todo = np.arange(len(q))
+    while len(todo):
+        d, lab = search(q[todo], k)
+        within = (d <= threshold * (1 + 1e-5) + 1e-7) & (lab >= 0)
+        full = within[:, -1]                        # the k-th is within: there may be more
+        rows, cols = np.nonzero(within & ~full[:, None])
+        out_q.append(todo[rows]), out_l.append(lab[rows, cols].astype(np.int64))
+        todo = todo[full]
+        if k >= max_k:
+            break
+        k = min(2 * k, max_k)
+    return np.concatenate(out_q), np.concatenate(out_l), todo
+
+
+class GpuIndex:
+    """A store's flat index copied to the GPU (faiss-gpu): exact L1 k-NN there, range queries by
+    ``knn_range``; the few queries with more than the GPU's largest k (2048) neighbours within
+    the threshold, and the re-scoring reads, use the CPU index, so results are those of the CPU."""
+
+    MAX_K = 2048
+
+    def __init__(self, cpu_index: faiss.Index, device: int = 0) -> None:
+        n, d = cpu_index.ntotal, cpu_index.d
+        if isinstance(cpu_index, faiss.IndexIDMap2):
+            self.ids = faiss.vector_to_array(cpu_index.id_map).astype(np.int64)
+            vecs = cpu_index.index.reconstruct_n(0, n) if n else np.zeros((0, d), np.float32)
+        else:
+            self.ids = np.arange(n, dtype=np.int64)
+            vecs = cpu_index.reconstruct_n(0, n) if n else np.zeros((0, d), np.float32)
+        self.cpu, self.ntotal, self.d = cpu_index, n, d
+        self.res = faiss.StandardGpuResources()
+        flat = faiss.IndexFlat(d, faiss.METRIC_L1)
+        flat.add(np.ascontiguousarray(vecs, np.float32))
+        self.gpu = faiss.index_cpu_to_gpu(self.res, device, flat)
+
+    def range_candidates(self, queries: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        if self.ntotal == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        qi, rows, left = knn_range(self.gpu.search, queries, threshold, k=min(64, self.ntotal),
+                                   max_k=min(self.MAX_K, self.ntotal))
+        ids = self.ids[rows]
+        if len(left):
+            lq, lid = range_candidates(self.cpu, np.asarray(queries, np.float32)[left], threshold)
+            qi, ids = np.concatenate([qi, left[lq]]), np.concatenate([ids, lid])
+        return qi, ids
+
+    def reconstruct_batch(self, ids: np.ndarray) -> np.ndarray:
+        return self.cpu.reconstruct_batch(ids)
+
+
+def gpu_available() -> bool:
+    """faiss was built with GPU support and sees a GPU."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def on_device(index: faiss.Index, device: str = "auto") -> "faiss.Index | GpuIndex":
+    """The index to search with: a flat index goes to the GPU for device "cuda" (or "auto" with
+    a GPU and faiss-gpu); IVF indexes stay on the CPU (their range search is exact there)."""
+    if device == "cpu" or ivf_of(index) is not None:
+        return index
+    if not gpu_available():
+        if device == "cuda":
+            raise RuntimeError("--device cuda: faiss has no GPU support here (pip install faiss-gpu, see README)")
+        return index
+    return GpuIndex(index)
 
 
 def l1(a: np.ndarray, b: np.ndarray) -> np.ndarray:

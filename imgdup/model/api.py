@@ -173,4 +173,6 @@ def load_model(name: str | Path = DEFAULT_WEIGHTS, device: str = "auto", batch_s
     if missing or unexpected:
         raise WeightsError(f"{path} does not fit architecture {card.architecture!r}: "
                            f"missing {missing[:3]}, unexpected {unexpected[:3]}")
-    return Embedder(net, card, device=device, batch_size=batch_size)
+    emb = Embedder(net, card, device=device, batch_size=batch_size)
+    emb.source = str(path)      # where the weights came from (Ray actors load the same file)
+    return emb
