@@ -223,6 +223,25 @@ def test_split_black_separators_and_not_dark_background():
     assert len(split_panels(sparse)) <= 1
 
 
+def test_split_bright_field_panel_beside_white_gutter():
+    """A bright-field panel's light background touching a drawn white gutter (the e2e corpus
+    lost two planted panels to this): still four panels, none cut into the background."""
+    rng = np.random.default_rng(0)
+    bright = np.clip(231 + rng.normal(0, 3, (120, 120)), 222, 238).astype(np.uint8)   # light, textured
+    yy, xx = np.mgrid[:120, :120]
+    bright[(yy - 50) ** 2 + (xx - 40) ** 2 < 300] = 90                                   # a few dark cells
+    bright[(yy - 80) ** 2 + (xx - 70) ** 2 < 200] = 120
+    cells = [bright] + [np.maximum(micrograph(i, 120), 1) for i in (21, 22, 23)]
+    grid = np.full((250, 250), 255, np.uint8)          # flat white 10-px gutter
+    for k, c in enumerate(cells):
+        y, x = divmod(k, 2)
+        grid[y * 130:y * 130 + 120, x * 130:x * 130 + 120] = c
+    boxes = split_panels(grid)
+    assert len(boxes) == 4
+    for (y0, y1, x0, x1) in boxes:
+        assert (y1 - y0) * (x1 - x0) >= 0.8 * 120 * 120
+
+
 def test_tiles_jpx_and_1bit(tmp_path):
     """A figure stored as two abutting strips comes out as one figure; a JPEG 2000 image and a
     1-bit image decode to the right pixels."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1 (pixel, end-exclusive)
+PAPER_TOL = 12      # grey levels: a light margin this close to the paper's level is trimmed
 
 
 def _uniform_lines(block: np.ndarray, axis: int, light_bg: bool, light_tol: int, dark_tol: int) -> np.ndarray:
@@ -45,11 +46,20 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1)))
 
 
-def _trim(grey: np.ndarray, box: Box, light_bg: bool, light_tol: int, dark_tol: int) -> Box | None:
+def _trim(grey: np.ndarray, box: Box, light_bg: bool, light_tol: int, dark_tol: int,
+          paper: int | None = None) -> Box | None:
+    """The box without its border lines of gutter colour.  On a light figure only lines near the
+    paper's own grey level (``paper``) go: a bright-field panel's light background stays."""
     y0, y1, x0, x1 = box
     block = grey[y0:y1, x0:x1]
-    rows = ~_uniform_lines(block, 1, light_bg, light_tol, dark_tol)
-    cols = ~_uniform_lines(block, 0, light_bg, light_tol, dark_tol)
+
+    def margin(axis: int) -> np.ndarray:
+        m = _uniform_lines(block, axis, light_bg, light_tol, dark_tol)
+        if light_bg and paper is not None:
+            m &= np.abs(np.median(block, axis=axis) - paper) <= PAPER_TOL
+        return m
+
+    rows, cols = ~margin(1), ~margin(0)
     if not rows.any() or not cols.any():
         return None
     ry, rx = np.flatnonzero(rows), np.flatnonzero(cols)
@@ -71,6 +81,27 @@ def _panel_edges(block: np.ndarray, axis: int, a: int, b: int, diff: int = 10, f
     return all(float(np.mean(np.abs(line(i).astype(np.int16) - value) > diff)) >= fill for i in (a - 1, b))
 
 
+def _flat_core(block: np.ndarray, axis: int, a: int, b: int, min_gutter: int) -> tuple[int, int]:
+    """The longest perfectly flat part of the gutter run [a, b) (a drawn gutter), when there is one
+    at least ``min_gutter`` wide; else the run itself.  A bright-field panel's light background
+    can pass for gutter next to the real, flat one: it must not be counted in."""
+    g = block[a:b] if axis == 1 else block[:, a:b].T
+    flat = (g.max(axis=1).astype(np.int16) - g.min(axis=1)) <= 1
+    runs = [(a + s, a + e) for s, e in _runs(flat) if e - s >= min_gutter]
+    return max(runs, key=lambda r: r[1] - r[0]) if runs else (a, b)
+
+
+def _gutter(block: np.ndarray, axis: int, a: int, b: int, min_gutter: int) -> tuple[int, int] | None:
+    """The uniform run [a, b) as a gutter between two panel edges, or its flat core (see
+    ``_flat_core``) when only that one is; None when neither."""
+    if b - a < min_gutter:
+        return None
+    if _panel_edges(block, axis, a, b):
+        return a, b
+    core = _flat_core(block, axis, a, b, min_gutter)
+    return core if core != (a, b) and _panel_edges(block, axis, *core) else None
+
+
 def split_panels(grey: np.ndarray, min_px: int = 48, min_frac: float = 0.08, min_gutter: int = 3,
                  light_tol: int = 24, dark_tol: int = 2, max_depth: int = 6) -> list[Box]:
     """Panels of a figure as pixel boxes, in reading order; [] when the figure is blank.
@@ -84,9 +115,10 @@ def split_panels(grey: np.ndarray, min_px: int = 48, min_frac: float = 0.08, min
     light_bg = background_is_light(grey, light_tol, dark_tol)
     if light_bg is None:
         return [(0, h, 0, w)]
+    paper = int(np.percentile(grey, 99)) if light_bg else None     # the white of gutters and margins
 
     def cut(box: Box, depth: int) -> None:
-        trimmed = _trim(grey, box, light_bg, light_tol, dark_tol)
+        trimmed = _trim(grey, box, light_bg, light_tol, dark_tol, paper)
         if trimmed is None:
             return
         y0, y1, x0, x1 = trimmed
@@ -96,8 +128,7 @@ def split_panels(grey: np.ndarray, min_px: int = 48, min_frac: float = 0.08, min
         if depth < max_depth:
             for axis in (1, 0):  # rows first (horizontal gutters), then columns
                 lines = _uniform_lines(block, axis, light_bg, light_tol, dark_tol)
-                gutters = [(a, b) for a, b in _runs(lines)
-                           if b - a >= min_gutter and _panel_edges(block, axis, a, b)]
+                gutters = [g for g in (_gutter(block, axis, a, b, min_gutter) for a, b in _runs(lines)) if g]
                 if not gutters:
                     continue
                 edges = [0] + [x for g in gutters for x in g] + [len(lines)]
