@@ -1,0 +1,66 @@
+"""Local vs Ray ingest of the same generated corpus: seconds, and whether the stores are equal.
+
+    python benchmarks/ray_ingest.py [--papers 10] [--cpus 2]     # -> docs/ray_ingest.json
+
+The Ray run uses a local cluster (``ray.init(num_cpus=CPUS)``) on this machine: it shows the
+engine's overhead and that it gives the same store, not a cluster's speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--papers", type=int, default=10)
+    ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "docs" / "ray_ingest.json"))
+    args = ap.parse_args()
+    import ray
+
+    from imgdup import ingest, load_model
+    from imgdup.demo.generate import build_corpus, shared_test_images
+    from imgdup.index.store import Store
+
+    work = Path(tempfile.mkdtemp(prefix="imgdup-ray-"))
+    build_corpus(shared_test_images(splits=("test", "val")), work, n_papers=args.papers, seed=5)
+    pdfs = sorted(str(p) for p in (work / "corpus").glob("*.pdf"))
+    model = load_model()
+    out: dict = {"papers": len(pdfs), "machine": f"{platform.processor() or platform.machine()}, "
+                 f"{__import__('os').cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
+                 "command": f"python benchmarks/ray_ingest.py --papers {args.papers} --cpus {args.cpus}"}
+    t = time.time()
+    s = ingest(pdfs, work / "local", model=model, workers=args.cpus)
+    out["local_seconds"], out["panels"] = round(time.time() - t, 2), s.panels
+    t = time.time()
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    out["ray_init_seconds"] = round(time.time() - t, 2)
+    t = time.time()
+    s2 = ingest(pdfs, work / "ray", model=model, engine="ray")
+    out["ray_seconds"] = round(time.time() - t, 2)
+    ray.shutdown()
+    a, b = Store(work / "local", create=False), Store(work / "ray", create=False)
+    (ia, va), (ib, vb) = a.vectors(), b.vectors()
+    out["same_panels"] = bool(s2.panels == s.panels and np.array_equal(np.sort(ia), np.sort(ib)))
+    out["max_vector_difference"] = float(np.abs(va[np.argsort(ia)] - vb[np.argsort(ib)]).max())
+    a.close(), b.close()
+    shutil.rmtree(work)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
