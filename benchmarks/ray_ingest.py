@@ -1,6 +1,6 @@
 """Local vs Ray ingest of the same generated corpus: seconds, and whether the stores are equal.
 
-    python benchmarks/ray_ingest.py [--papers 10] [--cpus 2]     # -> docs/ray_ingest.json
+    python benchmarks/ray_ingest.py [--corpora 3] [--cpus 2]     # -> docs/ray_ingest.json
 
 The Ray run uses a local cluster (``ray.init(num_cpus=CPUS)``) on this machine: it shows the
 engine's overhead and that it gives the same store, not a cluster's speed-up.
@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--papers", type=int, default=10)
+    ap.add_argument("--corpora", type=int, default=3, help="generated corpora of 6 papers + a manuscript")
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "docs" / "ray_ingest.json"))
     args = ap.parse_args()
@@ -36,12 +36,14 @@ def main() -> None:
     from imgdup.index.store import Store
 
     work = Path(tempfile.mkdtemp(prefix="imgdup-ray-"))
-    build_corpus(shared_test_images(splits=("test", "val")), work, n_papers=args.papers, seed=5)
-    pdfs = sorted(str(p) for p in (work / "corpus").glob("*.pdf"))
+    images = shared_test_images(splits=("test", "val"))
+    for k in range(args.corpora):       # one corpus holds at most 6 papers (distinct source images)
+        build_corpus(images, work / f"c{k}", n_papers=6, seed=5 + k)
+    pdfs = sorted(str(p) for p in work.rglob("*.pdf"))
     model = load_model()
-    out: dict = {"papers": len(pdfs), "machine": f"{platform.processor() or platform.machine()}, "
+    out: dict = {"documents": len(pdfs), "machine": f"{platform.processor() or platform.machine()}, "
                  f"{__import__('os').cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
-                 "command": f"python benchmarks/ray_ingest.py --papers {args.papers} --cpus {args.cpus}"}
+                 "command": f"python benchmarks/ray_ingest.py --corpora {args.corpora} --cpus {args.cpus}"}
     t = time.time()
     s = ingest(pdfs, work / "local", model=model, workers=args.cpus)
     out["local_seconds"], out["panels"] = round(time.time() - t, 2), s.panels
