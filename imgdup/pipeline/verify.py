@@ -4,21 +4,23 @@ the same pixels as (part of) the other?
 The CNN distance finds candidates; many fields of one experiment look alike to it.  A copy,
 though, lines up with its source once the geometry is undone.  Two independent checks:
 
-* keypoints: SIFT on contrast-limited-equalised images (CLAHE, so gamma / contrast / equalisation
-  changes leave the keypoints in place), RootSIFT descriptors, Lowe's ratio test, and a RANSAC
-  affine transform; the second panel is also matched mirrored, since SIFT is not flip-invariant.
+* keypoints: SIFT on contrast-limited-equalised images (CLAHE, so gamma / contrast changes leave
+  the keypoints in place), RootSIFT descriptors, Lowe's ratio test, and a RANSAC affine
+  transform, refined to a homography for copies shown in perspective; the second panel is also
+  matched mirrored, since SIFT is not flip-invariant.  When CLAHE keypoints give no transform, a
+  second pass uses keypoints of the globally equalised panels (small overlaps, equalised copies).
   The transform gives rotation, scale, flip and translation and the overlap polygon in both
-  panels; the overlap is then warped into register and compared by rank-normalised correlation
-  (``aligned_ncc``), which separates a real copy from a few chance matches on similar texture.
+  panels; the overlap is then warped into register and compared by rank correlation
+  (``aligned_ncc``) and by the correlation of its fine detail (``detail_ncc``), which separates a
+  real copy from a look-alike.
 * whole-panel alignment: small rank-normalised thumbnails over the 8 flips / quarter turns and a
   few crop scales, by normalised cross-correlation (``thumb_ncc``).  This covers panels with too
   few keypoints (blurred, flat, tiny).
 
-A logistic model over (CNN distance, log inliers, aligned_ncc, thumb_ncc, aligned_ncc x log
-inliers), fitted on held-out
-calibration pairs (``benchmarks/calibrate.py`` writes ``confidence.json``), turns them into one
-calibrated ``confidence``; the pair is accepted at or above the threshold stored with it.
-``copy_move`` finds a region duplicated inside one panel with the same machinery.
+A sign-constrained logistic model over ``FEATURES``, fitted on held-out calibration pairs
+(``benchmarks/calibrate.py`` writes ``confidence.json``), turns them into one calibrated
+``confidence``; the pair is accepted at or above the threshold stored with it.  ``copy_move``
+finds a region duplicated inside one panel with the same machinery.
 """
 
 from __future__ import annotations
@@ -106,6 +108,14 @@ def _sift() -> cv2.SIFT:
     return cv2.SIFT_create(nfeatures=500, contrastThreshold=0.02)
 
 
+EQ_KEYPOINTS = 250  # second pass: 150 lost small overlaps, 500 cost 2x the time (docs/VERIFICATION.md)
+
+
+@lru_cache(maxsize=1)
+def _eq_sift() -> cv2.SIFT:
+    return cv2.SIFT_create(nfeatures=EQ_KEYPOINTS, contrastThreshold=0.02)
+
+
 @lru_cache(maxsize=1)
 def _clahe() -> cv2.CLAHE:
     return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4))
@@ -116,8 +126,11 @@ def _dense_sift() -> cv2.SIFT:
     return cv2.SIFT_create(nfeatures=3000, contrastThreshold=0.005)
 
 
-def _describe(img: np.ndarray, dense: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    kp, d = (_dense_sift() if dense else _sift()).detectAndCompute(_clahe().apply(img), None)
+def _describe(img: np.ndarray, dense: bool = False, equalised: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """RootSIFT keypoints of the CLAHE-equalised image, or (``equalised``) of the lightly blurred,
+    globally equalised one."""
+    prep = cv2.equalizeHist(cv2.GaussianBlur(img, (0, 0), 1.0)) if equalised else _clahe().apply(img)
+    kp, d = (_dense_sift() if dense else _eq_sift() if equalised else _sift()).detectAndCompute(prep, None)
     if d is None or len(kp) == 0:
         return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32)
     d = d / (d.sum(1, keepdims=True) + 1e-7)            # RootSIFT
@@ -134,6 +147,7 @@ class Features:
     desc: np.ndarray
     dense: bool = False
     _mirror: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    _eq: dict[bool, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     @property
     def mirror(self) -> tuple[np.ndarray, np.ndarray]:
@@ -141,6 +155,14 @@ class Features:
         if self._mirror is None:
             self._mirror = _describe(np.ascontiguousarray(self.img[:, ::-1]), self.dense)
         return self._mirror
+
+    def equalised(self, mirrored: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Keypoints of the globally equalised image (mirrored: in the mirrored frame), for the
+        second keypoint pass; computed on first use."""
+        if mirrored not in self._eq:
+            img = np.ascontiguousarray(self.img[:, ::-1]) if mirrored else self.img
+            self._eq[mirrored] = _describe(img, equalised=True)
+        return self._eq[mirrored]
 
 
 def _as_uint8(grey: np.ndarray) -> np.ndarray:
@@ -336,19 +358,17 @@ def _register(src: np.ndarray, dst: np.ndarray, hb: int, wb: int) -> tuple[np.nd
     return T, inl
 
 
-def match(fa: Features, fb: Features) -> Match:
-    """Keypoint + RANSAC verification of b against a (b matched with a as is and mirrored: SIFT
-    is not flip-invariant).  The mirrored keypoints are those of the first panel, so that a
-    query panel, compared with many stored ones, is mirrored and described once."""
+def _best_transform(a_sets, b_set, wa: int, hb: int, wb: int):
+    """The best RANSAC transform b -> a over a's keypoints as is and mirrored (``a_sets(mirrored)``
+    gives them), or None: (inliers, 3x3 transform, mirrored, inlier points in a, in b)."""
     best: tuple[int, np.ndarray, bool, np.ndarray, np.ndarray] | None = None
-    hb, wb = fb.img.shape
-    ha, wa = fa.img.shape
+    pts_b, desc_b = b_set
     for mirrored in (False, True):
-        pa, da = fa.mirror if mirrored else (fa.pts, fa.desc)
-        m = _ratio_matches(da, fb.desc)
+        pa, da = a_sets(mirrored)
+        m = _ratio_matches(da, desc_b)
         if len(m) < MIN_INLIERS:
             continue
-        src, dst = fb.pts[m[:, 1]], pa[m[:, 0]]
+        src, dst = pts_b[m[:, 1]], pa[m[:, 0]]
         if mirrored:        # back to a's own frame: the transform b -> a then includes the flip
             dst = np.column_stack([wa - 1.0 - dst[:, 0], dst[:, 1]]).astype(np.float32)
         reg = _register(src, dst, hb, wb)
@@ -358,7 +378,22 @@ def match(fa: Features, fb: Features) -> Match:
         n = int(inl.sum())
         if best is None or n > best[0]:
             best = (n, T, mirrored, dst[inl], src[inl])
-    if best is None or best[0] < MIN_INLIERS:
+    return best if best is not None and best[0] >= MIN_INLIERS else None
+
+
+def match(fa: Features, fb: Features) -> Match:
+    """Keypoint + RANSAC verification of b against a (b matched with a as is and mirrored: SIFT
+    is not flip-invariant).  The mirrored keypoints are those of the first panel, so that a
+    query panel, compared with many stored ones, is mirrored and described once.  When the
+    CLAHE keypoints give no transform, a second pass tries keypoints of the globally equalised
+    panels: CLAHE maps the tones of a shifted crop differently (its tiles follow the panel), and
+    small overlaps and equalised copies are then found only this way."""
+    hb, wb = fb.img.shape
+    ha, wa = fa.img.shape
+    best = _best_transform(lambda m: fa.mirror if m else (fa.pts, fa.desc), (fb.pts, fb.desc), wa, hb, wb)
+    if best is None and not (fa.dense or fb.dense):
+        best = _best_transform(fa.equalised, fb.equalised(), wa, hb, wb)
+    if best is None:
         return Match.none()
     n, A3, mirrored, pa, pb = best
     # overlap polygon: b's frame mapped into a, clipped to a
