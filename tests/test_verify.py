@@ -143,3 +143,20 @@ def test_confidence_is_monotone_in_evidence():
         assert conf(0.5, inl, 0.9, 0.5, 0.8) <= conf(0.5, 2 * inl, 0.9, 0.5, 0.8)
         assert conf(0.5, inl, 0.5, 0.5) <= conf(0.5, inl, 0.9, 0.5)
     assert conf(0.4, 0, 0.0, 0.95) > conf(0.4, 0, 0.0, 0.6)
+
+
+def test_features_identical_across_threads():
+    """Verification runs on a thread pool; OpenCV's CLAHE keeps state in the object, so each
+    thread needs its own (a shared one gave different keypoints from run to run)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(0)
+    imgs = [cv2.GaussianBlur(rng.integers(0, 256, (200, 200), dtype=np.uint8), (0, 0), 2) // (k + 1)
+            for k in range(6)]
+    ref = [V.features(im) for im in imgs]
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(5):
+            got = list(pool.map(V.features, imgs * 3))
+            for k, g in enumerate(got):
+                assert np.array_equal(g.desc, ref[k % 6].desc) and np.array_equal(g.pts, ref[k % 6].pts)
+                assert np.array_equal(g.equalised()[1], ref[k % 6].equalised()[1])

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -103,27 +104,36 @@ def align_pair(a: np.ndarray, b: np.ndarray, side: int = 64) -> Alignment:
 
 # ---------------------------------------------------------------- keypoints
 
-@lru_cache(maxsize=1)
+_LOCAL = threading.local()
+
+
+def _per_thread(name: str, make):
+    """One OpenCV object per thread: CLAHE keeps its lookup tables in the object, so a shared one
+    gives wrong, run-to-run different results when verification threads use it at once."""
+    obj = getattr(_LOCAL, name, None)
+    if obj is None:
+        obj = make()
+        setattr(_LOCAL, name, obj)
+    return obj
+
+
 def _sift() -> cv2.SIFT:
-    return cv2.SIFT_create(nfeatures=500, contrastThreshold=0.02)
+    return _per_thread("sift", lambda: cv2.SIFT_create(nfeatures=500, contrastThreshold=0.02))
 
 
 EQ_KEYPOINTS = 250  # second pass: 150 lost small overlaps, 500 cost 2x the time (docs/VERIFICATION.md)
 
 
-@lru_cache(maxsize=1)
 def _eq_sift() -> cv2.SIFT:
-    return cv2.SIFT_create(nfeatures=EQ_KEYPOINTS, contrastThreshold=0.02)
+    return _per_thread("eq_sift", lambda: cv2.SIFT_create(nfeatures=EQ_KEYPOINTS, contrastThreshold=0.02))
 
 
-@lru_cache(maxsize=1)
 def _clahe() -> cv2.CLAHE:
-    return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4))
+    return _per_thread("clahe", lambda: cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4)))
 
 
-@lru_cache(maxsize=1)
 def _dense_sift() -> cv2.SIFT:
-    return cv2.SIFT_create(nfeatures=3000, contrastThreshold=0.005)
+    return _per_thread("dense_sift", lambda: cv2.SIFT_create(nfeatures=3000, contrastThreshold=0.005))
 
 
 def _describe(img: np.ndarray, dense: bool = False, equalised: bool = False) -> tuple[np.ndarray, np.ndarray]:
