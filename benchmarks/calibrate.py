@@ -3,9 +3,9 @@
 The pairs are built exactly as in ``benchmarks/quality.py`` (every family, overlap families and
 the shared hard negatives, each distinct pair once), but from up to 600 images of the validation
 and training splits (the validation split alone has 42 images, too few to sample thousands of
-distinct negatives), so that the quality benchmark, on the test split, stays held out.  Features: ``imgdup.pipeline.verify.feature_vector`` (CNN
-distance, log inliers, aligned-overlap NCC, whole-panel NCC, and the product of the overlap NCC
-and log inliers: an overlap correlation means more the more keypoints support the transform).  Model: L2-penalised
+distinct negatives), so that the quality benchmark, on the test split, stays held out.  Features: ``imgdup.pipeline.verify.FEATURES`` (CNN
+distance, log inliers, overlap and fine-detail correlations, whole-panel correlation, products
+with log inliers, perceptual-hash similarity).  Model: L2-penalised
 logistic regression (Newton / IRLS, a few lines of numpy), with negatives weighted up so the
 probability reflects a 1 : 10 prior; threshold: the smallest confidence that keeps the false
 positive rate on the calibration negatives at or below 1e-3.

@@ -160,3 +160,14 @@ def test_features_identical_across_threads():
             for k, g in enumerate(got):
                 assert np.array_equal(g.desc, ref[k % 6].desc) and np.array_equal(g.pts, ref[k % 6].pts)
                 assert np.array_equal(g.equalised()[1], ref[k % 6].equalised()[1])
+
+
+def test_phash_similarity_whole_copies_only():
+    """The perceptual-hash evidence: a re-toned, noisy, turned copy keeps its hash; another
+    micrograph does not."""
+    a = textured(3)
+    rng = np.random.default_rng(1)
+    copy = np.clip(255.0 * (np.rot90(a, 1) / 255.0) ** 0.6 + rng.normal(0, 6, np.rot90(a, 1).shape), 0, 255)
+    assert V.phash_similarity(a, copy.astype(np.uint8)) >= 0.7
+    others = [V.phash_similarity(a, textured(k)) for k in (10, 20, 30)]
+    assert max(others) <= 0.3

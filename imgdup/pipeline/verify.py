@@ -59,6 +59,26 @@ class Alignment:
     orientation: str    # how the second panel was turned to match the first
     scale: float        # size of the inner panel relative to the outer one (1 = whole)
     inner: str          # "a", "b" or "" (no crop)
+    phash: float = 0.0  # perceptual-hash similarity, best orientation (``phash_similarity``)
+
+
+def _phash(img: np.ndarray) -> np.ndarray:
+    """64-bit perceptual hash: the signs of the 8 x 8 lowest DCT frequencies of the 32 x 32
+    image against their median (robust to tone curves, noise, blur and re-compression)."""
+    small = cv2.resize(np.asarray(img, np.float32), (32, 32), interpolation=cv2.INTER_AREA)
+    low = cv2.dct(small)[:8, :8]
+    return (low > np.median(low)).ravel()
+
+
+PHASH_SCALE = 24    # Hamming distance at which the similarity reaches 0 (unrelated images: ~32)
+
+
+def phash_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """1 - (smallest Hamming distance between a's hash and b's over the 8 quarter turns / flips)
+    / PHASH_SCALE, floored at 0: evidence that b is a whole-image copy of a."""
+    ha = _phash(a)
+    d = min(int((ha != _phash(np.ascontiguousarray(turn(b)))).sum()) for turn in _ORIENT.values())
+    return max(0.0, 1.0 - d / PHASH_SCALE)
 
 
 def thumbnail(grey: np.ndarray, side: int = THUMB) -> np.ndarray:
@@ -86,19 +106,20 @@ def _rank(img: np.ndarray, side: int) -> np.ndarray:
 def align_pair(a: np.ndarray, b: np.ndarray, side: int = 64) -> Alignment:
     """Best whole-panel alignment of b onto a over 8 orientations and crop scales."""
     ra = _rank(a, side)
-    best = Alignment(-1.0, "identity", 1.0, "")
+    ph = phash_similarity(a, b)
+    best = Alignment(-1.0, "identity", 1.0, "", ph)
     for name, turn in _ORIENT.items():
         rb = np.ascontiguousarray(_rank(np.ascontiguousarray(turn(b)), side))
         ncc = float(cv2.matchTemplate(ra, rb, cv2.TM_CCOEFF_NORMED)[0, 0])
         if ncc > best.ncc:
-            best = Alignment(ncc, name, 1.0, "")
+            best = Alignment(ncc, name, 1.0, "", ph)
         for s in SCALES[1:]:
             k = int(round(side * s))
             for inner, outer, tag in ((rb, ra, "b"), (ra, rb, "a")):
                 small = cv2.resize(inner, (k, k), interpolation=cv2.INTER_AREA)
                 val = float(cv2.matchTemplate(outer, small, cv2.TM_CCOEFF_NORMED).max())
                 if val > best.ncc:
-                    best = Alignment(val, name, s, tag)
+                    best = Alignment(val, name, s, tag, ph)
     return best
 
 
@@ -520,7 +541,7 @@ def confidence_model() -> dict:
 
 
 FEATURES = ["cnn_distance", "log1p_inliers", "aligned_ncc", "thumb_ncc", "aligned_ncc*log1p_inliers",
-            "detail_ncc", "detail_raw", "max_detail*log1p_inliers"]
+            "detail_ncc", "detail_raw", "max_detail*log1p_inliers", "phash_similarity"]
 
 
 def feature_vector(f: float, m: Match, al: Alignment) -> np.ndarray:
@@ -532,7 +553,7 @@ def feature_vector(f: float, m: Match, al: Alignment) -> np.ndarray:
 
     ancc, d1, d2 = z(m.aligned_ncc), z(m.detail_ncc), z(m.detail_raw)
     li = math.log1p(m.inliers)
-    return np.array([fcl, li, ancc, al.ncc, ancc * li, d1, d2, max(d1, d2) * li], np.float64)
+    return np.array([fcl, li, ancc, al.ncc, ancc * li, d1, d2, max(d1, d2) * li, al.phash], np.float64)
 
 
 def confidence(x: np.ndarray, model: dict | None = None) -> np.ndarray:
@@ -632,7 +653,8 @@ def _verify_rows(rows: list[tuple[tuple, tuple, SimpleNamespace]], thumbs: dict,
         m = match(get(ka), get(kb))
         # the whole-panel correlation (half the cost of a pair) enters the model linearly: when
         # even its best or worst value cannot lift the pair over the threshold, skip it
-        bound = max(float(confidence(feature_vector(float(row.distance), m, Alignment(c, "", 1.0, "")))[0])
+        ph = phash_similarity(ta, tb)
+        bound = max(float(confidence(feature_vector(float(row.distance), m, Alignment(c, "", 1.0, "", ph)))[0])
                     for c in (-1.0, 1.0))
         if bound < thr:
             out.append(_columns(m, None, bound, False,
