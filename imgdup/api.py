@@ -165,7 +165,7 @@ def ingest(pdfs: Sequence[str | Path], index: str | Path | None = None, model: E
             from .model.api import DEFAULT_WEIGHTS
             from .pipeline.distributed import ray_stream
 
-            stream = ray_stream(todo, Limits(**limits_kw), ExtractOptions(), getattr(model, "source", DEFAULT_WEIGHTS),
+            stream = ray_stream(todo, Limits(**limits_kw), ExtractOptions(), model.source or DEFAULT_WEIGHTS,
                                 model.sha256, address=address, actors=actors, device=device)
         elif engine == "local":
             stream = _embedded(extract_many(todo, Limits(**limits_kw), ExtractOptions(), workers=workers), model)

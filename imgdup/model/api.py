@@ -91,7 +91,8 @@ class Embedder:
     """A loaded model: batched, deterministic embeddings already scaled by alpha."""
 
     def __init__(self, net: torch.nn.Module, card: WeightsCard, device: str | torch.device = "auto",
-                 batch_size: int = 256) -> None:
+                 batch_size: int = 256, source: str = "") -> None:
+        self.source = source        # the weights file, when known (Ray actors load the same one)
         if str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -173,6 +174,4 @@ def load_model(name: str | Path = DEFAULT_WEIGHTS, device: str = "auto", batch_s
     if missing or unexpected:
         raise WeightsError(f"{path} does not fit architecture {card.architecture!r}: "
                            f"missing {missing[:3]}, unexpected {unexpected[:3]}")
-    emb = Embedder(net, card, device=device, batch_size=batch_size)
-    emb.source = str(path)      # where the weights came from (Ray actors load the same file)
-    return emb
+    return Embedder(net, card, device=device, batch_size=batch_size, source=str(path))

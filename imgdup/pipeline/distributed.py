@@ -73,7 +73,7 @@ def ray_stream(paths: list[str], limits: Limits, opts: ExtractOptions, weights: 
     extract = ray.remote(num_cpus=1, max_retries=1)(_extract_one)
     pool = ActorPool(pool_actors)
     window = in_flight or max(4, 2 * cpus)
-    submitted = 0
+    submitted, taken = 0, [0]       # results come back in submission order
 
     def take() -> tuple[DocResult, np.ndarray | None, np.ndarray | None]:
         path = paths[taken[0]]
@@ -83,7 +83,6 @@ def ray_stream(paths: list[str], limits: Limits, opts: ExtractOptions, weights: 
         except Exception as exc:  # noqa: BLE001 - a lost task is a skipped document, never a lost batch
             return DocResult(path=path, error=f"distributed task failed ({type(exc).__name__}: {exc})"), None, None
 
-    taken = [0]
     try:
         for path in paths:
             pool.submit(lambda a, ref: a.embed.remote(ref), extract.remote(path, limits, opts))
