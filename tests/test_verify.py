@@ -159,7 +159,7 @@ def test_features_identical_across_threads():
             got = list(pool.map(V.features, imgs * 3))
             for k, g in enumerate(got):
                 assert np.array_equal(g.desc, ref[k % 6].desc) and np.array_equal(g.pts, ref[k % 6].pts)
-                assert np.array_equal(g.equalised()[1], ref[k % 6].equalised()[1])
+                assert np.array_equal(g.keypoints(equalised=True)[1], ref[k % 6].keypoints(equalised=True)[1])
 
 
 def test_phash_similarity_whole_copies_only():

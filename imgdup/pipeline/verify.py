@@ -73,11 +73,20 @@ def _phash(img: np.ndarray) -> np.ndarray:
 PHASH_SCALE = 24    # Hamming distance at which the similarity reaches 0 (unrelated images: ~32)
 
 
-def phash_similarity(a: np.ndarray, b: np.ndarray) -> float:
+def orientation_hashes(img: np.ndarray) -> np.ndarray:
+    """(8, 64) perceptual hashes of the image in the 8 quarter turns / flips (``_ORIENT`` order,
+    identity first), computed once per panel and shared by its pairs."""
+    return np.stack([_phash(np.ascontiguousarray(turn(img))) for turn in _ORIENT.values()])
+
+
+def phash_similarity(a: np.ndarray, b: np.ndarray, hashes_a: np.ndarray | None = None,
+                     hashes_b: np.ndarray | None = None) -> float:
     """1 - (smallest Hamming distance between a's hash and b's over the 8 quarter turns / flips)
-    / PHASH_SCALE, floored at 0: evidence that b is a whole-image copy of a."""
-    ha = _phash(a)
-    d = min(int((ha != _phash(np.ascontiguousarray(turn(b)))).sum()) for turn in _ORIENT.values())
+    / PHASH_SCALE, floored at 0: evidence that b is a whole-image copy of a.  ``hashes_*``:
+    ``orientation_hashes`` of a and b when already known."""
+    ha = _phash(a) if hashes_a is None else hashes_a[0]
+    hb = orientation_hashes(b) if hashes_b is None else hashes_b
+    d = int((hb != ha[None]).sum(axis=1).min())
     return max(0.0, 1.0 - d / PHASH_SCALE)
 
 
@@ -103,10 +112,11 @@ def _rank(img: np.ndarray, side: int) -> np.ndarray:
     return (ranks / order.size).reshape(side, side)
 
 
-def align_pair(a: np.ndarray, b: np.ndarray, side: int = 64) -> Alignment:
-    """Best whole-panel alignment of b onto a over 8 orientations and crop scales."""
+def align_pair(a: np.ndarray, b: np.ndarray, side: int = 64, phash: float | None = None) -> Alignment:
+    """Best whole-panel alignment of b onto a over 8 orientations and crop scales (``phash``:
+    their ``phash_similarity`` when already known)."""
     ra = _rank(a, side)
-    ph = phash_similarity(a, b)
+    ph = phash_similarity(a, b) if phash is None else phash
     best = Alignment(-1.0, "identity", 1.0, "", ph)
     for name, turn in _ORIENT.items():
         rb = np.ascontiguousarray(_rank(np.ascontiguousarray(turn(b)), side))
@@ -177,23 +187,18 @@ class Features:
     pts: np.ndarray
     desc: np.ndarray
     dense: bool = False
-    _mirror: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
-    _eq: dict[bool, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+    _more: dict[tuple[bool, bool], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
-    @property
-    def mirror(self) -> tuple[np.ndarray, np.ndarray]:
-        """Keypoints of the left-right mirrored image (in the mirrored frame)."""
-        if self._mirror is None:
-            self._mirror = _describe(np.ascontiguousarray(self.img[:, ::-1]), self.dense)
-        return self._mirror
-
-    def equalised(self, mirrored: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Keypoints of the globally equalised image (mirrored: in the mirrored frame), for the
-        second keypoint pass; computed on first use."""
-        if mirrored not in self._eq:
+    def keypoints(self, mirrored: bool = False, equalised: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(points, descriptors) of the image as is or left-right mirrored (in the mirrored
+        frame), CLAHE- or (``equalised``, the second keypoint pass) globally equalised; the
+        variants other than the plain one are computed on first use."""
+        if not (mirrored or equalised):
+            return self.pts, self.desc
+        if (mirrored, equalised) not in self._more:
             img = np.ascontiguousarray(self.img[:, ::-1]) if mirrored else self.img
-            self._eq[mirrored] = _describe(img, equalised=True)
-        return self._eq[mirrored]
+            self._more[mirrored, equalised] = _describe(img, self.dense, equalised)
+        return self._more[mirrored, equalised]
 
 
 def _as_uint8(grey: np.ndarray) -> np.ndarray:
@@ -421,9 +426,9 @@ def match(fa: Features, fb: Features) -> Match:
     small overlaps and equalised copies are then found only this way."""
     hb, wb = fb.img.shape
     ha, wa = fa.img.shape
-    best = _best_transform(lambda m: fa.mirror if m else (fa.pts, fa.desc), (fb.pts, fb.desc), wa, hb, wb)
+    best = _best_transform(fa.keypoints, fb.keypoints(), wa, hb, wb)
     if best is None and not (fa.dense or fb.dense):
-        best = _best_transform(fa.equalised, fb.equalised(), wa, hb, wb)
+        best = _best_transform(lambda m: fa.keypoints(m, equalised=True), fb.keypoints(equalised=True), wa, hb, wb)
     if best is None:
         return Match.none()
     n, A3, mirrored, pa, pb = best
@@ -493,7 +498,7 @@ def copy_move(f: Features, min_inliers: int = 10, min_ncc: float = 0.8) -> CopyM
     side = max(h, w)
     best: CopyMove | None = None
     for mirrored in (False, True):
-        pb, db = f.mirror if mirrored else (f.pts, f.desc)
+        pb, db = f.keypoints(mirrored)
         m = _ratio_matches(f.desc, db, ratio=0.7, skip_self=not mirrored)
         if len(m) < min_inliers:
             continue
@@ -625,35 +630,47 @@ def _key(side: str, row) -> tuple:
     return (getattr(row, f"{side}_sha256"), getattr(row, f"{side}_panel"), getattr(row, f"{side}_panel_id"))
 
 
-def _verify_rows(rows: list[tuple[tuple, tuple, SimpleNamespace]], thumbs: dict, thr: float,
-                 feats: dict[tuple, object] | None = None) -> list[dict]:
-    """The verification columns of each (query key, match key, row fields) triple; ``thumbs``
-    maps a key to its thumbnail (or None).  Features are computed once per panel (``feats``:
-    a cache to share between calls)."""
-    feats = {} if feats is None else feats
+class _PanelCache:
+    """What verification computes once per panel, shared by its pairs and by the threads of one
+    ``verify_report`` (two threads computing the same entry at once store equal values)."""
 
-    def get(key: tuple) -> Features:
-        if key not in feats:
-            feats[key] = features(thumbs[key])
-        return feats[key]
+    def __init__(self, thumbs: dict[tuple, np.ndarray | None]) -> None:
+        self.thumbs = thumbs
+        self._features: dict[tuple, Features] = {}
+        self._low: dict[tuple, bool] = {}
+        self._hashes: dict[tuple, np.ndarray] = {}
 
-    def low(key: tuple) -> bool:
-        if ("low", key) not in feats:
-            px = thumbs.get(key)
-            feats[("low", key)] = px is not None and low_information(px)
-        return feats[("low", key)]
+    def features(self, key: tuple) -> Features:
+        if key not in self._features:
+            self._features[key] = features(self.thumbs[key])
+        return self._features[key]
 
+    def low(self, key: tuple) -> bool:
+        if key not in self._low:
+            px = self.thumbs.get(key)
+            self._low[key] = px is not None and low_information(px)
+        return self._low[key]
+
+    def hashes(self, key: tuple) -> np.ndarray:
+        if key not in self._hashes:
+            self._hashes[key] = orientation_hashes(self.thumbs[key])
+        return self._hashes[key]
+
+
+def _verify_rows(rows: list[tuple[tuple, tuple, SimpleNamespace]], cache: _PanelCache, thr: float) -> list[dict]:
+    """The verification columns of each (query key, match key, row fields) triple; the panels'
+    thumbnails (or None) and per-panel work are in ``cache``."""
     out: list[dict] = []
     for ka, kb, row in rows:
-        ta, tb = thumbs.get(ka), thumbs.get(kb)
-        reason = trivial_reason(row, ta, tb, (low(ka), low(kb)))
+        ta, tb = cache.thumbs.get(ka), cache.thumbs.get(kb)
+        reason = trivial_reason(row, ta, tb, (cache.low(ka), cache.low(kb)))
         if reason or ta is None or tb is None:
             out.append(_columns(None, None, float("nan"), not reason, reason or "not verified: pixels unavailable"))
             continue
-        m = match(get(ka), get(kb))
+        m = match(cache.features(ka), cache.features(kb))
         # the whole-panel correlation (half the cost of a pair) enters the model linearly: when
         # even its best or worst value cannot lift the pair over the threshold, skip it
-        ph = phash_similarity(ta, tb)
+        ph = phash_similarity(ta, tb, cache.hashes(ka), cache.hashes(kb))
         bound = max(float(confidence(feature_vector(float(row.distance), m, Alignment(c, "", 1.0, "", ph)))[0])
                     for c in (-1.0, 1.0))
         if bound < thr:
@@ -661,7 +678,7 @@ def _verify_rows(rows: list[tuple[tuple, tuple, SimpleNamespace]], thumbs: dict,
                                 f"confidence at most {bound:.2f} < {thr:.2f} ({m.inliers} keypoint inliers, overlap "
                                 f"correlation {m.aligned_ncc:.2f}, fine-detail correlation {_detail(m):.2f})"))
             continue
-        al = align_pair(ta, tb)
+        al = align_pair(ta, tb, phash=ph)
         conf = float(confidence(feature_vector(float(row.distance), m, al))[0])
         ok = conf >= thr
         why = "" if ok else (f"confidence {conf:.2f} < {thr:.2f} ({m.inliers} keypoint inliers, "
@@ -702,10 +719,9 @@ def verify_report(report, lookup, keep_rejected: bool = False, threshold: float 
         rows.append((_key("query", row), _key("match", row),
                      SimpleNamespace(**{f: getattr(row, f) for f in _ROW_FIELDS})))
     results: list[dict] = []
-    cache: dict[tuple, object] = {}
+    cache = _PanelCache(thumbs)
     chunks = [rows[k0:k0 + 64] for k0 in range(0, len(rows), 64)]
-    # OpenCV and numpy release the GIL in the heavy calls: threads share the feature cache
-    # (a panel described twice by two threads at once is the only, harmless, race)
+    # OpenCV and numpy release the GIL in the heavy calls: threads share the per-panel cache
     n = max(1, threads or os.cpu_count() or 1)
     cv_threads = cv2.getNumThreads()
     if n > 1:
@@ -714,7 +730,7 @@ def verify_report(report, lookup, keep_rejected: bool = False, threshold: float 
         with tqdm(total=len(rows), desc="verify", unit="pair", disable=not progress) as bar, \
                 ThreadPoolExecutor(n) as pool:
             run = pool.map if n > 1 else map
-            for chunk, res in zip(chunks, run(lambda c: _verify_rows(c, thumbs, thr, cache), chunks)):
+            for chunk, res in zip(chunks, run(lambda c: _verify_rows(c, cache, thr), chunks)):
                 results += res
                 bar.update(len(chunk))
     finally:
