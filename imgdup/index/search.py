@@ -68,7 +68,7 @@ class GpuIndex:
     def __init__(self, cpu_index: faiss.Index, device: int = 0) -> None:
         n, d = cpu_index.ntotal, cpu_index.d
         if isinstance(cpu_index, faiss.IndexIDMap2):
-            self.ids = faiss.vector_to_array(cpu_index.id_map).astype(np.int64)
+            self.ids = ids_of(cpu_index)
             vecs = cpu_index.index.reconstruct_n(0, n) if n else np.zeros((0, d), np.float32)
         else:
             self.ids = np.arange(n, dtype=np.int64)
@@ -196,13 +196,23 @@ def tile_pairs(q_whole: np.ndarray, q_tiles: np.ndarray, whole_index: faiss.Inde
     return qi[keep], ids[keep], f[keep]
 
 
-def tile_index_of(tiles: np.ndarray, ids: np.ndarray, tile_base: int) -> faiss.Index:
-    """An in-memory L1 index of (n, tiles, dim) vectors with ids ``id * tile_base + tile``."""
-    idx = faiss.IndexIDMap2(faiss.IndexFlat(tiles.shape[2], faiss.METRIC_L1))
+def add_tiles(index: faiss.Index, tiles: np.ndarray, ids: np.ndarray, tile_base: int) -> faiss.Index:
+    """Add (n, tiles, dim) sub-region vectors of panels ``ids`` to an IndexIDMap2, with ids
+    ``id * tile_base + tile``; returns the index."""
     if len(ids):
         tid = (np.asarray(ids, np.int64)[:, None] * tile_base + np.arange(tiles.shape[1])[None]).ravel()
-        idx.add_with_ids(np.ascontiguousarray(tiles.reshape(-1, tiles.shape[2]), np.float32), tid)
-    return idx
+        index.add_with_ids(np.ascontiguousarray(tiles.reshape(-1, tiles.shape[2]), np.float32), tid)
+    return index
+
+
+def tile_index_of(tiles: np.ndarray, ids: np.ndarray, tile_base: int) -> faiss.Index:
+    """An in-memory L1 index of (n, tiles, dim) vectors with ids ``id * tile_base + tile``."""
+    return add_tiles(faiss.IndexIDMap2(faiss.IndexFlat(tiles.shape[2], faiss.METRIC_L1)), tiles, ids, tile_base)
+
+
+def ids_of(index: faiss.Index) -> np.ndarray:
+    """The ids held by an IndexIDMap2 (empty when it holds nothing)."""
+    return faiss.vector_to_array(index.id_map).astype(np.int64) if index.ntotal else np.zeros(0, np.int64)
 
 
 def whole_index_of(vectors: np.ndarray, ids: np.ndarray) -> faiss.Index:

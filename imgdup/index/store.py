@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import __version__
-from .search import choose_nprobe, ivf_of, new_ivf_index
+from .search import add_tiles, choose_nprobe, ids_of, ivf_of, new_ivf_index
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +74,6 @@ PAIR_RECALL = 0.99         # ... and the recall its nprobe must reach
 def new_index(dim: int) -> faiss.Index:
     """Exact weighted-L1 index with our panel ids (faiss >= 1.15 for L1 range search)."""
     return faiss.IndexIDMap2(faiss.IndexFlat(dim, faiss.METRIC_L1))
-
-
-def _ids_of(index: faiss.Index) -> np.ndarray:
-    """The ids held by an IndexIDMap2 (empty when it holds nothing)."""
-    return faiss.vector_to_array(index.id_map) if index.ntotal else np.zeros(0, np.int64)
 
 
 def _id_chunks(ids, size: int = 900):
@@ -332,7 +327,7 @@ class Store:
         catalogue = self._panel_ids()
         covered = np.zeros(0, np.int64)
         if idx is not None:
-            covered = np.unique(_ids_of(idx) // TILE_ID_BASE)
+            covered = np.unique(ids_of(idx) // TILE_ID_BASE)
             if not np.isin(covered, catalogue).all():
                 log.warning("tiles.faiss holds panels the catalogue does not; rebuilding")
                 idx, covered = None, np.zeros(0, np.int64)
@@ -341,9 +336,7 @@ class Store:
         missing = catalogue[~np.isin(catalogue, covered)]
         if len(missing):        # panels of stores written before tiles existed stay missing
             ids, v = self.tile_vectors(missing)
-            if len(ids):
-                tid = (ids[:, None] * TILE_ID_BASE + np.arange(v.shape[1])[None]).ravel()
-                idx.add_with_ids(np.ascontiguousarray(v.reshape(-1, v.shape[2])), tid.astype(np.int64))
+            add_tiles(idx, v, ids, TILE_ID_BASE)
         self._tile_index = idx
         return idx
 
@@ -353,7 +346,7 @@ class Store:
             return self._index
         idx = self._read_index_file("index.faiss")
         if idx is None or idx.ntotal != self.count():
-            have = _ids_of(idx) if idx is not None else np.zeros(0, np.int64)
+            have = ids_of(idx) if idx is not None else np.zeros(0, np.int64)
             ids, vec = self.vectors()
             if not np.isin(have, ids).all():
                 log.warning("index holds panels the catalogue does not; rebuilding")
@@ -529,7 +522,7 @@ class Store:
                 problems.append(f"{name} unreadable ({type(exc).__name__}); `imgdup reindex` rebuilds it")
                 continue
             on_disk = idx.ntotal if name == "index.faiss" else on_disk
-            if n := int((~np.isin(np.unique(_ids_of(idx) // per_panel), catalogue)).sum()):
+            if n := int((~np.isin(np.unique(ids_of(idx) // per_panel), catalogue)).sum()):
                 problems.append(f"{name} holds {n} panels the catalogue does not")
         known = {r[0] for r in registered}
         leftovers = [f.name for f in (self.path / "embeddings").iterdir() if f.name not in known]
