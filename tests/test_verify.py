@@ -171,3 +171,35 @@ def test_phash_similarity_whole_copies_only():
     assert V.phash_similarity(a, copy.astype(np.uint8)) >= 0.7
     others = [V.phash_similarity(a, textured(k)) for k in (10, 20, 30)]
     assert max(others) <= 0.3
+
+
+def _opencv_ratio_matches(da, db, ratio, skip_self):
+    """The reference: OpenCV's brute-force k-NN and the ratio test on its DMatch lists."""
+    out = []
+    for m in cv2.BFMatcher(cv2.NORM_L2).knnMatch(da, db, k=3 if skip_self else 2):
+        m = [x for x in m if not (skip_self and x.trainIdx == x.queryIdx)]
+        if len(m) >= 2 and m[0].distance < ratio * m[1].distance:
+            out.append((m[0].queryIdx, m[0].trainIdx))
+    return np.array(out, np.int64).reshape(-1, 2)
+
+
+@pytest.mark.parametrize("skip_self", [False, True])
+def test_ratio_matches_equal_opencv_knn(skip_self):
+    """The matrix-product matcher gives OpenCV BFMatcher's matches on real RootSIFT descriptors
+    of a micrograph and its rotated, re-toned copy (and, for copy-move, of one panel with itself)."""
+    img = micrograph(0)
+    if skip_self:               # a panel with a cloned block, described densely as copy-move does
+        h, w = img.shape
+        s = min(h, w) // 4
+        img = img.copy()
+        img[h - s - 5:h - 5, w - s - 5:w - 5] = img[5:5 + s, 5:5 + s]
+        a = V.copy_move_features(img)
+        db = a.desc
+    else:
+        a = V.features(img)
+        db = V.features(np.clip(np.rot90(img).astype(np.float32) * 0.8 + 20, 0, 255).astype(np.uint8)).desc
+    for ratio in (0.7, 0.85):
+        mine = V._ratio_matches(a.desc, db, ratio=ratio, skip_self=skip_self)
+        ref = _opencv_ratio_matches(a.desc, db, ratio, skip_self)
+        assert len(ref) > 20
+        assert np.array_equal(mine, ref)

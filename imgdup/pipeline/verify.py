@@ -30,6 +30,7 @@ import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -228,17 +229,25 @@ def copy_move_features(grey: np.ndarray) -> Features:
 
 
 def _ratio_matches(da: np.ndarray, db: np.ndarray, ratio: float = 0.85, skip_self: bool = False):
+    """Lowe's ratio test: (i, j) where b's descriptor j is a's descriptor i's nearest neighbour
+    (L2) and nearer than ``ratio`` times the second nearest.  ``skip_self`` (a panel matched
+    against itself): a descriptor is never its own neighbour.
+
+    Brute force as one matrix product (squared L2 = |a|^2 + |b|^2 - 2 a.b): the same matches as
+    OpenCV's BFMatcher.knnMatch, 4x faster here, and numpy releases the GIL for the threads."""
     k = 3 if skip_self else 2
     if len(da) < k or len(db) < k:
         return np.zeros((0, 2), np.int64)
-    knn = cv2.BFMatcher(cv2.NORM_L2).knnMatch(da, db, k=k)
-    out = []
-    for m in knn:
-        if skip_self:
-            m = [x for x in m if x.trainIdx != x.queryIdx]
-        if len(m) >= 2 and m[0].distance < ratio * m[1].distance:
-            out.append((m[0].queryIdx, m[0].trainIdx))
-    return np.array(out, np.int64).reshape(-1, 2)
+    d2 = (da * da).sum(1)[:, None] + (db * db).sum(1)[None, :] - 2.0 * (da @ db.T)
+    if skip_self:
+        np.fill_diagonal(d2, np.inf)
+    rows = np.arange(len(da))
+    j1 = d2.argmin(1)
+    first = d2[rows, j1].copy()
+    d2[rows, j1] = np.inf
+    second = d2.min(1)
+    ok = np.sqrt(np.maximum(first, 0.0)) < ratio * np.sqrt(np.maximum(second, 0.0))
+    return np.column_stack([rows[ok], j1[ok]]).astype(np.int64)
 
 
 def _plausible(A: np.ndarray) -> bool:
@@ -688,6 +697,25 @@ def _verify_rows(rows: list[tuple[tuple, tuple, SimpleNamespace]], cache: _Panel
     return out
 
 
+@contextmanager
+def _one_thread_each(n: int):
+    """With ``n`` > 1 worker threads, OpenCV and BLAS run single-threaded inside each (parallel
+    over pairs, not inside each call: measured 1.2x faster for OpenCV; BLAS's own threads on top
+    of ours made the matching 1.8x slower)."""
+    if n <= 1:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    cv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        with threadpool_limits(1, user_api="blas"):
+            yield
+    finally:
+        cv2.setNumThreads(cv_threads)
+
+
 def verify_report(report, lookup, keep_rejected: bool = False, threshold: float | None = None,
                   progress: bool = False, threads: int | None = None):
     """Verify every candidate pair of a report; add the verification columns; drop (or keep,
@@ -723,18 +751,12 @@ def verify_report(report, lookup, keep_rejected: bool = False, threshold: float 
     chunks = [rows[k0:k0 + 64] for k0 in range(0, len(rows), 64)]
     # OpenCV and numpy release the GIL in the heavy calls: threads share the per-panel cache
     n = max(1, threads or os.cpu_count() or 1)
-    cv_threads = cv2.getNumThreads()
-    if n > 1:
-        cv2.setNumThreads(1)        # parallel over pairs, not inside each OpenCV call (measured faster)
-    try:
-        with tqdm(total=len(rows), desc="verify", unit="pair", disable=not progress) as bar, \
-                ThreadPoolExecutor(n) as pool:
-            run = pool.map if n > 1 else map
-            for chunk, res in zip(chunks, run(lambda c: _verify_rows(c, cache, thr), chunks)):
-                results += res
-                bar.update(len(chunk))
-    finally:
-        cv2.setNumThreads(cv_threads)
+    with tqdm(total=len(rows), desc="verify", unit="pair", disable=not progress) as bar, \
+            _one_thread_each(n), ThreadPoolExecutor(n) as pool:
+        run = pool.map if n > 1 else map
+        for chunk, res in zip(chunks, run(lambda c: _verify_rows(c, cache, thr), chunks)):
+            results += res
+            bar.update(len(chunk))
     out = report.copy()
     for c, (kind, _) in VERIFY_FIELDS.items():
         out[c] = pd.Series([r[c] for r in results], index=out.index, dtype=kind)
@@ -772,16 +794,25 @@ def _columns(m: Match | None, al: Alignment | None, conf: float, ok: bool, why: 
     return vals
 
 
-def find_copy_moves(pixels: dict, progress: bool = False) -> list[tuple[object, CopyMove]]:
+def find_copy_moves(pixels: dict, progress: bool = False, threads: int | None = None) -> list[tuple[object, CopyMove]]:
     """Copy-move inside single panels: ``pixels`` maps a key to a panel's pixels; returns
-    (key, CopyMove) for each panel with a duplicated region."""
+    (key, CopyMove) for each panel with a duplicated region, in ``pixels`` order (panels are
+    searched by ``threads`` threads, default one per core)."""
     from tqdm import tqdm
 
-    found = []
-    for key, px in tqdm(list(pixels.items()), desc="copy-move", unit="panel", disable=not progress):
+    def one(item):
+        key, px = item
         if px is None or entropy_bits(px) < 1.5:
-            continue
-        cm = copy_move(copy_move_features(thumbnail(_as_uint8(px))))
-        if cm is not None:
-            found.append((key, cm))
+            return None
+        return copy_move(copy_move_features(thumbnail(_as_uint8(px))))
+
+    items = list(pixels.items())
+    n = max(1, threads or os.cpu_count() or 1)
+    found = []
+    with tqdm(total=len(items), desc="copy-move", unit="panel", disable=not progress) as bar, \
+            _one_thread_each(n), ThreadPoolExecutor(n) as pool:
+        for (key, _), cm in zip(items, (pool.map if n > 1 else map)(one, items)):
+            if cm is not None:
+                found.append((key, cm))
+            bar.update(1)
     return found
