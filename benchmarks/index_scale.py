@@ -5,7 +5,8 @@ query and screen latency, recall against exact search, memory.
 
 Vectors: synthetic, drawn from a Gaussian with the mean and covariance of real panel embeddings
 (the panels of ../shared/data/pdfs and the held-out test/validation images, embedded by the
-shipped model), as in benchmarks/speed.py.  Writes docs/index_scale.json.
+shipped model), as in benchmarks/speed.py; the sub-region (tile) index likewise, 5 tile vectors a
+panel drawn like real tile embeddings.  Writes docs/index_scale.json.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def pair_set(qi: np.ndarray, ids: np.ndarray) -> set[tuple[int, int]]:
     return set(zip(qi.tolist(), ids.tolist()))
 
 
-def bench(base: np.ndarray, size: int, n_query: int = 50, screen_new: int = 1000, sample_queries: int = 300) -> dict:
+def bench(base: np.ndarray, size: int, n_query: int = 50, screen_new: int = 1000, sample_queries: int = 300,
+          tile_base: np.ndarray | None = None) -> dict:
     from imgdup.index.search import choose_nprobe, ivf_of, new_ivf_index, pairs_against
     from imgdup.index.store import PAIR_RADIUS, PAIR_RECALL, new_index
 
@@ -66,7 +68,41 @@ def bench(base: np.ndarray, size: int, n_query: int = 50, screen_new: int = 1000
     out["query_pairs_exact"] = len(runs["flat"][0])
     out["ivf_query_recall"] = len(runs["ivf"][0] & runs["flat"][0]) / max(1, len(runs["flat"][0]))
     out["ivf_screen_recall"] = len(runs["ivf"][1] & runs["flat"][1]) / max(1, len(runs["flat"][1]))
+    if tile_base is not None:
+        out["tiles"] = bench_tiles(tile_base, size, q, {"flat": flat, "ivf": idx}, sample_queries)
     out["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def bench_tiles(tile_base: np.ndarray, size: int, q: np.ndarray, whole: dict, sample_queries: int) -> dict:
+    """The sub-region (tile) index of the same store, flat vs IVF: a query's three tile searches
+    (``tile_pairs``: its tiles against whole panels, it against stored tiles, tiles against
+    tiles), their seconds and the IVF's recall of the flat search's (query, panel) pairs."""
+    from imgdup.index.search import choose_nprobe, ivf_of, new_ivf_index, tile_ids, tile_index_of, tile_pairs
+    from imgdup.index.store import PAIR_RADIUS, PAIR_RECALL, TILE_ID_BASE
+
+    n_t = 5
+    tv = like_real(tile_base, size * n_t, seed=4)
+    tid = tile_ids(np.arange(size), n_t, TILE_ID_BASE)
+    q_tiles = like_real(tile_base, len(q) * n_t, seed=5).reshape(len(q), n_t, -1)
+    out: dict = {"tile_vectors": int(len(tv))}
+    flat = tile_index_of(tv.reshape(size, n_t, -1), np.arange(size), TILE_ID_BASE)
+    t = time.perf_counter()
+    ivf = new_ivf_index(tv, tid)
+    out["ivf_build_seconds"] = time.perf_counter() - t
+    t = time.perf_counter()
+    choice = choose_nprobe(ivf, tv, tid, PAIR_RADIUS, PAIR_RECALL, queries=sample_queries)
+    out["ivf_nprobe_choice_seconds"] = time.perf_counter() - t
+    out["ivf"] = {"nlist": int(ivf_of(ivf).nlist), **{k: choice[k] for k in ("nprobe", "recall", "truth_pairs")}}
+    del tv
+    pairs = {}
+    for name, tidx in (("flat", flat), ("ivf", ivf)):
+        t = time.perf_counter()
+        qi, mid, _ = tile_pairs(q, q_tiles, whole[name], tidx, 1.0, TILE_ID_BASE, cap=10**9)
+        out[f"{name}_query_seconds"] = time.perf_counter() - t
+        pairs[name] = pair_set(qi, mid)
+    out["query_pairs_exact"] = len(pairs["flat"])
+    out["ivf_query_recall"] = len(pairs["ivf"] & pairs["flat"]) / max(1, len(pairs["flat"]))
     return out
 
 
@@ -85,6 +121,7 @@ def main() -> None:
     real = [p.pixels for r in extract_many(pdfs) if not r.error for p in r.panels]
     real += shared_test_images(splits=("test", "val"))
     base = model.embed(real)
+    tile_base = model.embed_tiles(real).reshape(-1, base.shape[1])
     sizes = [5000] if args.smoke else args.sizes
     out = {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
            "command": "python benchmarks/index_scale.py " + ("--smoke" if args.smoke else
@@ -92,7 +129,7 @@ def main() -> None:
            "synthetic_from_real_panels": len(real), "runs": []}
     for n in sizes:
         out["runs"].append(bench(base, n, screen_new=100 if args.smoke else 1000,
-                                 sample_queries=50 if args.smoke else 300))
+                                 sample_queries=50 if args.smoke else 300, tile_base=tile_base))
         print(json.dumps(out["runs"][-1]), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))

@@ -434,7 +434,9 @@ def reindex(index: str | Path | None = None, model: Embedder | None = None, work
         if info["kind"] == "ivf":
             return (f"IVF index rebuilt from embeddings: {info['panels']} vectors, {info['nlist']} lists, "
                     f"nprobe {info['nprobe']} (recall {info['recall']:.3f} of the pairs within f <= 1 "
-                    f"against exact search, {info['queries']} sample queries); {info['seconds']}s")
+                    f"against exact search, {info['queries']} sample queries)" + (
+                        f"; tile index: {info['tiles']['nlist']} lists, nprobe {info['tiles']['nprobe']} "
+                        f"(recall {info['tiles']['recall']:.3f})" if "tiles" in info else "") + f"; {info['seconds']}s")
         return f"flat index rebuilt from embeddings: {info['panels']} vectors; {info['seconds']}s"
     paths = [r[0] for r in store.db.execute("SELECT path FROM documents WHERE status = 'ok'")]
     store.close()

@@ -110,3 +110,47 @@ def test_tile_index_persisted_and_caught_up(tmp_path):
         assert (got[:, 0] // 16 == new[0]).all()      # each tile of the new panel finds itself
     s2.close()
     assert Store(tmp_path / "s", create=False).check()["problems"] == []
+
+
+def test_tile_index_follows_the_store_to_ivf(tmp_path):
+    """An IVF store gets an IVF tile index too (own lists, measured nprobe kept in the meta),
+    found again after a reopen, caught up by new panels without retraining, as sound as flat."""
+    from imgdup.index.search import brute_force_pairs, tile_ids
+    from imgdup.index.store import TILE_ID_BASE
+
+    centres = np.random.default_rng(8).normal(0, 0.05, (200, 128)).astype(np.float32)
+    store = Store(tmp_path / "s")
+    n = 3000
+    with store.writer():
+        store.check_model("0" * 64, "synthetic", 128)
+        rows = [PanelRow("a", 1, "f1", f"p{i}", "panel", (0.0, 0.0, 10.0, 10.0), 64, 64, "", "", "x", 0, False)
+                for i in range(n)]
+        tiles = _clustered(n * 5, 9, centres).reshape(n, 5, 128)
+        store.add_batch([{"sha256": "a", "path": "/s/a.pdf", "status": "ok", "panels": n}], rows,
+                        _clustered(n, 10, centres), tiles=tiles)
+        info = store.rebuild_index("ivf", nlist=32)
+        assert info["tiles"]["recall"] >= 0.99 and info["tiles"]["truth_pairs"] > 1000
+        tidx = store.tile_index()
+        assert ivf_of(tidx) is not None and ivf_of(tidx).nprobe == info["tiles"]["nprobe"]
+        pid, tv = store.tile_vectors()
+        q = _clustered(100, 11, centres)
+        qi, got_ids, _ = pairs_against(tidx, q, 1.0)
+        all_ids = tile_ids(pid, 5, TILE_ID_BASE)
+        truth = {(i, int(all_ids[j])) for i, j in brute_force_pairs(q, tv.reshape(-1, 128), 1.0)}
+        got = set(zip(qi.tolist(), got_ids.tolist()))
+        assert got <= truth and len(got) >= 0.97 * len(truth)
+        rows_b = [PanelRow("b", 1, "f1", f"p{i}", "panel", (0.0, 0.0, 10.0, 10.0), 64, 64, "", "", "x", 0, False)
+                  for i in range(10)]
+        tiles_b = _clustered(50, 12, centres).reshape(10, 5, 128)
+        new = store.add_batch([{"sha256": "b", "path": "/s/b.pdf", "status": "ok", "panels": 10}], rows_b,
+                              _clustered(10, 13, centres), tiles=tiles_b)
+        assert store.tile_index() is tidx and tidx.ntotal == (n + 10) * 5     # added, not retrained
+        _, found, _ = pairs_against(tidx, tiles_b.reshape(-1, 128), 1.0)
+        assert set(tile_ids(np.array(new), 5, TILE_ID_BASE).tolist()) <= set(found.tolist())
+        store.save_index()
+    store.close()
+    s2 = Store(tmp_path / "s", create=False)
+    t2 = s2.tile_index()
+    assert ivf_of(t2) is not None and ivf_of(t2).nprobe == info["tiles"]["nprobe"] and t2.ntotal == (n + 10) * 5
+    assert s2.check()["problems"] == []
+    s2.close()

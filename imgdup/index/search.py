@@ -196,12 +196,17 @@ def tile_pairs(q_whole: np.ndarray, q_tiles: np.ndarray, whole_index: faiss.Inde
     return qi[keep], ids[keep], f[keep]
 
 
+def tile_ids(ids: np.ndarray, tiles: int, tile_base: int) -> np.ndarray:
+    """Index ids of the ``tiles`` sub-regions of each panel in ``ids``: ``id * tile_base + tile``."""
+    return (np.asarray(ids, np.int64)[:, None] * tile_base + np.arange(tiles)[None]).ravel()
+
+
 def add_tiles(index: faiss.Index, tiles: np.ndarray, ids: np.ndarray, tile_base: int) -> faiss.Index:
-    """Add (n, tiles, dim) sub-region vectors of panels ``ids`` to an IndexIDMap2, with ids
-    ``id * tile_base + tile``; returns the index."""
+    """Add (n, tiles, dim) sub-region vectors of panels ``ids`` to an IndexIDMap2 (flat or IVF),
+    with ids ``tile_ids``; returns the index."""
     if len(ids):
-        tid = (np.asarray(ids, np.int64)[:, None] * tile_base + np.arange(tiles.shape[1])[None]).ravel()
-        index.add_with_ids(np.ascontiguousarray(tiles.reshape(-1, tiles.shape[2]), np.float32), tid)
+        index.add_with_ids(np.ascontiguousarray(tiles.reshape(-1, tiles.shape[2]), np.float32),
+                           tile_ids(ids, tiles.shape[1], tile_base))
     return index
 
 

@@ -7,7 +7,8 @@
                           PNG thumbnail (longer side 256 px, never enlarged) for verification and evidence
     index.faiss           FAISS IndexIDMap2(IndexFlat, METRIC_L1) - or IVF from IVF_MIN_PANELS on -
                           rebuildable from the shards
-    tiles.faiss           the sub-region vectors (flat, L1), rebuildable from the shards
+    tiles.faiss           the sub-region vectors (L1; flat, or IVF with its own lists when index.faiss
+                          is one), rebuildable from the shards
     .lock                 one writer at a time (fcntl lock), with a clear message
 
 Crash safety: a batch writes its shard (temp file + fsync + rename) *before* the one SQLite
@@ -37,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import __version__
-from .search import add_tiles, choose_nprobe, ids_of, ivf_of, new_ivf_index
+from .search import add_tiles, choose_nprobe, ids_of, ivf_of, new_ivf_index, tile_ids
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ TILE_ID_BASE = 16      # tile index ids: panel_id * TILE_ID_BASE + tile number
 IVF_MIN_PANELS = 500_000   # from this size on, save_index switches the store to an IVF index
 PAIR_RADIUS = 1.0          # the f threshold at which the IVF's pair recall is measured
 PAIR_RECALL = 0.99         # ... and the recall its nprobe must reach
+TILE_RECALL_QUERIES = 500  # stored tile vectors used as queries to measure the tile index's recall
 
 
 def new_index(dim: int) -> faiss.Index:
@@ -251,7 +253,8 @@ class Store:
             raise
         if ids:
             self.index().add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
-            self._tile_index = None      # caught up from the shards when next needed
+            if self._tile_index is not None and tiles is not None and len(tiles):
+                add_tiles(self._tile_index, np.asarray(tiles, np.float32), np.asarray(ids, np.int64), TILE_ID_BASE)
         return ids
 
     # ------------------------------------------------------------------ vectors and index
@@ -320,7 +323,8 @@ class Store:
     def tile_index(self) -> faiss.Index:
         """A FAISS index of every stored tile vector, id = panel_id * TILE_ID_BASE + tile: kept
         in tiles.faiss (saved with index.faiss) and caught up from the shards of the panels it
-        lacks, so it never disagrees with them; rebuilt when it holds unknown panels."""
+        lacks, so it never disagrees with them; rebuilt when it holds unknown panels.  When the
+        store's index is an IVF, so is this one (its own lists, nprobe and recall in the meta)."""
         if self._tile_index is not None:
             return self._tile_index
         idx = self._read_index_file("tiles.faiss")
@@ -331,12 +335,21 @@ class Store:
             if not np.isin(covered, catalogue).all():
                 log.warning("tiles.faiss holds panels the catalogue does not; rebuilding")
                 idx, covered = None, np.zeros(0, np.int64)
+        if idx is None and self.index_kind() == "ivf":
+            ids, v = self.tile_vectors()
+            if len(ids):
+                idx = new_ivf_index(v.reshape(-1, v.shape[2]), tile_ids(ids, v.shape[1], TILE_ID_BASE),
+                                    nlist=int(self.meta("tiles_nlist", "0")) or None)
+                covered = ids
         if idx is None:
             idx = new_index(int(self.meta("dim", "128")))
         missing = catalogue[~np.isin(catalogue, covered)]
         if len(missing):        # panels of stores written before tiles existed stay missing
             ids, v = self.tile_vectors(missing)
             add_tiles(idx, v, ids, TILE_ID_BASE)
+        ivf = ivf_of(idx)
+        if ivf is not None:
+            ivf.nprobe = int(self.meta("tiles_nprobe", str(ivf.nprobe)))
         self._tile_index = idx
         return idx
 
@@ -425,19 +438,30 @@ class Store:
     def rebuild_index(self, kind: str = "auto", nlist: int | None = None) -> dict:
         """Rebuild the index from the shards: ``flat`` (exact), ``ivf`` (lists trained on a
         sample, nprobe chosen so that at least PAIR_RECALL of the stored pairs within PAIR_RADIUS
-        are found, measured against exact search and recorded), or ``auto`` (IVF from
-        IVF_MIN_PANELS panels on).  Returns what was built."""
+        are found, measured against exact search and recorded; the tile index likewise), or
+        ``auto`` (IVF from IVF_MIN_PANELS panels on).  Returns what was built."""
         assert self._lock_fh is not None, "rebuild_index needs Store.writer()"
         ids, vec = self.vectors()
         kind = ("ivf" if len(ids) >= IVF_MIN_PANELS else "flat") if kind == "auto" else kind
         t0 = time.time()
         info: dict = {"kind": kind, "panels": int(len(ids))}
+        tile_idx = None
         if kind == "ivf" and len(ids) >= 2:
             idx = new_ivf_index(vec, ids, nlist=nlist)
             info.update(choose_nprobe(idx, vec, ids, PAIR_RADIUS, PAIR_RECALL))
             info["nlist"] = int(ivf_of(idx).nlist)
             meta = {"index_kind": "ivf", "ivf_nlist": str(info["nlist"]), "ivf_nprobe": str(info["nprobe"]),
                     "ivf_recall": f"{info['recall']:.4f}", "ivf_built": time.strftime("%Y-%m-%d %H:%M:%S")}
+            del vec
+            tid, tv = self.tile_vectors()
+            if len(tid) >= 2:   # the sub-region index: its own lists, nprobe measured the same way
+                flat_ids, tv = tile_ids(tid, tv.shape[1], TILE_ID_BASE), tv.reshape(-1, tv.shape[2])
+                tile_idx = new_ivf_index(tv, flat_ids)
+                tinfo = choose_nprobe(tile_idx, tv, flat_ids, PAIR_RADIUS, PAIR_RECALL, queries=TILE_RECALL_QUERIES)
+                tinfo["nlist"] = int(ivf_of(tile_idx).nlist)
+                info["tiles"] = {k: tinfo[k] for k in ("nlist", "nprobe", "recall", "truth_pairs", "queries")}
+                meta.update({"tiles_nlist": str(tinfo["nlist"]), "tiles_nprobe": str(tinfo["nprobe"]),
+                             "tiles_recall": f"{tinfo['recall']:.4f}"})
         else:
             info["kind"] = "flat"
             idx = self._flat_index(ids, vec)
@@ -447,7 +471,7 @@ class Store:
             self.set_meta(k, v)
         self.db.execute("COMMIT")
         self._index = idx
-        self._tile_index = None                      # rebuilt from the shards too
+        self._tile_index = tile_idx                  # None: rebuilt (flat) from the shards
         (self.path / "tiles.faiss").unlink(missing_ok=True)
         self.save_index()
         info["seconds"] = round(time.time() - t0, 1)
