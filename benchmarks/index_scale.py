@@ -74,11 +74,16 @@ def bench(base: np.ndarray, size: int, n_query: int = 50, screen_new: int = 1000
     return out
 
 
+CAP = 20    # tile_pairs' default: stored panels kept per query panel
+
+
 def bench_tiles(tile_base: np.ndarray, size: int, q: np.ndarray, whole: dict, sample_queries: int) -> dict:
     """The sub-region (tile) index of the same store, flat vs IVF: a query's three tile searches
     (``tile_pairs``: its tiles against whole panels, it against stored tiles, tiles against
-    tiles), their seconds and the IVF's recall of the flat search's (query, panel) pairs."""
-    from imgdup.index.search import choose_nprobe, ivf_of, new_ivf_index, tile_ids, tile_index_of, tile_pairs
+    tiles; at most CAP stored panels per query panel), their seconds and the IVF's recall of the
+    exact search's (query, panel) pairs."""
+    from imgdup.index.search import (cap_per_query, choose_nprobe, ivf_of, new_ivf_index, tile_ids,
+                                     tile_index_of, tile_pairs)
     from imgdup.index.store import PAIR_RADIUS, PAIR_RECALL, TILE_ID_BASE
 
     n_t = 5
@@ -96,13 +101,20 @@ def bench_tiles(tile_base: np.ndarray, size: int, q: np.ndarray, whole: dict, sa
     out["ivf"] = {"nlist": int(ivf_of(ivf).nlist), **{k: choice[k] for k in ("nprobe", "recall", "truth_pairs")}}
     del tv
     pairs = {}
-    for name, tidx in (("flat", flat), ("ivf", ivf)):
+    # "range": every pair within f <= 1, then the per-panel cap (the pre-k-NN way); "flat" / "ivf":
+    # tile_pairs as shipped (k-NN per vector, same capped result)
+    for name, tidx, cap in (("range", flat, None), ("flat", flat, CAP), ("ivf", ivf, CAP)):
         t = time.perf_counter()
-        qi, mid, _ = tile_pairs(q, q_tiles, whole[name], tidx, 1.0, TILE_ID_BASE, cap=10**9)
+        qi, mid, f = tile_pairs(q, q_tiles, whole["flat" if name == "range" else name], tidx, 1.0, TILE_ID_BASE, cap=cap)
+        if cap is None:
+            out["range_pairs_before_cap"] = int(len(qi))
+            qi, mid, f = cap_per_query(qi, mid, f, CAP)
         out[f"{name}_query_seconds"] = time.perf_counter() - t
         pairs[name] = pair_set(qi, mid)
-    out["query_pairs_exact"] = len(pairs["flat"])
-    out["ivf_query_recall"] = len(pairs["ivf"] & pairs["flat"]) / max(1, len(pairs["flat"]))
+    out["cap_per_panel"] = CAP
+    out["query_pairs_exact"] = len(pairs["range"])
+    out["knn_equals_range"] = pairs["flat"] == pairs["range"]
+    out["ivf_query_recall"] = len(pairs["ivf"] & pairs["range"]) / max(1, len(pairs["range"]))
     return out
 
 

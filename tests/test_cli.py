@@ -97,7 +97,7 @@ def test_index_scale_benchmark_smoke(tmp_path):
     assert run["ivf"]["recall"] >= 0.99 and run["ivf_query_recall"] >= 0.95 and run["query_pairs_exact"] > 0
     tiles = run["tiles"]
     assert tiles["tile_vectors"] == 5 * run["store_panels"] and tiles["ivf"]["recall"] >= 0.99
-    assert tiles["query_pairs_exact"] > 0 and tiles["ivf_query_recall"] >= 0.9
+    assert tiles["query_pairs_exact"] > 0 and tiles["ivf_query_recall"] >= 0.9 and tiles["knn_equals_range"]
 
 
 def test_quality_and_end_to_end_benchmarks_smoke(tmp_path):

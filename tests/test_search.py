@@ -89,3 +89,24 @@ def test_gpu_index_matches_cpu():
     a = pairs_against(cpu, q, 1.0)
     b = pairs_against(GpuIndex(cpu), q, 1.0)
     assert set(zip(a[0].tolist(), a[1].tolist())) == set(zip(b[0].tolist(), b[1].tolist()))
+
+
+def test_tile_pairs_knn_equals_range_then_cap():
+    """The capped tile search (k-NN per vector) keeps exactly the pairs that a full range search
+    capped afterwards keeps, on data where most queries have far more than ``cap`` panels within
+    the threshold."""
+    from imgdup.index.search import cap_per_query, tile_index_of, tile_pairs, whole_index_of
+
+    rng = np.random.default_rng(3)
+    n_store, n_q, n_t, d = 400, 30, 5, 16
+    sv, st = rng.random((n_store, d), np.float32) * 0.12, rng.random((n_store, n_t, d), np.float32) * 0.12
+    qv, qt = rng.random((n_q, d), np.float32) * 0.12, rng.random((n_q, n_t, d), np.float32) * 0.12
+    ids = np.arange(100, 100 + n_store)
+    whole, tiles = whole_index_of(sv, ids), tile_index_of(st, ids, 16)
+    full = tile_pairs(qv, qt, whole, tiles, 1.0, 16, cap=None)
+    assert np.bincount(full[0]).min() > 3 * 20          # the cap matters for every query
+    for cap in (1, 7, 20):
+        want = cap_per_query(*full, cap)
+        got = tile_pairs(qv, qt, whole, tiles, 1.0, 16, cap=cap)
+        assert all(np.array_equal(a, b) for a, b in zip(got[:2], want[:2]))
+        assert np.allclose(got[2], want[2])

@@ -158,32 +158,36 @@ def brute_force_pairs(a: np.ndarray, b: np.ndarray, threshold: float) -> set[tup
     return out
 
 
-def tile_pairs(q_whole: np.ndarray, q_tiles: np.ndarray, whole_index: faiss.Index, tile_index: faiss.Index,
-               threshold: float, tile_base: int, cap: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Candidates through sub-regions, for partial re-use: (query row, stored panel id, f).
+def nearest_within(index: "faiss.Index | GpuIndex", queries: np.ndarray, threshold: float, k: int,
+                   chunk: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The k nearest stored vectors of each query (L1 index, flat or IVF, CPU or ``GpuIndex``),
+    those within the threshold, exactly re-scored: (query row, stored id, f).  Unlike a range
+    search, its cost does not grow with the number of stored vectors within the threshold."""
+    q = np.ascontiguousarray(queries, np.float32)
+    out_q, out_id, out_f = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
+    k = min(int(k), index.ntotal)
+    if k <= 0 or len(q) == 0:
+        return out_q[0], out_id[0], out_f[0]
+    for s in range(0, len(q), chunk):
+        if isinstance(index, GpuIndex):
+            d, lab = index.gpu.search(q[s:s + chunk], k)
+            lab = np.where(lab >= 0, index.ids[np.maximum(lab, 0)], -1)
+        else:
+            d, lab = index.search(q[s:s + chunk], k)
+        rows, cols = np.nonzero((lab >= 0) & (d <= threshold * (1 + 1e-5) + 1e-7))
+        if len(rows) == 0:
+            continue
+        ids = lab[rows, cols].astype(np.int64)
+        f = l1(q[s:s + chunk][rows], index.reconstruct_batch(ids))
+        ok = f <= threshold
+        out_q.append(rows[ok] + s), out_id.append(ids[ok]), out_f.append(f[ok])
+    return np.concatenate(out_q), np.concatenate(out_id), np.concatenate(out_f)
 
-    Three searches: the query's tiles against whole panels (the stored panel is a crop of the
-    query), the query against stored tiles (the query is a crop), and tiles against tiles (a
-    shifted field of view).  ``tile_index`` ids are ``panel_id * tile_base + tile``.  f is the
-    smallest over the three; at most ``cap`` stored panels per query row, lowest f first, so
-    the number of candidates to verify stays bounded.
-    """
-    n, n_t, dim = q_tiles.shape
-    flat = np.ascontiguousarray(q_tiles.reshape(-1, dim))
-    parts = []
-    if whole_index.ntotal and len(flat):
-        qi, ids, f = pairs_against(whole_index, flat, threshold)
-        parts.append((qi // n_t, ids, f))
-    if tile_index.ntotal and n:
-        qi, ids, f = pairs_against(tile_index, q_whole, threshold)
-        parts.append((qi, ids // tile_base, f))
-        qi, ids, f = pairs_against(tile_index, flat, threshold)
-        parts.append((qi // n_t, ids // tile_base, f))
-    if not parts:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    qi = np.concatenate([p[0] for p in parts])
-    ids = np.concatenate([p[1] for p in parts])
-    f = np.concatenate([p[2] for p in parts])
+
+def cap_per_query(qi: np.ndarray, ids: np.ndarray, f: np.ndarray, cap: int | None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One row per (query, stored id), with its smallest f; at most ``cap`` ids per query,
+    lowest f first (None: no cap)."""
     order = np.lexsort((f, ids, qi))                 # by query, stored id, then f
     qi, ids, f = qi[order], ids[order], f[order]
     first = np.ones(len(qi), bool)
@@ -191,9 +195,47 @@ def tile_pairs(q_whole: np.ndarray, q_tiles: np.ndarray, whole_index: faiss.Inde
     qi, ids, f = qi[first], ids[first], f[first]      # the smallest f of each pair
     order = np.lexsort((f, qi))
     qi, ids, f = qi[order], ids[order], f[order]
+    if cap is None:
+        return qi, ids, f
     rank = np.arange(len(qi)) - np.searchsorted(qi, qi, side="left")
     keep = rank < cap
     return qi[keep], ids[keep], f[keep]
+
+
+def tile_pairs(q_whole: np.ndarray, q_tiles: np.ndarray, whole_index: faiss.Index, tile_index: faiss.Index,
+               threshold: float, tile_base: int, cap: int | None = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidates through sub-regions, for partial re-use: (query row, stored panel id, f).
+
+    Three searches: the query's tiles against whole panels (the stored panel is a crop of the
+    query), the query against stored tiles (the query is a crop), and tiles against tiles (a
+    shifted field of view).  ``tile_index`` ids are ``panel_id * tile_base + tile``.  f is the
+    smallest over the three; at most ``cap`` stored panels per query row, lowest f first, so
+    the number of candidates to verify stays bounded.  With a cap, each search is a k-NN search
+    (k = cap for whole panels, cap x tiles per panel for tiles): the same result as a range
+    search capped afterwards (a panel outside a vector's k nearest has ``cap`` panels nearer),
+    at a cost that does not grow with the number of vectors within the threshold.  ``cap=None``:
+    range searches, every pair.
+    """
+    n, n_t, dim = q_tiles.shape
+    flat = np.ascontiguousarray(q_tiles.reshape(-1, dim))
+
+    def search(index, queries, k):
+        return pairs_against(index, queries, threshold) if cap is None else \
+            nearest_within(index, queries, threshold, k)
+
+    parts = []
+    if whole_index.ntotal and len(flat):
+        qi, ids, f = search(whole_index, flat, cap)
+        parts.append((qi // n_t, ids, f))
+    if tile_index.ntotal and n:
+        k = None if cap is None else cap * n_t
+        qi, ids, f = search(tile_index, q_whole, k)
+        parts.append((qi, ids // tile_base, f))
+        qi, ids, f = search(tile_index, flat, k)
+        parts.append((qi // n_t, ids // tile_base, f))
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    return cap_per_query(*(np.concatenate([p[i] for p in parts]) for i in range(3)), cap)
 
 
 def tile_ids(ids: np.ndarray, tiles: int, tile_base: int) -> np.ndarray:
