@@ -154,3 +154,25 @@ def test_tile_index_follows_the_store_to_ivf(tmp_path):
     assert ivf_of(t2) is not None and ivf_of(t2).nprobe == info["tiles"]["nprobe"] and t2.ntotal == (n + 10) * 5
     assert s2.check()["problems"] == []
     s2.close()
+
+
+def test_tile_index_switches_to_ivf_on_its_own_threshold(tmp_path, monkeypatch):
+    """The sub-region index (5 vectors a panel) becomes an IVF before the panel index does."""
+    import imgdup.index.store as st
+
+    monkeypatch.setattr(st, "TILE_IVF_MIN_PANELS", 1000)
+    centres = np.random.default_rng(14).normal(0, 0.05, (100, 128)).astype(np.float32)
+    store = Store(tmp_path / "s")
+    with store.writer():
+        store.check_model("0" * 64, "synthetic", 128)
+        for doc, n, seed in (("a", 600, 15), ("b", 600, 16)):
+            rows = [PanelRow(doc, 1, "f1", f"p{i}", "panel", (0.0, 0.0, 10.0, 10.0), 64, 64, "", "", "x", 0, False)
+                    for i in range(n)]
+            store.add_batch([{"sha256": doc, "path": f"/s/{doc}.pdf", "status": "ok", "panels": n}], rows,
+                            _clustered(n, seed, centres), tiles=_clustered(n * 5, seed + 10, centres).reshape(n, 5, 128))
+            store.save_index()
+            assert store.meta("tiles_kind") == (None if doc == "a" else "ivf")
+        assert store.index_kind() == "flat" and ivf_of(store.index()) is None
+        assert ivf_of(store.tile_index()) is not None and float(store.meta("tiles_recall")) >= 0.99
+        assert store.tile_index().ntotal == 1200 * 5
+    store.close()

@@ -7,8 +7,8 @@
                           PNG thumbnail (longer side 256 px, never enlarged) for verification and evidence
     index.faiss           FAISS IndexIDMap2(IndexFlat, METRIC_L1) - or IVF from IVF_MIN_PANELS on -
                           rebuildable from the shards
-    tiles.faiss           the sub-region vectors (L1; flat, or IVF with its own lists when index.faiss
-                          is one), rebuildable from the shards
+    tiles.faiss           the sub-region vectors (L1; flat, or IVF with its own lists from
+                          TILE_IVF_MIN_PANELS on), rebuildable from the shards
     .lock                 one writer at a time (fcntl lock), with a clear message
 
 Crash safety: a batch writes its shard (temp file + fsync + rename) *before* the one SQLite
@@ -68,6 +68,7 @@ PANEL_COLUMNS = ["panel_id", "doc_sha256", "page", "figure_id", "panel_key", "ki
 
 TILE_ID_BASE = 16      # tile index ids: panel_id * TILE_ID_BASE + tile number
 IVF_MIN_PANELS = 500_000   # from this size on, save_index switches the store to an IVF index
+TILE_IVF_MIN_PANELS = 50_000   # ... and its sub-region index (5 vectors a panel; benchmarks/index_scale.py)
 PAIR_RADIUS = 1.0          # the f threshold at which the IVF's pair recall is measured
 PAIR_RECALL = 0.99         # ... and the recall its nprobe must reach
 TILE_RECALL_QUERIES = 500  # stored tile vectors used as queries to measure the tile index's recall
@@ -324,7 +325,8 @@ class Store:
         """A FAISS index of every stored tile vector, id = panel_id * TILE_ID_BASE + tile: kept
         in tiles.faiss (saved with index.faiss) and caught up from the shards of the panels it
         lacks, so it never disagrees with them; rebuilt when it holds unknown panels.  When the
-        store's index is an IVF, so is this one (its own lists, nprobe and recall in the meta)."""
+        store's meta says IVF (from TILE_IVF_MIN_PANELS panels on), it is rebuilt as one: its own
+        lists, with the recorded nprobe."""
         if self._tile_index is not None:
             return self._tile_index
         idx = self._read_index_file("tiles.faiss")
@@ -335,7 +337,7 @@ class Store:
             if not np.isin(covered, catalogue).all():
                 log.warning("tiles.faiss holds panels the catalogue does not; rebuilding")
                 idx, covered = None, np.zeros(0, np.int64)
-        if idx is None and self.index_kind() == "ivf":
+        if idx is None and self.meta("tiles_kind") == "ivf":
             ids, v = self.tile_vectors()
             if len(ids):
                 idx = new_ivf_index(v.reshape(-1, v.shape[2]), tile_ids(ids, v.shape[1], TILE_ID_BASE),
@@ -413,12 +415,15 @@ class Store:
 
     def save_index(self) -> None:
         """Write index.faiss and tiles.faiss atomically (temp file + rename); a flat index that
-        has grown past IVF_MIN_PANELS is first rebuilt as an IVF (``rebuild_index``), unless a
-        rebuild chose the kind explicitly."""
+        has grown past IVF_MIN_PANELS (the tile index: TILE_IVF_MIN_PANELS) is first rebuilt as
+        an IVF, unless a rebuild chose the kind explicitly."""
         if self.meta("index_kind") is None and self.count() >= IVF_MIN_PANELS and self._lock_fh is not None:
             log.warning("the store has %d panels: switching to an IVF index", self.count())
             self.rebuild_index("ivf")
             return
+        if self.meta("tiles_kind") is None and self.count() >= TILE_IVF_MIN_PANELS and self._lock_fh is not None:
+            log.warning("the store has %d panels: switching the sub-region index to IVF", self.count())
+            self._rebuild_tile_index("ivf")
         idx = self.index()
         for index, name in ((idx, "index.faiss"), (self.tile_index(), "tiles.faiss")):
             tmp = self.path / f".{name}.tmp"
@@ -439,42 +444,59 @@ class Store:
         """Rebuild the index from the shards: ``flat`` (exact), ``ivf`` (lists trained on a
         sample, nprobe chosen so that at least PAIR_RECALL of the stored pairs within PAIR_RADIUS
         are found, measured against exact search and recorded; the tile index likewise), or
-        ``auto`` (IVF from IVF_MIN_PANELS panels on).  Returns what was built."""
+        ``auto`` (IVF from IVF_MIN_PANELS panels on, for the tile index from TILE_IVF_MIN_PANELS).
+        Returns what was built."""
         assert self._lock_fh is not None, "rebuild_index needs Store.writer()"
         ids, vec = self.vectors()
+        explicit = kind != "auto"
         kind = ("ivf" if len(ids) >= IVF_MIN_PANELS else "flat") if kind == "auto" else kind
         t0 = time.time()
         info: dict = {"kind": kind, "panels": int(len(ids))}
-        tile_idx = None
         if kind == "ivf" and len(ids) >= 2:
             idx = new_ivf_index(vec, ids, nlist=nlist)
             info.update(choose_nprobe(idx, vec, ids, PAIR_RADIUS, PAIR_RECALL))
             info["nlist"] = int(ivf_of(idx).nlist)
             meta = {"index_kind": "ivf", "ivf_nlist": str(info["nlist"]), "ivf_nprobe": str(info["nprobe"]),
                     "ivf_recall": f"{info['recall']:.4f}", "ivf_built": time.strftime("%Y-%m-%d %H:%M:%S")}
-            del vec
-            tid, tv = self.tile_vectors()
-            if len(tid) >= 2:   # the sub-region index: its own lists, nprobe measured the same way
-                flat_ids, tv = tile_ids(tid, tv.shape[1], TILE_ID_BASE), tv.reshape(-1, tv.shape[2])
-                tile_idx = new_ivf_index(tv, flat_ids)
-                tinfo = choose_nprobe(tile_idx, tv, flat_ids, PAIR_RADIUS, PAIR_RECALL, queries=TILE_RECALL_QUERIES)
-                tinfo["nlist"] = int(ivf_of(tile_idx).nlist)
-                info["tiles"] = {k: tinfo[k] for k in ("nlist", "nprobe", "recall", "truth_pairs", "queries")}
-                meta.update({"tiles_nlist": str(tinfo["nlist"]), "tiles_nprobe": str(tinfo["nprobe"]),
-                             "tiles_recall": f"{tinfo['recall']:.4f}"})
         else:
             info["kind"] = "flat"
             idx = self._flat_index(ids, vec)
             meta = {"index_kind": "flat"}
+        del vec
+        self._set_meta(meta)
+        self._index = idx
+        tiles = self._rebuild_tile_index(kind if explicit else
+                                         ("ivf" if len(ids) >= TILE_IVF_MIN_PANELS else "flat"))
+        if tiles:
+            info["tiles"] = tiles
+        self.save_index()
+        info["seconds"] = round(time.time() - t0, 1)
+        return info
+
+    def _set_meta(self, meta: dict[str, str]) -> None:
         self.db.execute("BEGIN IMMEDIATE")
         for k, v in meta.items():
             self.set_meta(k, v)
         self.db.execute("COMMIT")
-        self._index = idx
-        self._tile_index = tile_idx                  # None: rebuilt (flat) from the shards
+
+    def _rebuild_tile_index(self, kind: str) -> dict | None:
+        """Rebuild the sub-region index from the shards as ``flat`` or ``ivf`` (its own lists, nprobe
+        chosen for PAIR_RECALL of the tile pairs within PAIR_RADIUS, recorded); the caller saves it.
+        A store without tile vectors records flat.  Returns the IVF's numbers, or None."""
+        tid, tv = self.tile_vectors() if kind == "ivf" else (np.zeros(0, np.int64), None)
+        info = None
+        self._tile_index = None                      # flat: rebuilt from the shards when needed
+        if len(tid) >= 2:
+            flat_ids, tv = tile_ids(tid, tv.shape[1], TILE_ID_BASE), tv.reshape(-1, tv.shape[2])
+            idx = new_ivf_index(tv, flat_ids)
+            info = choose_nprobe(idx, tv, flat_ids, PAIR_RADIUS, PAIR_RECALL, queries=TILE_RECALL_QUERIES)
+            info = {"nlist": int(ivf_of(idx).nlist), **{k: info[k] for k in ("nprobe", "recall", "truth_pairs", "queries")}}
+            self._set_meta({"tiles_kind": "ivf", "tiles_nlist": str(info["nlist"]), "tiles_nprobe": str(info["nprobe"]),
+                            "tiles_recall": f"{info['recall']:.4f}"})
+            self._tile_index = idx
+        else:
+            self._set_meta({"tiles_kind": "flat"})
         (self.path / "tiles.faiss").unlink(missing_ok=True)
-        self.save_index()
-        info["seconds"] = round(time.time() - t0, 1)
         return info
 
     # ------------------------------------------------------------------ reading
