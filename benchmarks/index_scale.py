@@ -118,22 +118,28 @@ def bench_tiles(tile_base: np.ndarray, size: int, q: np.ndarray, whole: dict, sa
     return out
 
 
+def real_embeddings(smoke: bool) -> tuple[list, np.ndarray, np.ndarray]:
+    """(real panels, their embeddings, their tile embeddings): the panels of ../shared/data/pdfs
+    and the held-out test / validation images, embedded by the shipped model."""
+    from imgdup import load_model
+    from imgdup.demo.generate import shared_test_images
+    from imgdup.pipeline import extract_many
+
+    model = load_model()
+    pdfs = sorted(glob.glob(str(PDFS / "*.pdf")))[: 2 if smoke else None]
+    real = [p.pixels for r in extract_many(pdfs) if not r.error for p in r.panels]
+    real += shared_test_images(splits=("test", "val"))
+    base = model.embed(real)
+    return real, base, model.embed_tiles(real).reshape(-1, base.shape[1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "docs" / "index_scale.json"))
     args = ap.parse_args()
-    from imgdup import load_model
-    from imgdup.demo.generate import shared_test_images
-    from imgdup.pipeline import extract_many
-
-    model = load_model()
-    pdfs = sorted(glob.glob(str(PDFS / "*.pdf")))[: 2 if args.smoke else None]
-    real = [p.pixels for r in extract_many(pdfs) if not r.error for p in r.panels]
-    real += shared_test_images(splits=("test", "val"))
-    base = model.embed(real)
-    tile_base = model.embed_tiles(real).reshape(-1, base.shape[1])
+    real, base, tile_base = real_embeddings(args.smoke)
     sizes = [5000] if args.smoke else args.sizes
     out = {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
            "command": "python benchmarks/index_scale.py " + ("--smoke" if args.smoke else

@@ -419,9 +419,9 @@ def _log_run(path: Path, record: dict) -> None:
 
 
 def reindex(index: str | Path | None = None, model: Embedder | None = None, workers: int = 2,
-            progress: bool = False, kind: str = "auto", nlist: int | None = None) -> str:
-    """Rebuild the FAISS index from the embeddings (``kind``: auto, flat or ivf; see
-    ``Store.rebuild_index``); if the store was built with other weights, re-extract its documents
+            progress: bool = False, kind: str = "auto", nlist: int | None = None, on_disk: bool | None = None) -> str:
+    """Rebuild the FAISS index from the embeddings (``kind``: auto, flat or ivf; ``on_disk``: an
+    IVF memory-mapped by readers; see ``Store.rebuild_index``); if the store was built with other weights, re-extract its documents
     from their recorded paths and re-embed them with the current model into a fresh store that
     replaces the old one."""
     path = Path(index or default_index())
@@ -429,14 +429,15 @@ def reindex(index: str | Path | None = None, model: Embedder | None = None, work
     store = Store(path, create=False)
     if store.meta("model_sha256") in (None, model.sha256):
         with store.writer():
-            info = store.rebuild_index(kind, nlist)
+            info = store.rebuild_index(kind, nlist, on_disk=on_disk)
         store.close()
         if info["kind"] == "ivf":
             return (f"IVF index rebuilt from embeddings: {info['panels']} vectors, {info['nlist']} lists, "
                     f"nprobe {info['nprobe']} (recall {info['recall']:.3f} of the pairs within f <= 1 "
                     f"against exact search, {info['queries']} sample queries)" + (
                         f"; tile index: {info['tiles']['nlist']} lists, nprobe {info['tiles']['nprobe']} "
-                        f"(recall {info['tiles']['recall']:.3f})" if "tiles" in info else "") + f"; {info['seconds']}s")
+                        f"(recall {info['tiles']['recall']:.3f})" if "tiles" in info else "")
+                    + ("; memory-mapped from disk" if info["on_disk"] else "") + f"; {info['seconds']}s")
         return f"flat index rebuilt from embeddings: {info['panels']} vectors; {info['seconds']}s"
     paths = [r[0] for r in store.db.execute("SELECT path FROM documents WHERE status = 'ok'")]
     store.close()

@@ -107,3 +107,9 @@ def test_quality_and_end_to_end_benchmarks_smoke(tmp_path):
             assert set(data["mean_tpr@0.001"]) >= {"cnn", "imgdup", "phash", "sift"}
         else:
             assert data["screen_verified"]["pairs"] > 0 and 0 <= data["screen_verified"]["recall"] <= 1
+
+
+def test_on_disk_benchmark_smoke(tmp_path):
+    data = _smoke("on_disk.py", tmp_path)
+    assert data["same_pairs"] and data["mapped"]["whole_pairs"] > 0
+    assert data["mapped"]["mb_after_open"]["RssAnon"] < data["loaded"]["mb_after_open"]["RssAnon"]

@@ -176,3 +176,59 @@ def test_tile_index_switches_to_ivf_on_its_own_threshold(tmp_path, monkeypatch):
         assert ivf_of(store.tile_index()) is not None and float(store.meta("tiles_recall")) >= 0.99
         assert store.tile_index().ntotal == 1200 * 5
     store.close()
+
+
+def test_on_disk_ivf_is_mapped_with_an_in_memory_delta(tmp_path):
+    """--on-disk: readers memory-map the IVF files (lists stay on disk), new panels go to an
+    in-memory delta searched with them, the mapped files are never rewritten, a reopen rebuilds
+    the delta from the shards, and results equal those of the loaded index."""
+    import faiss
+
+    from imgdup.index.search import DeltaIndex, nearest_within, tile_pairs
+    from imgdup.index.store import TILE_ID_BASE
+
+    centres = np.random.default_rng(20).normal(0, 0.05, (150, 128)).astype(np.float32)
+    path = tmp_path / "s"
+    store = Store(path)
+
+    def add(doc: str, n: int, seed: int) -> list[int]:
+        rows = [PanelRow(doc, 1, "f1", f"p{i}", "panel", (0.0, 0.0, 10.0, 10.0), 64, 64, "", "", "x", 0, False)
+                for i in range(n)]
+        return store.add_batch([{"sha256": doc, "path": f"/s/{doc}.pdf", "status": "ok", "panels": n}], rows,
+                               _clustered(n, seed, centres), tiles=_clustered(n * 5, seed + 50, centres).reshape(n, 5, 128))
+
+    q = _clustered(80, 30, centres)
+    with store.writer():
+        store.check_model("0" * 64, "synthetic", 128)
+        add("a", 4000, 21)
+        info = store.rebuild_index("ivf", nlist=32, on_disk=True)
+        assert info["on_disk"] and store.on_disk()
+        idx = store.index()
+        assert isinstance(idx, DeltaIndex) and isinstance(store.tile_index(), DeltaIndex)
+        loaded = faiss.read_index(str(path / "index.faiss"))          # the same file, loaded
+        ivf_of(loaded).nprobe = ivf_of(idx).nprobe
+        a, b = pairs_against(loaded, q, 1.0), pairs_against(idx, q, 1.0)
+        assert len(a[0]) > 100 and all(np.array_equal(x, y) for x, y in zip(a, b))
+        mtime = (path / "index.faiss").stat().st_mtime_ns
+        new = add("b", 50, 22)                                          # -> the delta
+        assert idx.delta.ntotal == 50 and store.tile_index().delta.ntotal == 250
+        _, newvec = store.vectors(np.array(new))
+        assert set(new) <= set(pairs_against(idx, newvec, 1.0)[1].tolist())
+        assert set(new) <= set(nearest_within(idx, newvec, 1.0, 5)[1].tolist())
+        store.save_index()
+        assert (path / "index.faiss").stat().st_mtime_ns == mtime
+    store.close()
+    s2 = Store(path, create=False)
+    idx2 = s2.index()
+    assert isinstance(idx2, DeltaIndex) and idx2.ntotal == 4050 and idx2.delta.ntotal == 50
+    assert ivf_of(idx2).nprobe == info["nprobe"]
+    got = tile_pairs(q[:10], _clustered(50, 31, centres).reshape(10, 5, 128), idx2, s2.tile_index(), 1.0, TILE_ID_BASE)
+    assert len(got[0]) > 0
+    c = s2.check()
+    assert c["problems"] == [] and c["index_lag"] == 50
+    s2.close()
+    s3 = Store(path, create=False)      # reindex folds the delta in (in memory this time)
+    with s3.writer():
+        assert not s3.rebuild_index("ivf", nlist=32, on_disk=False)["on_disk"]
+        assert not isinstance(s3.index(), DeltaIndex) and s3.index().ntotal == 4050
+    s3.close()

@@ -211,11 +211,14 @@ def screen(index: str | None, out_dir: Path, all_pairs: bool, threshold: float |
 @click.option("--index-kind", "kind", type=click.Choice(["auto", "flat", "ivf"]), default="auto", show_default=True,
               help="flat: exact; ivf: inverted lists, nprobe chosen for 0.99 pair recall; auto: IVF from 500,000 panels.")
 @click.option("--nlist", type=int, default=None, help="IVF lists (default: sqrt of the panel count).")
-def reindex(index: str | None, workers: int, kind: str, nlist: int | None) -> None:
+@click.option("--on-disk/--in-memory", "on_disk", default=None,
+              help="IVF only: memory-map the inverted lists from disk instead of loading them "
+                   "(default: when the vectors exceed a quarter of this machine's memory).")
+def reindex(index: str | None, workers: int, kind: str, nlist: int | None, on_disk: bool | None) -> None:
     """Rebuild the FAISS index; re-embed every document if the store used other weights."""
     from ..api import reindex as run
 
-    click.echo(run(index, workers=workers, progress=_progress(), kind=kind, nlist=nlist))
+    click.echo(run(index, workers=workers, progress=_progress(), kind=kind, nlist=nlist, on_disk=on_disk))
 
 
 @cli.command()

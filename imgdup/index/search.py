@@ -17,7 +17,7 @@ import numpy as np
 def range_candidates(index: faiss.Index, queries: np.ndarray, threshold: float,
                      chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """(query row, index id) of every stored vector within the threshold of each query."""
-    if isinstance(index, GpuIndex):
+    if isinstance(index, (GpuIndex, DeltaIndex)):
         return index.range_candidates(queries, threshold)
     qi, ids = [], []
     q = np.ascontiguousarray(queries, dtype=np.float32)
@@ -94,6 +94,50 @@ class GpuIndex:
         return self.cpu.reconstruct_batch(ids)
 
 
+class DeltaIndex:
+    """A read-only index memory-mapped from disk (an IVF whose inverted lists stay in the file:
+    ``faiss.IO_FLAG_MMAP``) plus an in-memory flat index of the vectors added since it was
+    written.  Searched as one; adds go to the delta; ``imgdup reindex`` folds the delta in."""
+
+    def __init__(self, main: faiss.Index) -> None:
+        self.main, self.d, self.metric_type = main, main.d, main.metric_type
+        self.delta = faiss.IndexIDMap2(faiss.IndexFlat(main.d, main.metric_type))
+
+    @property
+    def ntotal(self) -> int:
+        return self.main.ntotal + self.delta.ntotal
+
+    def add_with_ids(self, x: np.ndarray, ids: np.ndarray) -> None:
+        self.delta.add_with_ids(np.ascontiguousarray(x, np.float32), np.asarray(ids, np.int64))
+
+    def range_candidates(self, queries: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        qi, ids = range_candidates(self.main, queries, threshold)
+        if self.delta.ntotal:
+            dq, did = range_candidates(self.delta, queries, threshold)
+            qi, ids = np.concatenate([qi, dq]), np.concatenate([ids, did])
+        return qi, ids
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        d, lab = self.main.search(queries, k)
+        if self.delta.ntotal:
+            d2, lab2 = self.delta.search(queries, min(k, self.delta.ntotal))
+            d, lab = np.concatenate([d, d2], 1), np.concatenate([lab, lab2], 1)
+            d = np.where(lab >= 0, d, np.inf)
+            order = np.argsort(d, axis=1, kind="stable")[:, :k]
+            d, lab = np.take_along_axis(d, order, 1), np.take_along_axis(lab, order, 1)
+        return d, lab
+
+    def reconstruct_batch(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, np.int64)
+        out = np.empty((len(ids), self.d), np.float32)
+        in_delta = np.isin(ids, ids_of(self.delta))
+        if (~in_delta).any():
+            out[~in_delta] = self.main.reconstruct_batch(ids[~in_delta])
+        if in_delta.any():
+            out[in_delta] = self.delta.reconstruct_batch(ids[in_delta])
+        return out
+
+
 def gpu_available() -> bool:
     """faiss was built with GPU support and sees a GPU."""
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
@@ -102,7 +146,7 @@ def gpu_available() -> bool:
 def on_device(index: faiss.Index, device: str = "auto") -> "faiss.Index | GpuIndex":
     """The index to search with: a flat index goes to the GPU for device "cuda" (or "auto" with
     a GPU and faiss-gpu); IVF indexes stay on the CPU (their range search is exact there)."""
-    if device == "cpu" or ivf_of(index) is not None:
+    if device == "cpu" or isinstance(index, DeltaIndex) or ivf_of(index) is not None:
         return index
     if not gpu_available():
         if device == "cuda":
@@ -257,8 +301,10 @@ def tile_index_of(tiles: np.ndarray, ids: np.ndarray, tile_base: int) -> faiss.I
     return add_tiles(faiss.IndexIDMap2(faiss.IndexFlat(tiles.shape[2], faiss.METRIC_L1)), tiles, ids, tile_base)
 
 
-def ids_of(index: faiss.Index) -> np.ndarray:
-    """The ids held by an IndexIDMap2 (empty when it holds nothing)."""
+def ids_of(index: "faiss.Index | DeltaIndex") -> np.ndarray:
+    """The ids held by an IndexIDMap2 or a ``DeltaIndex`` (empty when it holds nothing)."""
+    if isinstance(index, DeltaIndex):
+        return np.concatenate([ids_of(index.main), ids_of(index.delta)])
     return faiss.vector_to_array(index.id_map).astype(np.int64) if index.ntotal else np.zeros(0, np.int64)
 
 
@@ -271,9 +317,10 @@ def whole_index_of(vectors: np.ndarray, ids: np.ndarray) -> faiss.Index:
 
 # ------------------------------------------------------------------------------------ IVF
 
-def ivf_of(index: faiss.Index):
-    """The IndexIVF inside ``index`` (through an IndexIDMap2), or None for a flat index."""
-    return faiss.try_extract_index_ivf(index)
+def ivf_of(index: "faiss.Index | DeltaIndex"):
+    """The IndexIVF inside ``index`` (through an IndexIDMap2 or a ``DeltaIndex``), or None for a
+    flat index."""
+    return faiss.try_extract_index_ivf(index.main if isinstance(index, DeltaIndex) else index)
 
 
 def new_ivf_index(vectors: np.ndarray, ids: np.ndarray, nlist: int | None = None, seed: int = 0,

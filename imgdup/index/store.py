@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import __version__
-from .search import add_tiles, choose_nprobe, ids_of, ivf_of, new_ivf_index, tile_ids
+from .search import DeltaIndex, add_tiles, choose_nprobe, ids_of, ivf_of, new_ivf_index, tile_ids
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ PANEL_COLUMNS = ["panel_id", "doc_sha256", "page", "figure_id", "panel_key", "ki
 TILE_ID_BASE = 16      # tile index ids: panel_id * TILE_ID_BASE + tile number
 IVF_MIN_PANELS = 500_000   # from this size on, save_index switches the store to an IVF index
 TILE_IVF_MIN_PANELS = 50_000   # ... and its sub-region index (5 vectors a panel; benchmarks/index_scale.py)
+ON_DISK_RAM_SHARE = 0.25   # an IVF whose vectors exceed this share of the machine's memory is memory-mapped
 PAIR_RADIUS = 1.0          # the f threshold at which the IVF's pair recall is measured
 PAIR_RECALL = 0.99         # ... and the recall its nprobe must reach
 TILE_RECALL_QUERIES = 500  # stored tile vectors used as queries to measure the tile index's recall
@@ -385,14 +386,23 @@ class Store:
         if not path.exists():
             return None
         try:
-            idx = faiss.read_index(str(path))
+            idx = faiss.read_index(str(path), self._io_flags())
         except Exception as exc:  # damaged file: rebuilt from the shards
             log.warning("%s unreadable (%s); rebuilding from embeddings", name, exc)
             return None
         if idx.metric_type != faiss.METRIC_L1 or idx.d != int(self.meta("dim", "128")):
             log.warning("%s has another metric or dimension; rebuilding from embeddings", name)
             return None
+        if self._io_flags() and ivf_of(idx) is not None:
+            return DeltaIndex(idx)      # lists stay in the file; new panels go to an in-memory delta
         return idx
+
+    def on_disk(self) -> bool:
+        """The store's IVF files are memory-mapped, not loaded (``rebuild_index(on_disk=...)``)."""
+        return self.meta("ivf_on_disk") == "1"
+
+    def _io_flags(self) -> int:
+        return faiss.IO_FLAG_MMAP if self.on_disk() else 0
 
     def _panel_ids(self) -> np.ndarray:
         return np.array([r[0] for r in self.db.execute("SELECT panel_id FROM panels")], np.int64)
@@ -426,6 +436,8 @@ class Store:
             self._rebuild_tile_index("ivf")
         idx = self.index()
         for index, name in ((idx, "index.faiss"), (self.tile_index(), "tiles.faiss")):
+            if isinstance(index, DeltaIndex):
+                continue    # the mapped file is left as written; its delta is rebuilt from the shards
             tmp = self.path / f".{name}.tmp"
             try:
                 faiss.write_index(index, str(tmp))
@@ -440,12 +452,16 @@ class Store:
                           f"wrote was rolled back and the store is intact: free some disk space and "
                           f"run the same command again")
 
-    def rebuild_index(self, kind: str = "auto", nlist: int | None = None) -> dict:
+    def rebuild_index(self, kind: str = "auto", nlist: int | None = None, on_disk: bool | None = None) -> dict:
         """Rebuild the index from the shards: ``flat`` (exact), ``ivf`` (lists trained on a
         sample, nprobe chosen so that at least PAIR_RECALL of the stored pairs within PAIR_RADIUS
         are found, measured against exact search and recorded; the tile index likewise), or
         ``auto`` (IVF from IVF_MIN_PANELS panels on, for the tile index from TILE_IVF_MIN_PANELS).
-        Returns what was built."""
+        ``on_disk``: the IVF files are then memory-mapped by every reader instead of loaded (the
+        inverted lists stay on disk; panels added later go to an in-memory delta, folded in by
+        the next rebuild); None: when the vectors would take more than ON_DISK_RAM_SHARE of this
+        machine's memory.  The build itself still holds the vectors in memory.  Returns what was
+        built."""
         assert self._lock_fh is not None, "rebuild_index needs Store.writer()"
         ids, vec = self.vectors()
         explicit = kind != "auto"
@@ -462,7 +478,11 @@ class Store:
             info["kind"] = "flat"
             idx = self._flat_index(ids, vec)
             meta = {"index_kind": "flat"}
+        if on_disk is None:     # panel + 5 tile vectors a panel, float32
+            on_disk = vec.nbytes * 6 > ON_DISK_RAM_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         del vec
+        meta["ivf_on_disk"] = "1" if on_disk and kind == "ivf" else "0"
+        info["on_disk"] = meta["ivf_on_disk"] == "1"
         self._set_meta(meta)
         self._index = idx
         tiles = self._rebuild_tile_index(kind if explicit else
@@ -470,6 +490,8 @@ class Store:
         if tiles:
             info["tiles"] = tiles
         self.save_index()
+        if info["on_disk"]:     # from now on mapped from the files just written
+            self._index = self._tile_index = None
         info["seconds"] = round(time.time() - t0, 1)
         return info
 
@@ -563,7 +585,7 @@ class Store:
             if not (self.path / name).exists():
                 continue
             try:
-                idx = faiss.read_index(str(self.path / name))
+                idx = faiss.read_index(str(self.path / name), self._io_flags())
             except Exception as exc:
                 problems.append(f"{name} unreadable ({type(exc).__name__}); `imgdup reindex` rebuilds it")
                 continue
