@@ -71,7 +71,7 @@ def _phash(img: np.ndarray) -> np.ndarray:
     return (low > np.median(low)).ravel()
 
 
-PHASH_SCALE = 24    # Hamming distance at which the similarity reaches 0 (unrelated images: ~32)
+PHASH_SCALE = 12    # Hamming distance at which the similarity reaches 0 (unrelated images: ~32; docs/VERIFICATION.md)
 
 
 def orientation_hashes(img: np.ndarray) -> np.ndarray:
