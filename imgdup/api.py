@@ -221,6 +221,28 @@ def _merge_pairs(i: np.ndarray, j: np.ndarray, f: np.ndarray, ti: np.ndarray, tj
             np.concatenate([f, tf[new]]), via)
 
 
+def _split_figures(info: pd.DataFrame) -> set[tuple[str, str]]:
+    """(document sha256, figure id) of the figures that the splitter divided into panels."""
+    panels = info[info.kind == "panel"]
+    return set(zip(panels.doc_sha256, panels.figure_id))
+
+
+def _drop_split_figure_tiles(report: pd.DataFrame, split: set[tuple[str, str]]) -> pd.DataFrame:
+    """Drop the sub-region candidates of a figure that was divided into panels: its panels are
+    in the index themselves, with their own sub-regions, so such a pair (a tile of the figure
+    matching a panel, or a panel matching a tile of it) repeats a panel-level one.  The figure's
+    whole-figure candidates are kept (a whole figure shown twice)."""
+    if report.empty:
+        return report
+
+    def split_figure(side: str) -> np.ndarray:
+        return np.array([k == "figure" and (sha, fig) in split for sha, fig, k in
+                         zip(report[f"{side}_sha256"], report[f"{side}_figure"], report[f"{side}_kind"])], bool)
+
+    drop = (report.via == "tiles").to_numpy() & (split_figure("query") | split_figure("match"))
+    return report[~drop].reset_index(drop=True)
+
+
 def _info_from_results(results: list[DocResult]) -> pd.DataFrame:
     recs = []
     for res in results:
@@ -267,6 +289,7 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
         lo, hi = np.minimum(ti, tj), np.maximum(ti, tj)
         i, j, f, via = _merge_pairs(i, j, f, lo[lo != hi], hi[lo != hi], tf[lo != hi])
     parts.append(make_report(qinfo, qinfo, i, j, f, via))
+    split = _split_figures(qinfo)
     store_path = Path(index or default_index())
     stored_thumbs: dict[int, np.ndarray] = {}
     if store_path.exists():
@@ -280,6 +303,7 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
                 ti, tids, tf = tile_pairs(qvec, qtiles, whole, on_device(store.tile_index(), device), t, TILE_ID_BASE)
                 qi, ids, f, via = _merge_pairs(qi, ids, f, ti, tids, tf)
             minfo = store.panel_table(ids)
+            split |= store.split_figures(minfo.doc_sha256.unique())
             mine = set(qinfo.doc_sha256)
             keep = ~minfo.loc[ids, "doc_sha256"].isin(mine).to_numpy() if len(ids) else np.zeros(0, bool)
             qi, ids, f, via = qi[keep], ids[keep], f[keep], via[keep]
@@ -289,6 +313,7 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
                 stored_thumbs = store.thumbs(np.unique(ids))
         store.close()
     report = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else parts[0]
+    report = _drop_split_figure_tiles(report, split)
     report = report.sort_values("distance", kind="stable").reset_index(drop=True)
     clock.lap("search")
     if verify and len(report):
@@ -376,6 +401,7 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
             pos = pd.Index(info.panel_id)
             report = make_report(info, info, pos.get_indexer(pairs.lo), pos.get_indexer(pairs.hi),
                                  pairs.f.to_numpy(), pairs.via.to_numpy())
+            report = _drop_split_figure_tiles(report, store.split_figures(info.doc_sha256.unique()))
             if verify and len(report):
                 th = store.thumbs(np.union1d(report.query_panel_id, report.match_panel_id))
                 report = verify_report(report, lambda side, row: th.get(int(getattr(row, f"{side}_panel_id"))),

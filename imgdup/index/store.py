@@ -535,6 +535,18 @@ class Store:
             df = pd.concat(parts, ignore_index=True) if parts else pd.read_sql_query(q + " WHERE 0", self.db)
         return df.set_index("panel_id", drop=False)
 
+    def split_figures(self, doc_shas) -> set[tuple[str, str]]:
+        """(document sha256, figure id) of the figures of these documents that were divided into
+        panels."""
+        out: set[tuple[str, str]] = set()
+        shas = [str(x) for x in doc_shas]
+        for c in range(0, len(shas), 900):
+            chunk = shas[c:c + 900]
+            out.update(self.db.execute(
+                f"SELECT DISTINCT doc_sha256, figure_id FROM panels WHERE kind = 'panel' "
+                f"AND doc_sha256 IN ({','.join('?' * len(chunk))})", chunk).fetchall())
+        return out
+
     # ------------------------------------------------------------------ checking
     def check(self) -> dict:
         """Verify the store's invariants without changing it: SQLite integrity, every registered

@@ -1,0 +1,30 @@
+"""The query / screen assembly in imgdup.api: which candidates go on to verification."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from imgdup.api import _drop_split_figure_tiles, _split_figures
+
+
+def _side(sha: str, fig: str, kind: str) -> dict:
+    return {"sha256": sha, "figure": fig, "kind": kind}
+
+
+def test_sub_region_candidates_of_split_figures_are_dropped():
+    info = pd.DataFrame({"doc_sha256": ["a", "a", "a", "b", "c"], "figure_id": ["f1", "f1", "f2", "f1", "f1"],
+                         "kind": ["figure", "panel", "figure", "figure", "figure"]})
+    split = _split_figures(info)
+    assert split == {("a", "f1")}                 # a/f2, b/f1 and c/f1 were not divided
+    rows = [  # (query side, match side, via, kept?)
+        (_side("a", "f1", "figure"), _side("b", "f1", "figure"), "tiles", False),   # split figure's tile
+        (_side("b", "f1", "figure"), _side("a", "f1", "figure"), "tiles", False),   # ... on the match side
+        (_side("a", "f1", "figure"), _side("b", "f1", "figure"), "whole", True),    # whole figure re-used
+        (_side("a", "f1", "panel"), _side("b", "f1", "figure"), "tiles", True),     # a panel, unsplit figure
+        (_side("a", "f2", "figure"), _side("c", "f1", "figure"), "tiles", True),    # two unsplit figures
+    ]
+    rep = pd.DataFrame([{**{f"query_{k}": v for k, v in q.items()}, **{f"match_{k}": v for k, v in m.items()},
+                         "via": via, "row": i} for i, (q, m, via, _) in enumerate(rows)])
+    kept = _drop_split_figure_tiles(rep, split)
+    assert kept.row.tolist() == [i for i, r in enumerate(rows) if r[3]]
+    assert _drop_split_figure_tiles(rep.iloc[:0], split).empty
