@@ -1,4 +1,5 @@
-"""Local vs Ray ingest of the same generated corpus: seconds, and whether the stores are equal.
+"""Local vs Ray ingest of the same generated corpus: seconds, and whether the stores are equal;
+then the screen of the local store (every pair) verified locally vs in Ray tasks.
 
     python benchmarks/ray_ingest.py [--corpora 3] [--cpus 2]     # -> docs/ray_ingest.json
 
@@ -53,6 +54,17 @@ def main() -> None:
     t = time.time()
     s2 = ingest(pdfs, work / "ray", model=model, engine="ray")
     out["ray_seconds"] = round(time.time() - t, 2)
+    from imgdup import screen
+
+    t = time.time()
+    r1 = screen(work / "local", work / "out-local", all_pairs=True, keep_rejected=True).report
+    out["screen_local_seconds"] = round(time.time() - t, 2)
+    t = time.time()
+    r2 = screen(work / "local", work / "out-ray", all_pairs=True, keep_rejected=True, engine="ray").report
+    out["screen_ray_seconds"] = round(time.time() - t, 2)
+    out["screen_pairs"], out["screen_verified"] = int(len(r1)), int(r1.verified.sum())
+    cols = ["query_panel_id", "match_panel_id", "verified", "confidence", "verify_inliers", "reject_reason"]
+    out["same_screen_report"] = bool(r1[cols].equals(r2[cols]))
     ray.shutdown()
     a, b = Store(work / "local", create=False), Store(work / "ray", create=False)
     (ia, va), (ib, vb) = a.vectors(), b.vectors()

@@ -364,8 +364,12 @@ class ScreenResult:
 def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-reports", all_pairs: bool = False,
            threshold: float | None = None, model_sha256: str | None = None, verify: bool = True,
            keep_rejected: bool = False, copy_move: bool = False, progress: bool = False,
-           partial: bool = True, device: str = "auto") -> ScreenResult:
+           partial: bool = True, device: str = "auto", engine: str = "local",
+           address: str | None = None) -> ScreenResult:
     """The nightly job: panels added since the last screen (or all) against the whole store.
+
+    ``engine="ray"`` verifies the candidate pairs on a Ray cluster (``address`` as ``ray.init``
+    takes it); the search and the report are made here, and the report equals the local one.
 
     ``copy_move`` also searches each new panel for regions duplicated inside it (about 0.4 s a
     panel on one CPU core, so it is opt-in for large runs)."""
@@ -404,8 +408,15 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
             report = _drop_split_figure_tiles(report, store.split_figures(info.doc_sha256.unique()))
             if verify and len(report):
                 th = store.thumbs(np.union1d(report.query_panel_id, report.match_panel_id))
-                report = verify_report(report, lambda side, row: th.get(int(getattr(row, f"{side}_panel_id"))),
-                                       keep_rejected=keep_rejected, progress=progress)
+                if engine == "ray":
+                    from .pipeline.distributed import ray_verify
+
+                    report = ray_verify(report, th, keep_rejected=keep_rejected, address=address)
+                elif engine == "local":
+                    report = verify_report(report, lambda side, row: th.get(int(getattr(row, f"{side}_panel_id"))),
+                                           keep_rejected=keep_rejected, progress=progress)
+                else:
+                    raise ValueError(f"unknown engine {engine!r} (local or ray)")
             if copy_move:
                 th = store.thumbs(new)
                 ninfo = store.panel_table(new).reset_index(drop=True)

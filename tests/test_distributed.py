@@ -80,3 +80,21 @@ def test_ray_engine_matches_local(tmp_path, cluster):
     # idempotent through Ray too: nothing new the second time
     again = ingest(paths, tmp_path / "ray", model=model, engine="ray", actors=1)
     assert again.ingested == 0 and again.already == 5
+
+
+def test_ray_screen_verification_matches_local(tmp_path, cluster):
+    """``screen --engine ray`` verifies the candidate pairs in Ray tasks: the same report,
+    row for row and verdict for verdict, as the local thread pool (rejected pairs included)."""
+    from imgdup.index.report import VERIFY_FIELDS
+
+    paths = _inputs(tmp_path)
+    ingest(paths, tmp_path / "s", model=load_model())
+    local = screen(tmp_path / "s", tmp_path / "out-local", all_pairs=True, keep_rejected=True).report
+    dist = screen(tmp_path / "s", tmp_path / "out-ray", all_pairs=True, keep_rejected=True, engine="ray").report
+    assert len(local) > 20 and local.verified.any() and (~local.verified).any()
+    cols = PAIR_KEY + ["distance", "via"] + [c for c in VERIFY_FIELDS if c not in ("overlap_query", "overlap_match",
+                                                                                     "points_query", "points_match")]
+    pd.testing.assert_frame_equal(local[cols], dist[cols])
+    assert [list(map(list, x)) for x in local.overlap_query] == [list(map(list, x)) for x in dist.overlap_query]
+    kept = screen(tmp_path / "s", tmp_path / "out-ray2", all_pairs=True, engine="ray").report
+    assert len(kept) == int(local.verified.sum()) and kept.verified.all()

@@ -132,7 +132,7 @@ def ingest(pdfs: tuple[Path, ...], index: str | None, commit_every: int, engine:
         click.echo(f"skipped {path}: {reason}", err=True)
     click.echo(s.line())
     if screen_out is not None:
-        res = screen(index, screen_out, progress=_progress(), device=device)
+        res = screen(index, screen_out, progress=_progress(), device=device, engine=engine, address=address)
         click.echo(format_table(res.report, 20))
         click.echo(f"screen {res.run_id}: {res.panels} panels screened, {len(res.report)} pairs, "
                    f"{res.seconds:.1f}s; report: {res.path}")
@@ -191,15 +191,19 @@ def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold
 @click.option("--top", default=20, show_default=True, help="Pairs shown in the table.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
               help="Where FAISS searches (cuda needs faiss-gpu; auto: GPU when present).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: verify here; ray: verify the candidate pairs on a Ray cluster (same report).")
+@click.option("--address", default=None, help="Ray cluster address (auto: the running cluster; default: start a local one).")
 def screen(index: str | None, out_dir: Path, all_pairs: bool, threshold: float | None, no_verify: bool,
-           keep_rejected: bool, copy_move: bool, no_partial: bool, top: int, device: str) -> None:
+           keep_rejected: bool, copy_move: bool, no_partial: bool, top: int, device: str, engine: str,
+           address: str | None) -> None:
     """Nightly job: panels added since the last screen against the whole store."""
     from ..api import screen as run
     from ..index.report import format_table
 
     res = run(index, out_dir, all_pairs=all_pairs, threshold=threshold,
               verify=not no_verify, keep_rejected=keep_rejected, copy_move=copy_move, progress=_progress(),
-              partial=not no_partial, device=device)
+              partial=not no_partial, device=device, engine=engine, address=address)
     click.echo(format_table(res.report, top))
     click.echo(f"screen {res.run_id}: {res.panels} panels screened, {len(res.report)} pairs, "
                f"{res.seconds:.1f}s; report: {res.path}")

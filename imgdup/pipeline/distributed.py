@@ -94,3 +94,54 @@ def ray_stream(paths: list[str], limits: Limits, opts: ExtractOptions, weights: 
     finally:
         for a in pool_actors:
             ray.kill(a)
+
+
+def _verify_chunk(report, thumbs: dict, threshold: float | None):
+    """One Ray task: ``verify_report`` on a chunk of candidate pairs (every verdict, rejected
+    ones included), single-threaded inside the task as the local thread pool runs each pair."""
+    import cv2
+    from threadpoolctl import threadpool_limits
+
+    from .verify import verify_report
+
+    cv2.setNumThreads(1)
+    with threadpool_limits(1, user_api="blas"):
+        return verify_report(report, lambda side, row: thumbs.get(int(getattr(row, f"{side}_panel_id"))),
+                             keep_rejected=True, threshold=threshold, threads=1)
+
+
+def ray_verify(report, thumbs: dict, keep_rejected: bool = False, threshold: float | None = None,
+               address: str | None = None, chunks: int | None = None):
+    """``verify_report`` of a screen's candidate pairs on a Ray cluster: the pairs are split by
+    their first panel (so each panel's keypoints are computed in as few tasks as possible) into
+    about 4 chunks per CPU, each chunk verified by one task with the thumbnails it needs.  The
+    verdicts do not depend on how pairs are grouped, so the report equals the local one."""
+    import pandas as pd
+
+    from .verify import verify_report
+
+    try:
+        import ray
+    except ImportError as exc:      # pragma: no cover - depends on the install
+        raise RuntimeError("the Ray engine needs the ray package: pip install 'imgdup[ray]'") from exc
+    if report.empty:
+        return verify_report(report, lambda side, row: None, keep_rejected=keep_rejected, threshold=threshold)
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    n = chunks or max(1, 4 * int(ray.cluster_resources().get("CPU", 1)))
+    order = report.reset_index(drop=True).assign(_row=np.arange(len(report)))
+    order = order.sort_values(["query_panel_id", "match_panel_id"], kind="stable")
+    first = order.query_panel_id.to_numpy()
+    bounds = np.searchsorted(first, first[np.linspace(0, len(first), n + 1, dtype=int)[1:-1]])
+    task = ray.remote(num_cpus=1, max_retries=1)(_verify_chunk)
+    refs = []
+    for part in np.split(np.arange(len(order)), np.unique(bounds)):
+        if not len(part):
+            continue
+        sub = order.iloc[part]
+        need = np.union1d(sub.query_panel_id, sub.match_panel_id)
+        refs.append(task.remote(sub, {int(k): thumbs.get(int(k)) for k in need}, threshold))
+    out = pd.concat(ray.get(refs)).sort_values("_row").drop(columns="_row")   # the report's order
+    if not keep_rejected:
+        out = out[out.verified]
+    return out.sort_values(["verified", "confidence"], ascending=False, kind="stable").reset_index(drop=True)
