@@ -166,7 +166,8 @@ def ingest(pdfs: Sequence[str | Path], index: str | Path | None = None, model: E
             from .pipeline.distributed import ray_stream
 
             stream = ray_stream(todo, Limits(**limits_kw), ExtractOptions(), model.source or DEFAULT_WEIGHTS,
-                                model.sha256, address=address, actors=actors, device=device)
+                                model.sha256, address=address, actors=actors, device=device,
+                                precision=model.precision)
         elif engine == "local":
             stream = _embedded(extract_many(todo, Limits(**limits_kw), ExtractOptions(), workers=workers), model)
         else:

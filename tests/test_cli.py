@@ -113,3 +113,8 @@ def test_on_disk_benchmark_smoke(tmp_path):
     data = _smoke("on_disk.py", tmp_path)
     assert data["same_pairs"] and data["mapped"]["whole_pairs"] > 0
     assert data["mapped"]["mb_after_open"]["RssAnon"] < data["loaded"]["mb_after_open"]["RssAnon"]
+
+
+def test_precision_benchmark_smoke(tmp_path):
+    run = _smoke("precision.py", tmp_path)["runs"][0]
+    assert run["device"] == "cpu" and run["image and its copy"]["max_abs_f_difference"] < 0.05

@@ -232,3 +232,17 @@ def test_on_disk_ivf_is_mapped_with_an_in_memory_delta(tmp_path):
         assert not s3.rebuild_index("ivf", nlist=32, on_disk=False)["on_disk"]
         assert not isinstance(s3.index(), DeltaIndex) and s3.index().ntotal == 4050
     s3.close()
+
+
+def test_nprobe_ground_truth_in_slices_is_the_same(monkeypatch):
+    """choose_nprobe's exact ground truth, computed slice by slice (bounded memory for 10^7
+    vectors), is the one computed in one go."""
+    import imgdup.index.search as se
+
+    centres = np.random.default_rng(40).normal(0, 0.05, (80, 128)).astype(np.float32)
+    vec = _clustered(6000, 41, centres)
+    ids = np.arange(6000, dtype=np.int64) * 3 + 5
+    one = se.choose_nprobe(se.new_ivf_index(vec, ids, nlist=24), vec, ids, 1.0, queries=200)
+    monkeypatch.setattr(se, "EXACT_SLICE", 997)
+    sliced = se.choose_nprobe(se.new_ivf_index(vec, ids, nlist=24), vec, ids, 1.0, queries=200)
+    assert one["truth_pairs"] > 1000 and one == sliced

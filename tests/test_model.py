@@ -91,3 +91,19 @@ def test_paper_architecture_shapes():
     assert (net.alpha >= 0).all()
     f_same, f_diff = distance(e[:1], e[:1]), distance(e[:1], e[1:2])
     assert triplet_loss(f_same, f_diff + 10) < triplet_loss(f_same + 10, f_diff)
+
+
+def test_mixed_precision_within_tolerance(model):
+    """``precision="amp"`` (bfloat16 here, float16 on CUDA) keeps f within the tolerance stated
+    in docs/MODEL.md of fp32, on real micrographs and their re-used copies."""
+    from conftest import micrograph
+
+    imgs = [micrograph(k) for k in range(6)]
+    imgs += [np.rot90(im).copy() for im in imgs]
+    amp = load_model(precision="amp")
+    e32, e16 = model.embed(imgs), amp.embed(imgs)
+    i, j = np.triu_indices(len(imgs), 1)
+    f32, f16 = np.abs(e32[i] - e32[j]).sum(1), np.abs(e16[i] - e16[j]).sum(1)
+    assert np.abs(f32 - f16).max() < 0.02 and not np.array_equal(e32, e16)
+    with pytest.raises(ValueError):
+        load_model(precision="fp8")

@@ -22,6 +22,9 @@ def _limits(timeout: float, memory_mb: int, max_pages: int) -> dict:
 
 
 def _device_option(f):
+    f = click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "amp"]),
+                     help="amp: mixed precision (float16 on CUDA, bfloat16 on CPU); f within 0.012 of fp32 "
+                          "(docs/MODEL.md).")(f)
     return click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
                         help="Where the CNN embeds panels (auto: CUDA when present).")(f)
 
@@ -117,14 +120,14 @@ def eval_model(weights: str, pairs: int, negatives: str, split: str, out_json: P
 @_device_option
 def ingest(pdfs: tuple[Path, ...], index: str | None, commit_every: int, engine: str, address: str | None,
            actors: int | None, screen_out: Path | None, workers: int, timeout: float, memory_mb: int,
-           max_pages: int, device: str) -> None:
+           max_pages: int, device: str, precision: str) -> None:
     """Add PDFs (or folders of PDFs) to the store: extract -> embed -> index.  Idempotent and resumable."""
     from ..api import expand_inputs, ingest as run, screen
     from ..index.report import format_table
     from ..model.api import load_model
 
     # with Ray the actors embed; the driver's model only checks the weights
-    model = load_model(device="cpu" if engine == "ray" else device)
+    model = load_model(device="cpu" if engine == "ray" else device, precision=precision)
     s = run(expand_inputs(pdfs), index, model=model, workers=workers, commit_every=commit_every,
             progress=_progress(), echo=click.echo, engine=engine, address=address, actors=actors, device=device,
             **_limits(timeout, memory_mb, max_pages))
@@ -154,7 +157,7 @@ def ingest(pdfs: tuple[Path, ...], index: str | None, commit_every: int, engine:
 @_device_option
 def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold: float | None, add: bool,
           no_verify: bool, keep_rejected: bool, no_copy_move: bool, no_partial: bool, top: int, exit_zero: bool, workers: int,
-          timeout: float, memory_mb: int, max_pages: int, device: str) -> None:
+          timeout: float, memory_mb: int, max_pages: int, device: str, precision: str) -> None:
     """Compare a manuscript's panels with each other and with the store.
 
     Exit code 0: nothing flagged; 1: pairs flagged; 2: error.
@@ -163,7 +166,7 @@ def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold
     from ..index.report import format_table
     from ..model.api import load_model
 
-    res = run(list(pdfs), index, model=load_model(device=device), threshold=threshold, out=out, add=add, workers=workers,
+    res = run(list(pdfs), index, model=load_model(device=device, precision=precision), threshold=threshold, out=out, add=add, workers=workers,
               progress=_progress(), verify=not no_verify, keep_rejected=keep_rejected,
               copy_move=not no_copy_move, partial=not no_partial, device=device, **_limits(timeout, memory_mb, max_pages))
     for d in res.documents:

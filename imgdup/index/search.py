@@ -342,6 +342,9 @@ def new_ivf_index(vectors: np.ndarray, ids: np.ndarray, nlist: int | None = None
     return idx
 
 
+EXACT_SLICE = 1_000_000      # vectors per slice of the exact ground truth (bounded extra memory)
+
+
 def choose_nprobe(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray, threshold: float,
                   target: float = 0.99, queries: int = 1000, seed: int = 0) -> dict:
     """The smallest nprobe (powers of two, then bisection to within 1/8) at which an IVF range
@@ -352,10 +355,13 @@ def choose_nprobe(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray, thre
     rng = np.random.default_rng(seed)
     q = np.ascontiguousarray(vectors[rng.choice(len(vectors), size=min(queries, len(vectors)), replace=False)],
                              np.float32)
+    truth: set[tuple[int, int]] = set()         # (query row, stored id), by exact search in slices
     exact = faiss.IndexFlat(vectors.shape[1], faiss.METRIC_L1)
-    exact.add(np.ascontiguousarray(vectors, np.float32))
-    ti, tj = range_candidates(exact, q, threshold)
-    truth = set(zip(ti.tolist(), np.asarray(ids)[tj].tolist()))     # (query row, panel id)
+    for s in range(0, len(vectors), EXACT_SLICE):
+        exact.reset()
+        exact.add(np.ascontiguousarray(vectors[s:s + EXACT_SLICE], np.float32))
+        ti, tj = range_candidates(exact, q, threshold)
+        truth.update(zip(ti.tolist(), np.asarray(ids)[tj + s].tolist()))
     curve: dict[int, float] = {}
 
     def recall_at(nprobe: int) -> float:

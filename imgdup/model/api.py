@@ -87,12 +87,18 @@ def tiles(image: np.ndarray) -> list[np.ndarray]:
     return [image[int(y * h):int(y * h) + th, int(x * w):int(x * w) + tw] for x, y in TILE_ORIGINS]
 
 
+PRECISIONS = ("fp32", "amp")
+
+
 class Embedder:
     """A loaded model: batched, deterministic embeddings already scaled by alpha."""
 
     def __init__(self, net: torch.nn.Module, card: WeightsCard, device: str | torch.device = "auto",
-                 batch_size: int = 256, source: str = "") -> None:
+                 batch_size: int = 256, source: str = "", precision: str = "fp32") -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}")
         self.source = source        # the weights file, when known (Ray actors load the same one)
+        self.precision = precision
         if str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -100,9 +106,7 @@ class Embedder:
             raise ValueError("CUDA was asked for, but this PyTorch has no usable CUDA device "
                              "(torch.cuda.is_available() is False): install a CUDA build of torch "
                              "(see README) or use --device cpu")
-        self.net = net.to(self.device).eval()
-        if self.device.type == "cpu":
-            self.net = self.net.to(memory_format=torch.channels_last)
+        self.net = net.to(self.device).eval().to(memory_format=torch.channels_last)
         self.card = card
         self.size = card.input_size
         self.threshold = card.threshold
@@ -118,10 +122,11 @@ class Embedder:
         out = []
         for i in range(0, len(batch), self.batch_size):
             x = torch.from_numpy(np.ascontiguousarray(batch[i:i + self.batch_size])).to(self.device)
-            x = standardise(x.unsqueeze(1))
-            if self.device.type == "cpu":
-                x = x.contiguous(memory_format=torch.channels_last)
-            out.append(self.net(x).float().cpu().numpy())
+            x = standardise(x.unsqueeze(1)).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=torch.float16 if self.device.type == "cuda" else torch.bfloat16,
+                                enabled=self.precision == "amp"):
+                y = self.net(x)
+            out.append(y.float().cpu().numpy())
         if not out:
             return np.zeros((0, self.net.fc2.out_features), np.float32)
         return np.concatenate(out).astype(np.float32)
@@ -151,8 +156,12 @@ class Embedder:
         return f, 1.0 / (1.0 + math.exp(f - 1.0))
 
 
-def load_model(name: str | Path = DEFAULT_WEIGHTS, device: str = "auto", batch_size: int = 256) -> Embedder:
+def load_model(name: str | Path = DEFAULT_WEIGHTS, device: str = "auto", batch_size: int = 256,
+               precision: str = "fp32") -> Embedder:
     """Load shipped weights by name (or a path to a .safetensors file with its .json card).
+
+    ``precision="amp"``: mixed precision (float16 on CUDA, bfloat16 on CPU) for the network's
+    layers; f then differs from fp32 by a measured tolerance (docs/MODEL.md, benchmarks/precision.py).
 
     The file's sha256 is checked against its card; nothing is ever downloaded.
     """
@@ -174,4 +183,4 @@ def load_model(name: str | Path = DEFAULT_WEIGHTS, device: str = "auto", batch_s
     if missing or unexpected:
         raise WeightsError(f"{path} does not fit architecture {card.architecture!r}: "
                            f"missing {missing[:3]}, unexpected {unexpected[:3]}")
-    return Embedder(net, card, device=device, batch_size=batch_size, source=str(path))
+    return Embedder(net, card, device=device, batch_size=batch_size, source=str(path), precision=precision)

@@ -30,10 +30,10 @@ def _extract_one(path: str, limits: Limits, opts: ExtractOptions) -> DocResult:
 class _EmbedActor:
     """Holds one model; embeds the panels (whole and sub-regions) of one document per call."""
 
-    def __init__(self, weights: str, device: str) -> None:
+    def __init__(self, weights: str, device: str, precision: str = "fp32") -> None:
         from ..model.api import load_model
 
-        self.model = load_model(weights, device=device)
+        self.model = load_model(weights, device=device, precision=precision)
 
     def embed(self, res: DocResult) -> tuple[DocResult, np.ndarray | None, np.ndarray | None]:
         if res.error or not res.panels:
@@ -47,7 +47,7 @@ class _EmbedActor:
 
 def ray_stream(paths: list[str], limits: Limits, opts: ExtractOptions, weights: str | Path, expected_sha256: str,
                address: str | None = None, actors: int | None = None, device: str = "auto",
-               in_flight: int | None = None) -> Iterator[tuple[DocResult, np.ndarray | None, np.ndarray | None]]:
+               in_flight: int | None = None, precision: str = "fp32") -> Iterator[tuple[DocResult, np.ndarray | None, np.ndarray | None]]:
     """(document, vectors, tile vectors) for each path, in input order, computed on a Ray cluster.
 
     ``address``: as ``ray.init`` takes it (``"auto"``: a running cluster; None: start a local
@@ -65,7 +65,7 @@ def ray_stream(paths: list[str], limits: Limits, opts: ExtractOptions, weights: 
     cpus = int(res.get("CPU", 1))
     n_actors = actors or (gpus if gpus else max(1, cpus // 4))
     actor_cls = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0)(_EmbedActor)
-    pool_actors = [actor_cls.remote(str(weights), "cuda" if gpus else "cpu") for _ in range(n_actors)]
+    pool_actors = [actor_cls.remote(str(weights), "cuda" if gpus else "cpu", precision) for _ in range(n_actors)]
     shas = set(ray.get([a.sha256.remote() for a in pool_actors]))
     if shas != {expected_sha256}:
         raise RuntimeError(f"Ray actors loaded weights {sorted(shas)}, the driver {expected_sha256}: "
