@@ -129,11 +129,30 @@ def expand_inputs(paths: Sequence[str | Path]) -> list[str]:
     return out
 
 
-def _embedded(stream, model: Embedder):
-    """(document, vectors, tile vectors) for each document of an extraction stream."""
+def _embedded(stream, model: Embedder, batch_panels: int = 256):
+    """(document, vectors, tile vectors) for each document of an extraction stream, in order.
+    Documents are embedded together once ``batch_panels`` panels wait (a GPU wants large
+    batches; the extraction workers go on meanwhile), each document's share handed on."""
+    buf: list[DocResult] = []
+
+    def flush():
+        px = [p.pixels for r in buf if not r.error for p in r.panels]
+        vec, tiles = (model.embed(px), model.embed_tiles(px)) if px else (None, None)
+        k = 0
+        for r in buf:
+            n = 0 if r.error else len(r.panels)
+            yield r, (vec[k:k + n] if n else None), (tiles[k:k + n] if n else None)
+            k += n
+        buf.clear()
+
+    waiting = 0
     for res in stream:
-        px = [p.pixels for p in res.panels] if not res.error else []
-        yield res, (model.embed(px) if px else None), (model.embed_tiles(px) if px else None)
+        buf.append(res)
+        waiting += 0 if res.error else len(res.panels)
+        if waiting >= batch_panels:
+            yield from flush()
+            waiting = 0
+    yield from flush()
 
 
 def ingest(pdfs: Sequence[str | Path], index: str | Path | None = None, model: Embedder | None = None,
@@ -169,7 +188,8 @@ def ingest(pdfs: Sequence[str | Path], index: str | Path | None = None, model: E
                                 model.sha256, address=address, actors=actors, device=device,
                                 precision=model.precision)
         elif engine == "local":
-            stream = _embedded(extract_many(todo, Limits(**limits_kw), ExtractOptions(), workers=workers), model)
+            stream = _embedded(extract_many(todo, Limits(**limits_kw), ExtractOptions(), workers=workers), model,
+                               batch_panels=model.batch_size)
         else:
             raise ValueError(f"unknown engine {engine!r} (local or ray)")
         for res, vectors, tiles in tqdm(stream, total=len(todo), desc="ingest", unit="doc", disable=not progress):

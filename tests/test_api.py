@@ -28,3 +28,28 @@ def test_sub_region_candidates_of_split_figures_are_dropped():
     kept = _drop_split_figure_tiles(rep, split)
     assert kept.row.tolist() == [i for i, r in enumerate(rows) if r[3]]
     assert _drop_split_figure_tiles(rep.iloc[:0], split).empty
+
+
+def test_documents_embedded_together_as_one_by_one(tmp_path):
+    """Ingest embeds several documents in one batch (GPU-sized batches): each document gets the
+    vectors it gets alone, in input order, and a broken document passes through as a skip."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from imgdup import load_model
+    from imgdup.api import _embedded
+    from imgdup.pipeline import extract_many
+
+    demo = Path(__file__).resolve().parents[1] / "imgdup" / "demo"
+    bad = tmp_path / "broken.pdf"
+    bad.write_bytes(b"%PDF-1.4 not really")
+    paths = [str(p) for p in sorted((demo / "corpus").glob("*.pdf"))[:2]] + [str(bad)]
+    docs = list(extract_many(paths))
+    model = load_model()
+    one = list(_embedded(iter(docs), model, batch_panels=1))
+    together = list(_embedded(iter(docs), model, batch_panels=10_000))
+    assert [r.path for r, _, _ in together] == [r.path for r, _, _ in one] == [d.path for d in docs]
+    assert together[-1][0].error and together[-1][1] is None
+    for (_, v1, t1), (_, v2, t2) in zip(one[:-1], together[:-1]):
+        assert v1.shape[0] > 0 and np.allclose(v1, v2, atol=1e-5) and np.allclose(t1, t2, atol=1e-5)
