@@ -50,6 +50,8 @@ def bench(base: np.ndarray, size: int, n_query: int = 50, screen_new: int = 1000
         if name == "flat":
             idx = flat
         else:
+            if tile_base is None:       # not needed any more: free its memory before the IVF build
+                idx = flat = None
             t = time.perf_counter()
             idx = new_ivf_index(xb, ids)
             out["ivf_build_seconds"] = time.perf_counter() - t

@@ -23,7 +23,7 @@ def _limits(timeout: float, memory_mb: int, max_pages: int) -> dict:
 
 def _device_option(f):
     f = click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "amp"]),
-                     help="amp: mixed precision (float16 on CUDA, bfloat16 on CPU); f within 0.012 of fp32 "
+                     help="amp: mixed precision (float16 on CUDA, bfloat16 on CPU); f within 0.013 of fp32 "
                           "(docs/MODEL.md).")(f)
     return click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
                         help="Where the CNN embeds panels (auto: CUDA when present).")(f)
