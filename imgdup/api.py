@@ -394,6 +394,8 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
 
     ``copy_move`` also searches each new panel for regions duplicated inside it (about 0.4 s a
     panel on one CPU core, so it is opt-in for large runs)."""
+    if engine not in ("local", "ray"):
+        raise ValueError(f"unknown engine {engine!r} (local or ray)")
     t0 = time.time()
     store = Store(index or default_index(), create=False)
     with store.writer():
@@ -433,11 +435,9 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
                     from .pipeline.distributed import ray_verify
 
                     report = ray_verify(report, th, keep_rejected=keep_rejected, address=address)
-                elif engine == "local":
+                else:
                     report = verify_report(report, lambda side, row: th.get(int(getattr(row, f"{side}_panel_id"))),
                                            keep_rejected=keep_rejected, progress=progress)
-                else:
-                    raise ValueError(f"unknown engine {engine!r} (local or ray)")
             if copy_move:
                 th = store.thumbs(new)
                 ninfo = store.panel_table(new).reset_index(drop=True)
@@ -479,7 +479,8 @@ def _log_run(path: Path, record: dict) -> None:
 def reindex(index: str | Path | None = None, model: Embedder | None = None, workers: int = 2,
             progress: bool = False, kind: str = "auto", nlist: int | None = None, on_disk: bool | None = None) -> str:
     """Rebuild the FAISS index from the embeddings (``kind``: auto, flat or ivf; ``on_disk``: an
-    IVF memory-mapped by readers; see ``Store.rebuild_index``); if the store was built with other weights, re-extract its documents
+    IVF memory-mapped by readers; see ``Store.rebuild_index``); if the store was built with
+    other weights, re-extract its documents
     from their recorded paths and re-embed them with the current model into a fresh store that
     replaces the old one."""
     path = Path(index or default_index())
