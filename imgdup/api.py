@@ -16,7 +16,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from .index.report import SIDE_COLUMNS, copy_move_report, empty_report, make_report, unverified, write_report
-from .index.search import on_device, pairs_against, pairs_within, tile_index_of, tile_pairs, whole_index_of
+from .index.search import (nearest_within, on_device, pairs_against, pairs_within, tile_index_of, tile_pairs,
+                           whole_index_of)
 from .index.store import TILE_ID_BASE, PanelRow, Store, StoreError
 from .model.api import Embedder, load_model
 from .pipeline import DocResult, ExtractOptions, Limits, extract_many, write_panels
@@ -279,7 +280,8 @@ def _info_from_results(results: list[DocResult]) -> pd.DataFrame:
 def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold: float | None = None,
           out: str | Path | None = None, add: bool = False, model: Embedder | None = None,
           workers: int = 2, progress: bool = False, verify: bool = True, keep_rejected: bool = False,
-          copy_move: bool = True, partial: bool = True, device: str = "auto", **limits_kw) -> QueryResult:
+          copy_move: bool = True, partial: bool = True, device: str = "auto", max_candidates: int | None = None,
+          **limits_kw) -> QueryResult:
     """Compare manuscript panels with each other and with the store (read-only unless add).
 
     Candidates within the CNN threshold are verified (keypoints + RANSAC, whole-panel alignment,
@@ -287,6 +289,8 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
     ``copy_move`` also looks for regions duplicated inside each manuscript panel; ``partial``
     also retrieves candidates through panel sub-regions (crops, shifted fields of view).
     ``device``: where FAISS searches a flat store index (cuda: faiss-gpu; auto: GPU when present).
+    ``max_candidates``: keep only the N stored panels nearest to each manuscript panel among those
+    within the threshold (None: all of them; the sub-region search keeps at most 20 anyway).
     """
     model = model or load_model()
     t = float(threshold if threshold is not None else model.threshold)
@@ -318,7 +322,8 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
         if store.count():
             store.check_model(model.sha256, model.card.name, qvec.shape[1])
             whole = on_device(store.index(), device)
-            qi, ids, f = pairs_against(whole, qvec, t)
+            qi, ids, f = (pairs_against(whole, qvec, t) if max_candidates is None
+                          else nearest_within(whole, qvec, t, max_candidates))
             via = np.full(len(f), "whole", object)
             if partial:
                 ti, tids, tf = tile_pairs(qvec, qtiles, whole, on_device(store.tile_index(), device), t, TILE_ID_BASE)
@@ -386,11 +391,13 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
            threshold: float | None = None, model_sha256: str | None = None, verify: bool = True,
            keep_rejected: bool = False, copy_move: bool = False, progress: bool = False,
            partial: bool = True, device: str = "auto", engine: str = "local",
-           address: str | None = None) -> ScreenResult:
+           address: str | None = None, max_candidates: int | None = None) -> ScreenResult:
     """The nightly job: panels added since the last screen (or all) against the whole store.
 
     ``engine="ray"`` verifies the candidate pairs on a Ray cluster (``address`` as ``ray.init``
     takes it); the search and the report are made here, and the report equals the local one.
+    ``max_candidates``: as for ``query``, per new panel (bounds the verification work per panel
+    when a large store holds many panels within the threshold of each).
 
     ``copy_move`` also searches each new panel for regions duplicated inside it (about 0.4 s a
     panel on one CPU core, so it is opt-in for large runs)."""
@@ -410,7 +417,8 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
         if len(new):
             ids, vec = store.vectors(new)
             whole = on_device(store.index(), device)
-            qi, mid, f = pairs_against(whole, vec, t)
+            qi, mid, f = (pairs_against(whole, vec, t) if max_candidates is None      # +1: the panel itself
+                          else nearest_within(whole, vec, t, max_candidates + 1))
             via = np.full(len(f), "whole", object)
             if partial:
                 tid, tvec = store.tile_vectors(new)

@@ -110,3 +110,22 @@ def test_tile_pairs_knn_equals_range_then_cap():
         got = tile_pairs(qv, qt, whole, tiles, 1.0, 16, cap=cap)
         assert all(np.array_equal(a, b) for a, b in zip(got[:2], want[:2]))
         assert np.allclose(got[2], want[2])
+
+
+def test_nearest_within_is_the_k_nearest_of_the_range():
+    """``--max-candidates``: each query keeps exactly its k nearest among the stored vectors
+    within the threshold (all of them when fewer), exactly re-scored."""
+    from imgdup.index.search import nearest_within, whole_index_of
+
+    rng = np.random.default_rng(9)
+    store, q = rng.random((3000, 16), np.float32) * 0.12, rng.random((40, 16), np.float32) * 0.12
+    ids = np.arange(3000) * 7 + 1
+    index = whole_index_of(store, ids)
+    full = {(i, j) for i, j in brute_force_pairs(q, store, 1.0)}
+    for k in (1, 5, 50, 5000):
+        qi, got, f = nearest_within(index, q, 1.0, k)
+        assert np.allclose(f, np.abs(q[qi] - store[(got - 1) // 7]).sum(1), atol=1e-5) and (f <= 1.0).all()
+        for i in range(len(q)):
+            within = sorted((float(np.abs(q[i] - store[j]).sum()), j) for ii, j in full if ii == i)
+            want = {ids[j] for _, j in within[:k]}
+            assert set(got[qi == i].tolist()) == want

@@ -29,6 +29,12 @@ def _device_option(f):
                         help="Where the CNN embeds panels (auto: CUDA when present).")(f)
 
 
+def _max_candidates_option(f):
+    return click.option("--max-candidates", type=click.IntRange(min=1), default=None,
+                        help="Keep only the N nearest stored panels within the threshold per panel "
+                             "(default: all; bounds verification on very large stores).")(f)
+
+
 def _extract_options(f):
     f = click.option("--workers", default=2, show_default=True, help="Extraction worker processes.")(f)
     f = click.option("--timeout", default=300.0, show_default=True, help="Seconds per document.")(f)
@@ -153,11 +159,13 @@ def ingest(pdfs: tuple[Path, ...], index: str | None, commit_every: int, engine:
 @click.option("--no-partial", is_flag=True, help="Whole panels only: no candidates through sub-regions (faster).")
 @click.option("--top", default=20, show_default=True, help="Pairs shown in the table.")
 @click.option("--exit-zero", is_flag=True, help="Exit 0 even when pairs are flagged.")
+@_max_candidates_option
 @_extract_options
 @_device_option
 def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold: float | None, add: bool,
           no_verify: bool, keep_rejected: bool, no_copy_move: bool, no_partial: bool, top: int, exit_zero: bool, workers: int,
-          timeout: float, memory_mb: int, max_pages: int, device: str, precision: str) -> None:
+          timeout: float, memory_mb: int, max_pages: int, device: str, precision: str,
+          max_candidates: int | None) -> None:
     """Compare a manuscript's panels with each other and with the store.
 
     Exit code 0: nothing flagged; 1: pairs flagged; 2: error.
@@ -168,7 +176,8 @@ def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold
 
     res = run(list(pdfs), index, model=load_model(device=device, precision=precision), threshold=threshold, out=out, add=add, workers=workers,
               progress=_progress(), verify=not no_verify, keep_rejected=keep_rejected,
-              copy_move=not no_copy_move, partial=not no_partial, device=device, **_limits(timeout, memory_mb, max_pages))
+              copy_move=not no_copy_move, partial=not no_partial, device=device, max_candidates=max_candidates,
+              **_limits(timeout, memory_mb, max_pages))
     for d in res.documents:
         click.echo(d.summary(), err=True)
     click.echo(format_table(res.report, top))
@@ -197,16 +206,17 @@ def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: verify here; ray: verify the candidate pairs on a Ray cluster (same report).")
 @click.option("--address", default=None, help="Ray cluster address (auto: the running cluster; default: start a local one).")
+@_max_candidates_option
 def screen(index: str | None, out_dir: Path, all_pairs: bool, threshold: float | None, no_verify: bool,
            keep_rejected: bool, copy_move: bool, no_partial: bool, top: int, device: str, engine: str,
-           address: str | None) -> None:
+           address: str | None, max_candidates: int | None) -> None:
     """Nightly job: panels added since the last screen against the whole store."""
     from ..api import screen as run
     from ..index.report import format_table
 
     res = run(index, out_dir, all_pairs=all_pairs, threshold=threshold,
               verify=not no_verify, keep_rejected=keep_rejected, copy_move=copy_move, progress=_progress(),
-              partial=not no_partial, device=device, engine=engine, address=address)
+              partial=not no_partial, device=device, engine=engine, address=address, max_candidates=max_candidates)
     click.echo(format_table(res.report, top))
     click.echo(f"screen {res.run_id}: {res.panels} panels screened, {len(res.report)} pairs, "
                f"{res.seconds:.1f}s; report: {res.path}")
