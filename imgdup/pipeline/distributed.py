@@ -99,13 +99,9 @@ def ray_stream(paths: list[str], limits: Limits, opts: ExtractOptions, weights: 
 def _verify_chunk(report, thumbs: dict, threshold: float | None):
     """One Ray task: ``verify_report`` on a chunk of candidate pairs (every verdict, rejected
     ones included), single-threaded inside the task as the local thread pool runs each pair."""
-    import cv2
-    from threadpoolctl import threadpool_limits
+    from .verify import single_threaded, verify_report
 
-    from .verify import verify_report
-
-    cv2.setNumThreads(1)
-    with threadpool_limits(1, user_api="blas"):
+    with single_threaded():
         return verify_report(report, lambda side, row: thumbs.get(int(getattr(row, f"{side}_panel_id"))),
                              keep_rejected=True, threshold=threshold, threads=1)
 

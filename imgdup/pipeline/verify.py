@@ -30,7 +30,7 @@ import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -698,13 +698,10 @@ def _verify_rows(rows: list[tuple[tuple, tuple, SimpleNamespace]], cache: _Panel
 
 
 @contextmanager
-def _one_thread_each(n: int):
-    """With ``n`` > 1 worker threads, OpenCV and BLAS run single-threaded inside each (parallel
-    over pairs, not inside each call: measured 1.2x faster for OpenCV; BLAS's own threads on top
-    of ours made the matching 1.8x slower)."""
-    if n <= 1:
-        yield
-        return
+def single_threaded():
+    """OpenCV and BLAS one thread each inside the block (restored after): verification runs
+    parallel over pairs, not inside each call (measured 1.2x faster for OpenCV; BLAS's own
+    threads on top of ours made the matching 1.8x slower)."""
     from threadpoolctl import threadpool_limits
 
     cv_threads = cv2.getNumThreads()
@@ -714,6 +711,11 @@ def _one_thread_each(n: int):
             yield
     finally:
         cv2.setNumThreads(cv_threads)
+
+
+def _one_thread_each(n: int):
+    """``single_threaded`` when ``n`` > 1 worker threads share the pairs; as is otherwise."""
+    return single_threaded() if n > 1 else nullcontext()
 
 
 def verify_report(report, lookup, keep_rejected: bool = False, threshold: float | None = None,
