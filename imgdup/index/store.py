@@ -339,11 +339,10 @@ class Store:
                 log.warning("tiles.faiss holds panels the catalogue does not; rebuilding")
                 idx, covered = None, np.zeros(0, np.int64)
         if idx is None and self.meta("tiles_kind") == "ivf":
-            ids, v = self.tile_vectors()
-            if len(ids):
-                idx = new_ivf_index(v.reshape(-1, v.shape[2]), tile_ids(ids, v.shape[1], TILE_ID_BASE),
-                                    nlist=int(self.meta("tiles_nlist", "0")) or None)
-                covered = ids
+            built = self._tile_ivf(nlist=int(self.meta("tiles_nlist", "0")) or None)
+            if built is not None:
+                idx, flat_ids, _ = built
+                covered = np.unique(flat_ids // TILE_ID_BASE)
         if idx is None:
             idx = new_index(int(self.meta("dim", "128")))
         missing = catalogue[~np.isin(catalogue, covered)]
@@ -501,16 +500,24 @@ class Store:
             self.set_meta(k, v)
         self.db.execute("COMMIT")
 
+    def _tile_ivf(self, nlist: int | None = None) -> tuple[faiss.Index, np.ndarray, np.ndarray] | None:
+        """An IVF of every stored tile vector (trained on a sample of them), with their index ids
+        and the (n x tiles, dim) vectors; None when fewer than 2 panels have tile vectors."""
+        ids, v = self.tile_vectors()
+        if len(ids) < 2:
+            return None
+        flat_ids, flat = tile_ids(ids, v.shape[1], TILE_ID_BASE), v.reshape(-1, v.shape[2])
+        return new_ivf_index(flat, flat_ids, nlist=nlist), flat_ids, flat
+
     def _rebuild_tile_index(self, kind: str) -> dict | None:
         """Rebuild the sub-region index from the shards as ``flat`` or ``ivf`` (its own lists, nprobe
         chosen for PAIR_RECALL of the tile pairs within PAIR_RADIUS, recorded); the caller saves it.
         A store without tile vectors records flat.  Returns the IVF's numbers, or None."""
-        tid, tv = self.tile_vectors() if kind == "ivf" else (np.zeros(0, np.int64), None)
+        built = self._tile_ivf() if kind == "ivf" else None
         info = None
         self._tile_index = None                      # flat: rebuilt from the shards when needed
-        if len(tid) >= 2:
-            flat_ids, tv = tile_ids(tid, tv.shape[1], TILE_ID_BASE), tv.reshape(-1, tv.shape[2])
-            idx = new_ivf_index(tv, flat_ids)
+        if built is not None:
+            idx, flat_ids, tv = built
             info = choose_nprobe(idx, tv, flat_ids, PAIR_RADIUS, PAIR_RECALL, queries=TILE_RECALL_QUERIES)
             info = {"nlist": int(ivf_of(idx).nlist), **{k: info[k] for k in ("nprobe", "recall", "truth_pairs", "queries")}}
             self._set_meta({"tiles_kind": "ivf", "tiles_nlist": str(info["nlist"]), "tiles_nprobe": str(info["nprobe"]),
