@@ -15,11 +15,12 @@ def _clustered(n: int, seed: int, centres: np.ndarray) -> np.ndarray:
     return (centres[k] + rng.normal(0, 0.004, (n, centres.shape[1]))).astype(np.float32)
 
 
-def _add(store: Store, vec: np.ndarray, doc: str) -> list[int]:
+def _add(store: Store, vec: np.ndarray, doc: str, tiles: np.ndarray | None = None) -> list[int]:
+    """Register one synthetic document whose panels have these vectors (and tile vectors)."""
     rows = [PanelRow(doc, 1, "f1", f"p{i}", "panel", (0.0, 0.0, 10.0, 10.0), 64, 64, "", "", "xref", 0, False)
             for i in range(len(vec))]
     docs = [{"sha256": doc, "path": f"/synthetic/{doc}.pdf", "status": "ok", "panels": len(vec)}]
-    return store.add_batch(docs, rows, vec)
+    return store.add_batch(docs, rows, vec, tiles=tiles)
 
 
 def test_ivf_rebuild_recall_incremental_adds_and_reopen(tmp_path):
@@ -87,11 +88,8 @@ def test_tile_index_persisted_and_caught_up(tmp_path):
     rng = np.random.default_rng(8)
 
     def add(store, n, doc):
-        rows = [PanelRow(doc, 1, "f1", f"p{i}", "panel", (0.0, 0.0, 10.0, 10.0), 64, 64, "", "", "xref", 0, False)
-                for i in range(n)]
-        docs = [{"sha256": doc, "path": f"/synthetic/{doc}.pdf", "status": "ok", "panels": n}]
-        return store.add_batch(docs, rows, rng.normal(0, 0.05, (n, 128)).astype(np.float32),
-                               tiles=rng.normal(0, 0.05, (n, 5, 128)).astype(np.float32))
+        return _add(store, rng.normal(0, 0.05, (n, 128)).astype(np.float32), doc,
+                    tiles=rng.normal(0, 0.05, (n, 5, 128)).astype(np.float32))
 
     store = Store(tmp_path / "s")
     with store.writer():
@@ -123,11 +121,7 @@ def test_tile_index_follows_the_store_to_ivf(tmp_path):
     n = 3000
     with store.writer():
         store.check_model("0" * 64, "synthetic", 128)
-        rows = [PanelRow("a", 1, "f1", f"p{i}", "panel", (0.0, 0.0, 10.0, 10.0), 64, 64, "", "", "x", 0, False)
-                for i in range(n)]
-        tiles = _clustered(n * 5, 9, centres).reshape(n, 5, 128)
-        store.add_batch([{"sha256": "a", "path": "/s/a.pdf", "status": "ok", "panels": n}], rows,
-                        _clustered(n, 10, centres), tiles=tiles)
+        _add(store, _clustered(n, 10, centres), "a", tiles=_clustered(n * 5, 9, centres).reshape(n, 5, 128))
         info = store.rebuild_index("ivf", nlist=32)
         assert info["tiles"]["recall"] >= 0.99 and info["tiles"]["truth_pairs"] > 1000
         tidx = store.tile_index()
@@ -139,11 +133,8 @@ def test_tile_index_follows_the_store_to_ivf(tmp_path):
         truth = {(i, int(all_ids[j])) for i, j in brute_force_pairs(q, tv.reshape(-1, 128), 1.0)}
         got = set(zip(qi.tolist(), got_ids.tolist()))
         assert got <= truth and len(got) >= 0.97 * len(truth)
-        rows_b = [PanelRow("b", 1, "f1", f"p{i}", "panel", (0.0, 0.0, 10.0, 10.0), 64, 64, "", "", "x", 0, False)
-                  for i in range(10)]
         tiles_b = _clustered(50, 12, centres).reshape(10, 5, 128)
-        new = store.add_batch([{"sha256": "b", "path": "/s/b.pdf", "status": "ok", "panels": 10}], rows_b,
-                              _clustered(10, 13, centres), tiles=tiles_b)
+        new = _add(store, _clustered(10, 13, centres), "b", tiles=tiles_b)
         assert store.tile_index() is tidx and tidx.ntotal == (n + 10) * 5     # added, not retrained
         _, found, _ = pairs_against(tidx, tiles_b.reshape(-1, 128), 1.0)
         assert set(tile_ids(np.array(new), 5, TILE_ID_BASE).tolist()) <= set(found.tolist())
@@ -166,10 +157,7 @@ def test_tile_index_switches_to_ivf_on_its_own_threshold(tmp_path, monkeypatch):
     with store.writer():
         store.check_model("0" * 64, "synthetic", 128)
         for doc, n, seed in (("a", 600, 15), ("b", 600, 16)):
-            rows = [PanelRow(doc, 1, "f1", f"p{i}", "panel", (0.0, 0.0, 10.0, 10.0), 64, 64, "", "", "x", 0, False)
-                    for i in range(n)]
-            store.add_batch([{"sha256": doc, "path": f"/s/{doc}.pdf", "status": "ok", "panels": n}], rows,
-                            _clustered(n, seed, centres), tiles=_clustered(n * 5, seed + 10, centres).reshape(n, 5, 128))
+            _add(store, _clustered(n, seed, centres), doc, tiles=_clustered(n * 5, seed + 10, centres).reshape(n, 5, 128))
             store.save_index()
             assert store.meta("tiles_kind") == (None if doc == "a" else "ivf")
         assert store.index_kind() == "flat" and ivf_of(store.index()) is None
@@ -192,10 +180,7 @@ def test_on_disk_ivf_is_mapped_with_an_in_memory_delta(tmp_path):
     store = Store(path)
 
     def add(doc: str, n: int, seed: int) -> list[int]:
-        rows = [PanelRow(doc, 1, "f1", f"p{i}", "panel", (0.0, 0.0, 10.0, 10.0), 64, 64, "", "", "x", 0, False)
-                for i in range(n)]
-        return store.add_batch([{"sha256": doc, "path": f"/s/{doc}.pdf", "status": "ok", "panels": n}], rows,
-                               _clustered(n, seed, centres), tiles=_clustered(n * 5, seed + 50, centres).reshape(n, 5, 128))
+        return _add(store, _clustered(n, seed, centres), doc, tiles=_clustered(n * 5, seed + 50, centres).reshape(n, 5, 128))
 
     q = _clustered(80, 30, centres)
     with store.writer():
