@@ -31,12 +31,27 @@ def pair_set(qi: np.ndarray, ids: np.ndarray) -> set[tuple[int, int]]:
     return set(zip(qi.tolist(), ids.tolist()))
 
 
+def timed_ivf(vectors: np.ndarray, ids: np.ndarray, sample_queries: int, out: dict) -> tuple:
+    """The store's IVF of these vectors and its nprobe choice (``choose_nprobe``), their seconds
+    recorded in ``out`` as ivf_build_seconds / ivf_nprobe_choice_seconds."""
+    from imgdup.index.search import choose_nprobe, new_ivf_index
+    from imgdup.index.store import PAIR_RADIUS, PAIR_RECALL
+
+    t = time.perf_counter()
+    idx = new_ivf_index(vectors, ids)
+    out["ivf_build_seconds"] = time.perf_counter() - t
+    t = time.perf_counter()
+    choice = choose_nprobe(idx, vectors, ids, PAIR_RADIUS, PAIR_RECALL, queries=sample_queries)
+    out["ivf_nprobe_choice_seconds"] = time.perf_counter() - t
+    return idx, choice
+
+
 def bench(base: np.ndarray, size: int, n_query: int = 50, screen_new: int = 1000, sample_queries: int = 300,
           tile_base: np.ndarray | None = None, exact_screen_max: int = 1000) -> dict:
     """Flat vs IVF at ``size`` panels; the flat (exact) screen runs on at most ``exact_screen_max``
     of the new panels (its seconds are for those; the IVF's screen recall is measured on them)."""
-    from imgdup.index.search import choose_nprobe, ivf_of, new_ivf_index, pairs_against
-    from imgdup.index.store import PAIR_RADIUS, PAIR_RECALL, new_index
+    from imgdup.index.search import ivf_of, pairs_against
+    from imgdup.index.store import new_index
 
     xb = like_real(base, size, seed=1)
     ids = np.arange(size, dtype=np.int64)
@@ -52,12 +67,7 @@ def bench(base: np.ndarray, size: int, n_query: int = 50, screen_new: int = 1000
         else:
             if tile_base is None:       # not needed any more: free its memory before the IVF build
                 idx = flat = None
-            t = time.perf_counter()
-            idx = new_ivf_index(xb, ids)
-            out["ivf_build_seconds"] = time.perf_counter() - t
-            t = time.perf_counter()
-            choice = choose_nprobe(idx, xb, ids, PAIR_RADIUS, PAIR_RECALL, queries=sample_queries)
-            out["ivf_nprobe_choice_seconds"] = time.perf_counter() - t
+            idx, choice = timed_ivf(xb, ids, sample_queries, out)
             out["ivf"] = {"nlist": int(ivf_of(idx).nlist), **choice}
         pairs_against(idx, q[:5], 1.0)       # warm up
         t = time.perf_counter()
@@ -89,9 +99,8 @@ def bench_tiles(tile_base: np.ndarray, size: int, q: np.ndarray, whole: dict, sa
     (``tile_pairs``: its tiles against whole panels, it against stored tiles, tiles against
     tiles; at most CAP stored panels per query panel), their seconds and the IVF's recall of the
     exact search's (query, panel) pairs."""
-    from imgdup.index.search import (cap_per_query, choose_nprobe, ivf_of, new_ivf_index, tile_ids,
-                                     tile_index_of, tile_pairs)
-    from imgdup.index.store import PAIR_RADIUS, PAIR_RECALL, TILE_ID_BASE
+    from imgdup.index.search import cap_per_query, ivf_of, tile_ids, tile_index_of, tile_pairs
+    from imgdup.index.store import TILE_ID_BASE
 
     n_t = 5
     tv = like_real(tile_base, size * n_t, seed=4)
@@ -99,12 +108,7 @@ def bench_tiles(tile_base: np.ndarray, size: int, q: np.ndarray, whole: dict, sa
     q_tiles = like_real(tile_base, len(q) * n_t, seed=5).reshape(len(q), n_t, -1)
     out: dict = {"tile_vectors": int(len(tv))}
     flat = tile_index_of(tv.reshape(size, n_t, -1), np.arange(size), TILE_ID_BASE)
-    t = time.perf_counter()
-    ivf = new_ivf_index(tv, tid)
-    out["ivf_build_seconds"] = time.perf_counter() - t
-    t = time.perf_counter()
-    choice = choose_nprobe(ivf, tv, tid, PAIR_RADIUS, PAIR_RECALL, queries=sample_queries)
-    out["ivf_nprobe_choice_seconds"] = time.perf_counter() - t
+    ivf, choice = timed_ivf(tv, tid, sample_queries, out)
     out["ivf"] = {"nlist": int(ivf_of(ivf).nlist), **{k: choice[k] for k in ("nprobe", "recall", "truth_pairs")}}
     del tv
     pairs = {}
