@@ -90,6 +90,11 @@ class GpuIndex:
             qi, ids = np.concatenate([qi, left[lq]]), np.concatenate([ids, lid])
         return qi, ids
 
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact k-NN on the GPU: (distances, stored ids; -1 where fewer than k)."""
+        d, rows = self.gpu.search(np.ascontiguousarray(queries, np.float32), k)
+        return d, np.where(rows >= 0, self.ids[np.maximum(rows, 0)], -1)
+
     def reconstruct_batch(self, ids: np.ndarray) -> np.ndarray:
         return self.cpu.reconstruct_batch(ids)
 
@@ -146,7 +151,7 @@ def gpu_available() -> bool:
 def on_device(index: faiss.Index, device: str = "auto") -> "faiss.Index | GpuIndex":
     """The index to search with: a flat index goes to the GPU for device "cuda" (or "auto" with
     a GPU and faiss-gpu); IVF indexes stay on the CPU (their range search is exact there)."""
-    if device == "cpu" or isinstance(index, DeltaIndex) or ivf_of(index) is not None:
+    if device == "cpu" or ivf_of(index) is not None:       # (a DeltaIndex always wraps an IVF)
         return index
     if not gpu_available():
         if device == "cuda":
@@ -213,11 +218,7 @@ def nearest_within(index: "faiss.Index | GpuIndex", queries: np.ndarray, thresho
     if k <= 0 or len(q) == 0:
         return out_q[0], out_id[0], out_f[0]
     for s in range(0, len(q), chunk):
-        if isinstance(index, GpuIndex):
-            d, lab = index.gpu.search(q[s:s + chunk], k)
-            lab = np.where(lab >= 0, index.ids[np.maximum(lab, 0)], -1)
-        else:
-            d, lab = index.search(q[s:s + chunk], k)
+        d, lab = index.search(q[s:s + chunk], k)
         rows, cols = np.nonzero((lab >= 0) & (d <= threshold * (1 + 1e-5) + 1e-7))
         if len(rows) == 0:
             continue
