@@ -27,6 +27,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from speed import PDFS, like_real, machine  # noqa: E402
 
 
+DEFAULT_OUT = str(ROOT / "docs" / "index_scale.json")
+
+
 def pair_set(qi: np.ndarray, ids: np.ndarray) -> set[tuple[int, int]]:
     return set(zip(qi.tolist(), ids.tolist()))
 
@@ -34,14 +37,14 @@ def pair_set(qi: np.ndarray, ids: np.ndarray) -> set[tuple[int, int]]:
 def timed_ivf(vectors: np.ndarray, ids: np.ndarray, sample_queries: int, out: dict) -> tuple:
     """The store's IVF of these vectors and its nprobe choice (``choose_nprobe``), their seconds
     recorded in ``out`` as ivf_build_seconds / ivf_nprobe_choice_seconds."""
-    from imgdup.index.search import choose_nprobe, new_ivf_index
+    from imgdup.index.search import array_chunks, choose_nprobe, new_ivf_index
     from imgdup.index.store import PAIR_RADIUS, PAIR_RECALL
 
     t = time.perf_counter()
     idx = new_ivf_index(vectors, ids)
     out["ivf_build_seconds"] = time.perf_counter() - t
     t = time.perf_counter()
-    choice = choose_nprobe(idx, vectors, ids, PAIR_RADIUS, PAIR_RECALL, queries=sample_queries)
+    choice = choose_nprobe(idx, array_chunks(vectors, ids), len(ids), PAIR_RADIUS, PAIR_RECALL, queries=sample_queries)
     out["ivf_nprobe_choice_seconds"] = time.perf_counter() - t
     return idx, choice
 
@@ -144,15 +147,91 @@ def real_embeddings(smoke: bool) -> tuple[list, np.ndarray, np.ndarray]:
     return real, base, model.embed_tiles(real).reshape(-1, base.shape[1])
 
 
+def _mem() -> dict[str, float]:
+    return {ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in open("/proc/self/status")
+            if ln.split(":")[0] in ("VmRSS", "VmHWM", "RssAnon", "RssFile")}
+
+
+def bench_out_of_core(base: np.ndarray, size: int, n_query: int = 50, screen_new: int = 1000,
+                      sample_queries: int = 300, slice_size: int = 1_000_000) -> dict:
+    """The IVF with on-disk inverted lists (``build_ivf(lists_file=...)``, what ``imgdup reindex
+    --on-disk`` builds) over ``size`` vectors that are never all in memory: generated slice by
+    slice from fixed seeds, so each pass (training sample, adds, nprobe choice, exact ground
+    truth) regenerates the same vectors.  The exact (flat) search is timed slice by slice (the
+    same scan as one flat index).  Records seconds, peak memory of the build, the lists file's
+    size, query / screen seconds and recall against the exact search."""
+    import tempfile
+
+    import faiss
+
+    from imgdup.index.search import build_ivf, choose_nprobe, ivf_of, pairs_against, range_candidates
+    from imgdup.index.store import PAIR_RADIUS, PAIR_RECALL
+
+    dim = base.shape[1]
+
+    def chunks():
+        for s in range(0, size, slice_size):
+            k = min(slice_size, size - s)
+            yield np.arange(s, s + k, dtype=np.int64), like_real(base, k, seed=7_000 + s // slice_size)
+
+    def exact(queries: np.ndarray) -> tuple[set, float]:
+        flat, pairs, secs = faiss.IndexFlat(dim, faiss.METRIC_L1), set(), 0.0
+        for ids, v in chunks():
+            flat.reset()
+            flat.add(v)
+            t = time.perf_counter()
+            qi, j = range_candidates(flat, queries, PAIR_RADIUS)
+            secs += time.perf_counter() - t
+            pairs |= pair_set(qi, ids[j])
+        return pairs, secs
+
+    q, new = like_real(base, n_query, seed=2), like_real(base, screen_new, seed=3)
+    out: dict = {"store_panels": size, "query_panels": n_query, "screen_new_panels": screen_new,
+                 "slice": slice_size}
+    with tempfile.TemporaryDirectory(prefix="imgdup-ooc-") as tmp:
+        Path("/proc/self/clear_refs").write_text("5")       # peak memory of the build alone
+        before = _mem()
+        t = time.perf_counter()
+        idx = build_ivf(chunks, size, dim, lists_file=Path(tmp) / "index.ivfdata")
+        out["ivf_build_seconds"] = time.perf_counter() - t
+        out["build_memory_mb"] = {"rss_before": before["VmRSS"], "peak_rss": _mem()["VmHWM"],
+                                  "anon_after": _mem()["RssAnon"]}
+        out["lists_file_gb"] = (Path(tmp) / "index.ivfdata").stat().st_size / 2**30
+        out["vectors_gb"] = size * dim * 4 / 2**30
+        t = time.perf_counter()
+        choice = choose_nprobe(idx, chunks, size, PAIR_RADIUS, PAIR_RECALL, queries=sample_queries)
+        out["ivf_nprobe_choice_seconds"] = time.perf_counter() - t
+        out["ivf"] = {"nlist": int(ivf_of(idx).nlist), **choice}
+        faiss.write_index(idx, str(Path(tmp) / "index.faiss"))
+        del idx
+        t = time.perf_counter()
+        idx = faiss.read_index(str(Path(tmp) / "index.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR)
+        out["open_seconds"] = time.perf_counter() - t
+        ivf_of(idx).nprobe = choice["nprobe"]
+        pairs_against(idx, q[:5], PAIR_RADIUS)       # warm up
+        for name, queries in (("query", q), ("screen", new)):
+            t = time.perf_counter()
+            qi, mid, _ = pairs_against(idx, queries, PAIR_RADIUS)
+            out[f"ivf_{name}_seconds"] = time.perf_counter() - t
+            truth, flat_s = exact(queries)
+            out[f"flat_{name}_seconds"] = flat_s
+            out[f"{name}_pairs_exact"] = len(truth)
+            out[f"ivf_{name}_recall"] = len(pair_set(qi, mid) & truth) / max(1, len(truth))
+        out["memory_after_mb"] = _mem()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--tiles-max", type=int, default=1_000_000,
                     help="measure the tile index only up to this store size (10^7 panels: 5 x 10^7 tile vectors)")
     ap.add_argument("--exact-screen-max", type=int, default=1000,
                     help="new panels screened by the exact flat search (the rest only by the IVF)")
-    ap.add_argument("--out", default=str(ROOT / "docs" / "index_scale.json"))
+    ap.add_argument("--out-of-core", type=int, nargs="*", default=[],
+                    help="also these sizes with the on-disk IVF built out of core (e.g. 10000000)")
+    ap.add_argument("--out", default=DEFAULT_OUT)
     args = ap.parse_args()
     real, base, tile_base = real_embeddings(args.smoke)
     sizes = [5000] if args.smoke else args.sizes
@@ -160,7 +239,10 @@ def main() -> None:
            "command": "python benchmarks/index_scale.py " + ("--smoke" if args.smoke else
                                                               "--sizes " + " ".join(map(str, sizes))
                                                               + f" --tiles-max {args.tiles_max}"
-                                                              f" --exact-screen-max {args.exact_screen_max}"),
+                                                              f" --exact-screen-max {args.exact_screen_max}"
+                                                              + (" --out-of-core " + " ".join(map(str, args.out_of_core))
+                                                                 if args.out_of_core else "")
+                                                              + (f" --out {args.out}" if args.out != DEFAULT_OUT else "")),
            "synthetic_from_real_panels": len(real), "runs": []}
     for n in sizes:
         out["runs"].append(bench(base, n, screen_new=100 if args.smoke else 1000,
@@ -168,6 +250,13 @@ def main() -> None:
                                  tile_base=tile_base if n <= args.tiles_max else None,
                                  exact_screen_max=args.exact_screen_max))
         print(json.dumps(out["runs"][-1]), flush=True)
+    ooc = [(20_000, 6_000)] if args.smoke else [(n, 1_000_000) for n in args.out_of_core]
+    if ooc:
+        out["out_of_core"] = []
+    for n, piece in ooc:
+        out["out_of_core"].append(bench_out_of_core(base, n, screen_new=100 if args.smoke else 1000,
+                                                    sample_queries=50 if args.smoke else 300, slice_size=piece))
+        print(json.dumps(out["out_of_core"][-1]), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
 

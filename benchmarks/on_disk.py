@@ -3,8 +3,9 @@
     python benchmarks/on_disk.py [--panels 1000000] [--smoke]
 
 Builds a real store of N synthetic panels (vectors and 5 tile vectors a panel drawn like real
-embeddings, as in benchmarks/index_scale.py; Parquet shards, catalogue), rebuilds it as an IVF,
-then, in a fresh process for each mode, opens it and runs a 50-panel query's searches (panels and
+embeddings, as in benchmarks/index_scale.py; Parquet shards, catalogue), rebuilds it as an IVF
+with on-disk inverted lists (out of core: the rebuild's peak memory is recorded), then the same
+IVF with its lists in memory; in a fresh process for each, opens it and runs a 50-panel query's searches (panels and
 sub-regions, as ``imgdup query`` does): the process's own (anonymous) memory and its resident
 file-backed pages (mapped index pages, which the kernel can drop and re-read) after opening and
 after the query, seconds, and whether both modes found the same pairs.  The files were just written, so they are
@@ -67,6 +68,12 @@ print(json.dumps({"open_seconds": opened, "query_seconds": query, "mb_before_ope
 """
 
 
+def _status() -> dict[str, float]:
+    """This process's VmRSS, VmHWM (peak), RssAnon, RssFile, MB."""
+    return {ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in open("/proc/self/status")
+            if ln.split(":")[0] in ("VmRSS", "VmHWM", "RssAnon", "RssFile")}
+
+
 def build(path: Path, base: np.ndarray, tile_base: np.ndarray, n: int, batch: int = 50_000) -> dict:
     from imgdup.index.store import PanelRow, Store
 
@@ -82,11 +89,16 @@ def build(path: Path, base: np.ndarray, tile_base: np.ndarray, n: int, batch: in
                             like_real(base, k, seed=100 + b),
                             tiles=like_real(tile_base, 5 * k, seed=10_000 + b).reshape(k, 5, -1))
         written = time.perf_counter() - t0
+        Path("/proc/self/clear_refs").write_text("5")       # reset the peak (VmHWM) to the current RSS
+        before = _status()
         info = store.rebuild_index("ivf", on_disk=True)
+        peak = _status()
     store.close()
     return {"panels": n, "write_seconds": written, "rebuild_seconds": info["seconds"],
+            "rebuild_memory_mb": {"rss_before": before["VmRSS"], "peak_rss": peak["VmHWM"],
+                                  "anon_before": before["RssAnon"], "anon_after": peak["RssAnon"]},
             "ivf": {k: info[k] for k in ("nlist", "nprobe", "recall")}, "tiles_ivf": info.get("tiles"),
-            "files_mb": {f.name: f.stat().st_size / 2**20 for f in path.iterdir() if f.suffix == ".faiss"}}
+            "files_mb": {f.name: f.stat().st_size / 2**20 for f in path.iterdir() if f.suffix in (".faiss", ".ivfdata")}}
 
 
 def main() -> None:
@@ -108,10 +120,13 @@ def main() -> None:
                  tiles=like_real(tile_base, 250, seed=5).reshape(50, 5, -1))
         found = {}
         for mode in ("mapped", "loaded"):
-            store = Store(work / "s", create=False)
-            with store.writer():
-                store.set_meta("ivf_on_disk", "1" if mode == "mapped" else "0")
-            store.close()
+            if mode == "loaded":    # the same IVF (same sample, seed and nlist) rebuilt with its lists in memory
+                store = Store(work / "s", create=False)
+                with store.writer():
+                    t = time.perf_counter()
+                    store.rebuild_index("ivf", nlist=out["store"]["ivf"]["nlist"], on_disk=False)
+                    out["in_memory_rebuild_seconds"] = time.perf_counter() - t
+                store.close()
             res = subprocess.run([sys.executable, "-c", PROBE, str(work / "s"), str(work / "q.npz"),
                                   str(work / f"{mode}.npz")], capture_output=True, text=True, check=True)
             out[mode] = json.loads(res.stdout.strip().splitlines()[-1])

@@ -93,7 +93,11 @@ def test_speed_benchmark_smoke(tmp_path):
 
 
 def test_index_scale_benchmark_smoke(tmp_path):
-    run = _smoke("index_scale.py", tmp_path)["runs"][0]
+    data = _smoke("index_scale.py", tmp_path)
+    run = data["runs"][0]
+    ooc = data["out_of_core"][0]            # 20,000 vectors in 4 slices, lists on disk
+    assert ooc["ivf"]["recall"] >= 0.99 and ooc["ivf_query_recall"] >= 0.95 and ooc["query_pairs_exact"] > 0
+    assert ooc["lists_file_gb"] > 0.9 * ooc["vectors_gb"]
     assert run["ivf"]["recall"] >= 0.99 and run["ivf_query_recall"] >= 0.95 and run["query_pairs_exact"] > 0
     tiles = run["tiles"]
     assert tiles["tile_vectors"] == 5 * run["store_panels"] and tiles["ivf"]["recall"] >= 0.99

@@ -227,7 +227,81 @@ def test_nprobe_ground_truth_in_slices_is_the_same(monkeypatch):
     centres = np.random.default_rng(40).normal(0, 0.05, (80, 128)).astype(np.float32)
     vec = _clustered(6000, 41, centres)
     ids = np.arange(6000, dtype=np.int64) * 3 + 5
-    one = se.choose_nprobe(se.new_ivf_index(vec, ids, nlist=24), vec, ids, 1.0, queries=200)
+    one = se.choose_nprobe(se.new_ivf_index(vec, ids, nlist=24), se.array_chunks(vec, ids), len(ids), 1.0, queries=200)
     monkeypatch.setattr(se, "EXACT_SLICE", 997)
-    sliced = se.choose_nprobe(se.new_ivf_index(vec, ids, nlist=24), vec, ids, 1.0, queries=200)
+    sliced = se.choose_nprobe(se.new_ivf_index(vec, ids, nlist=24), se.array_chunks(vec, ids), len(ids), 1.0,
+                              queries=200)
     assert one["truth_pairs"] > 1000 and one == sliced
+
+
+def test_out_of_core_ivf_build_equals_the_in_memory_one(tmp_path, monkeypatch):
+    """build_ivf with a lists file: slices of EXACT_SLICE vectors merged into faiss on-disk lists
+    give the index the in-memory build gives (same ids, vectors, search results), and it reads
+    back from its file wherever the folder is moved."""
+    import shutil
+
+    import faiss
+
+    import imgdup.index.search as se
+
+    monkeypatch.setattr(se, "EXACT_SLICE", 1500)        # 5 slices: 5 parts merged
+    centres = np.random.default_rng(50).normal(0, 0.05, (60, 128)).astype(np.float32)
+    vec = _clustered(7000, 51, centres)
+    ids = np.arange(7000, dtype=np.int64) * 5 + 3
+    chunks = se.array_chunks(vec, ids)
+    mem = se.build_ivf(chunks, len(ids), 128, nlist=32)
+    disk = se.build_ivf(chunks, len(ids), 128, nlist=32, lists_file=tmp_path / "a" / "x.ivfdata") \
+        if (tmp_path / "a").mkdir() is None else None
+    assert isinstance(faiss.downcast_InvertedLists(se.ivf_of(disk).invlists), faiss.OnDiskInvertedLists)
+    assert not list((tmp_path / "a").glob(".ivf-build-*"))         # the slices' files are gone
+    q = _clustered(100, 52, centres)
+    for idx in (mem, disk):
+        se.ivf_of(idx).nprobe = 4
+    a, b = pairs_against(mem, q, 1.0), pairs_against(disk, q, 1.0)
+    assert len(a[0]) > 100 and all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert np.array_equal(se.ids_of(disk), ids)
+    assert np.array_equal(disk.reconstruct_batch(ids[::97]), vec[::97])
+    faiss.write_index(disk, str(tmp_path / "a" / "index.faiss"))
+    shutil.move(tmp_path / "a", tmp_path / "b")                       # the store's folder moved
+    back = faiss.read_index(str(tmp_path / "b" / "index.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    se.ivf_of(back).nprobe = 4
+    c = pairs_against(back, q, 1.0)
+    assert all(np.array_equal(x, y) for x, y in zip(a, c))
+
+
+def test_on_disk_rebuild_keeps_one_lists_file_per_index(tmp_path):
+    """The store's on-disk rebuild: one .ivfdata per index, replaced (the old one removed) by the
+    next rebuild, leftovers of an interrupted build removed by the next writer, and a store
+    copied elsewhere opens with its lists."""
+    import shutil
+
+    from imgdup.index.search import DeltaIndex
+
+    centres = np.random.default_rng(60).normal(0, 0.05, (100, 128)).astype(np.float32)
+    path = tmp_path / "s"
+    store = Store(path)
+    q = _clustered(50, 62, centres)
+    with store.writer():
+        store.check_model("0" * 64, "synthetic", 128)
+        _add(store, _clustered(3000, 61, centres), "a", tiles=_clustered(15000, 63, centres).reshape(3000, 5, 128))
+        store.rebuild_index("ivf", nlist=24, on_disk=True)
+        first = sorted(f.name for f in path.glob("*.ivfdata"))
+        assert [f.split("-")[0] for f in first] == ["index", "tiles"]
+        assert (path / "index.faiss").stat().st_size < 3000 * 128 * 4 / 4     # the vectors are not in it
+        before = pairs_against(store.index(), q, 1.0)
+        store.rebuild_index("ivf", nlist=24, on_disk=True)
+        second = sorted(f.name for f in path.glob("*.ivfdata"))
+        assert len(second) == 2 and not set(first) & set(second)
+    store.close()
+    (path / "index-killed.ivfdata").write_bytes(b"x" * 100)              # a build killed midway
+    (path / ".ivf-build-killed").mkdir()
+    copy = tmp_path / "copy"
+    shutil.copytree(path, copy)
+    s2 = Store(copy, create=False)
+    assert isinstance(s2.index(), DeltaIndex)
+    after = pairs_against(s2.index(), q, 1.0)
+    assert set(zip(*before[:2])) == set(zip(*after[:2])) and s2.check()["problems"] == []
+    with s2.writer():
+        pass
+    assert sorted(f.name for f in copy.glob("*.ivfdata")) == second and not list(copy.glob(".ivf-build-*"))
+    s2.close()

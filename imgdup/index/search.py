@@ -10,6 +10,11 @@ with the exact L1, keeping exactly the pairs with f <= t.
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
 import faiss
 import numpy as np
 
@@ -324,45 +329,126 @@ def ivf_of(index: "faiss.Index | DeltaIndex"):
     return faiss.try_extract_index_ivf(index.main if isinstance(index, DeltaIndex) else index)
 
 
-def new_ivf_index(vectors: np.ndarray, ids: np.ndarray, nlist: int | None = None, seed: int = 0,
-                  sample_per_list: int = 40) -> faiss.Index:
-    """IndexIDMap2(IndexIVFFlat, METRIC_L1) over ``vectors``: coarse centroids trained on a
-    sample (about ``sample_per_list`` vectors a list; nlist defaults to sqrt(n)), a direct map
-    so that stored vectors can be read back for exact re-scoring, then every vector added.
-    Later adds go to the same lists without retraining."""
-    n, d = vectors.shape
+Chunks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
+"""A re-readable source of (ids, vectors) pieces, the same pieces in the same order on every
+call: an array (``array_chunks``) or a store's Parquet shards, read one at a time."""
+
+EXACT_SLICE = 1_000_000      # vectors held at once by the exact ground truth and the on-disk build
+
+
+def array_chunks(vectors: np.ndarray, ids: np.ndarray) -> Chunks:
+    """``Chunks`` over arrays held in memory (slices of EXACT_SLICE vectors)."""
+    def pieces() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for s in range(0, len(vectors), EXACT_SLICE):
+            yield np.asarray(ids[s:s + EXACT_SLICE], np.int64), vectors[s:s + EXACT_SLICE]
+    return pieces
+
+
+def rechunked(chunks: Chunks, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The pieces of ``chunks`` regrouped into pieces of about ``size`` vectors (many small
+    shards become few large slices; one large piece is split)."""
+    got_ids: list[np.ndarray] = []
+    got: list[np.ndarray] = []
+    held = 0
+    for ids, v in chunks():
+        for s in range(0, len(v), size):
+            got_ids.append(np.asarray(ids[s:s + size], np.int64))
+            got.append(np.asarray(v[s:s + size], np.float32))
+            held += len(got[-1])
+            if held >= size:
+                yield np.concatenate(got_ids), np.ascontiguousarray(np.concatenate(got))
+                got_ids, got, held = [], [], 0
+    if held:
+        yield np.concatenate(got_ids), np.ascontiguousarray(np.concatenate(got))
+
+
+def sample_vectors(chunks: Chunks, n: int, k: int, seed: int = 0) -> np.ndarray:
+    """``k`` of the ``n`` vectors (all when k >= n), at random distinct positions, in one pass."""
+    pos = np.sort(np.random.default_rng(seed).choice(n, size=min(k, n), replace=False))
+    out, s = [], 0
+    for _, v in chunks():
+        lo, hi = np.searchsorted(pos, [s, s + len(v)])
+        out.append(np.asarray(v, np.float32)[pos[lo:hi] - s])
+        s += len(v)
+    return np.ascontiguousarray(np.concatenate(out)) if out else np.zeros((0, 0), np.float32)
+
+
+def build_ivf(chunks: Chunks, n: int, dim: int, nlist: int | None = None, seed: int = 0,
+              sample_per_list: int = 40, lists_file: str | Path | None = None) -> faiss.Index:
+    """IndexIDMap2(IndexIVFFlat, METRIC_L1) over the ``n`` vectors of ``chunks``: coarse
+    centroids trained on a sample (about ``sample_per_list`` vectors a list; nlist defaults to
+    sqrt(n)), a direct map so that stored vectors can be read back for exact re-scoring.
+
+    ``lists_file``: the inverted lists are built out of core into this file (faiss
+    ``OnDiskInvertedLists``): each slice of EXACT_SLICE vectors is added to an in-memory IVF
+    that is written next to it and memory-mapped, then all are merged into the file at their
+    exact sizes; at most one slice of vectors is in memory at a time.  ``write_index`` then
+    records the file's name; read the index with ``faiss.IO_FLAG_ONDISK_SAME_DIR``.  Without
+    it the lists are in memory.  Either way later adds go to the same lists, no retraining."""
     nlist = int(nlist or np.clip(int(np.sqrt(n)), 16, 8192))
-    ivf = faiss.IndexIVFFlat(faiss.IndexFlat(d, faiss.METRIC_L1), d, nlist, faiss.METRIC_L1)
-    rng = np.random.default_rng(seed)
-    sample = vectors[rng.choice(n, size=min(n, sample_per_list * nlist), replace=False)]
-    ivf.cp.seed = seed
-    ivf.train(np.ascontiguousarray(sample, np.float32))
+    trained = faiss.IndexIVFFlat(faiss.IndexFlat(dim, faiss.METRIC_L1), dim, nlist, faiss.METRIC_L1)
+    trained.cp.seed = seed
+    trained.train(sample_vectors(chunks, n, sample_per_list * nlist, seed))
+    ivf = faiss.clone_index(trained)
+    if lists_file is None:
+        ivf.make_direct_map()
+        idx = faiss.IndexIDMap2(ivf)
+        for ids, v in rechunked(chunks, EXACT_SLICE):
+            idx.add_with_ids(v, ids)
+        return idx
+    lists_file = Path(lists_file)
+    all_ids = []
+    with tempfile.TemporaryDirectory(prefix=".ivf-build-", dir=lists_file.parent) as tmp:
+        parts, offset = [], 0
+        for k, (ids, v) in enumerate(rechunked(chunks, EXACT_SLICE)):
+            part = faiss.clone_index(trained)       # internal ids run on across the slices
+            part.add_with_ids(v, np.arange(offset, offset + len(v), dtype=np.int64))
+            offset += len(v)
+            faiss.write_index(part, f"{tmp}/{k}.faiss")
+            del part
+            parts.append(faiss.read_index(f"{tmp}/{k}.faiss", faiss.IO_FLAG_MMAP))
+            all_ids.append(ids)
+        lists = faiss.OnDiskInvertedLists(nlist, trained.code_size, str(lists_file))
+        ptrs = faiss.InvertedListsPtrVector()
+        for part in parts:
+            ptrs.push_back(part.invlists)
+        total = lists.merge_from_multiple(ptrs.data(), ptrs.size(), False, False)   # (its own shift_ids mis-shifted a last, smaller slice: faiss 1.15.1)
+        del ptrs, parts
+    with open(lists_file, "rb+") as fh:        # the merged lists reach the disk before any index names them
+        os.fsync(fh.fileno())
+    ivf.replace_invlists(lists, True)
+    lists.this.disown()                         # owned by the index now
+    idx = faiss.IndexIDMap2(ivf)                # (wraps an empty index: the counts are set after)
+    ivf.ntotal = int(total)
     ivf.make_direct_map()
-    idx = faiss.IndexIDMap2(ivf)
-    idx.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
+    faiss.copy_array_to_vector(np.concatenate(all_ids) if all_ids else np.zeros(0, np.int64), idx.id_map)
+    idx.ntotal = int(total)
+    idx.construct_rev_map()
     return idx
 
 
-EXACT_SLICE = 1_000_000      # vectors per slice of the exact ground truth (bounded extra memory)
+def new_ivf_index(vectors: np.ndarray, ids: np.ndarray, nlist: int | None = None, seed: int = 0,
+                  sample_per_list: int = 40) -> faiss.Index:
+    """``build_ivf`` of vectors held in memory, with its lists in memory."""
+    return build_ivf(array_chunks(vectors, ids), len(vectors), vectors.shape[1], nlist, seed, sample_per_list)
 
 
-def choose_nprobe(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray, threshold: float,
+def choose_nprobe(index: faiss.Index, chunks: Chunks, n: int, threshold: float,
                   target: float = 0.99, queries: int = 1000, seed: int = 0) -> dict:
     """The smallest nprobe (powers of two, then bisection to within 1/8) at which an IVF range
     search finds at least ``target`` of the stored pairs within ``threshold`` that an exact
-    search finds, measured with ``queries`` stored vectors as queries; sets it on the index and
-    returns it with the recall curve."""
+    search finds, measured with ``queries`` of the ``n`` stored vectors of ``chunks`` as queries
+    (the exact search runs slice by slice: at most EXACT_SLICE vectors in memory); sets it on
+    the index and returns it with the recall curve."""
     ivf = ivf_of(index)
-    rng = np.random.default_rng(seed)
-    q = np.ascontiguousarray(vectors[rng.choice(len(vectors), size=min(queries, len(vectors)), replace=False)],
-                             np.float32)
+    q = sample_vectors(chunks, n, queries, seed)
     truth: set[tuple[int, int]] = set()         # (query row, stored id), by exact search in slices
-    exact = faiss.IndexFlat(vectors.shape[1], faiss.METRIC_L1)
-    for s in range(0, len(vectors), EXACT_SLICE):
+    exact = faiss.IndexFlat(index.d, faiss.METRIC_L1)
+    for ids, v in rechunked(chunks, EXACT_SLICE):
         exact.reset()
-        exact.add(np.ascontiguousarray(vectors[s:s + EXACT_SLICE], np.float32))
+        exact.add(v)
         ti, tj = range_candidates(exact, q, threshold)
-        truth.update(zip(ti.tolist(), np.asarray(ids)[tj + s].tolist()))
+        truth.update(zip(ti.tolist(), ids[tj].tolist()))
     curve: dict[int, float] = {}
 
     def recall_at(nprobe: int) -> float:

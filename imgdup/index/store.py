@@ -25,6 +25,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -38,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import __version__
-from .search import DeltaIndex, add_tiles, choose_nprobe, ids_of, ivf_of, new_ivf_index, tile_ids
+from .search import Chunks, DeltaIndex, add_tiles, build_ivf, choose_nprobe, ids_of, ivf_of, tile_ids
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,15 @@ def _id_chunks(ids, size: int = 900):
     want = sorted({int(i) for i in np.asarray(ids).ravel()})
     for k in range(0, len(want), size):
         yield want[k:k + size]
+
+
+def _lists_file_name(index: faiss.Index) -> str:
+    """The name of the file holding an IVF's on-disk inverted lists ("" when in memory)."""
+    ivf = ivf_of(index)
+    if ivf is None:
+        return ""
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    return Path(lists.filename).name if isinstance(lists, faiss.OnDiskInvertedLists) else ""
 
 
 class StoreError(RuntimeError):
@@ -193,6 +203,7 @@ class Store:
             if f.name not in known:
                 log.warning("removing unregistered shard %s (interrupted write)", f.name)
                 f.unlink()
+        self._remove_unused_lists()
         self.index()  # loads, verifies and catches up; saved by the next writer
 
     def documents(self) -> dict[str, str]:
@@ -322,6 +333,24 @@ class Store:
             return np.zeros(0, np.int64), np.zeros((0, 0, dim), np.float32)
         return np.concatenate(got_ids), np.concatenate(got)
 
+    def _chunks(self, column: str = "vector") -> tuple[Chunks, int]:
+        """(``Chunks`` over the stored vectors, shard by shard, their number): ``vector`` (panel
+        ids) or ``tiles`` (tile ids ``panel_id * TILE_ID_BASE + tile``; shards without tile vectors
+        are left out).  One shard in memory at a time."""
+        dim = int(self.meta("dim", "128"))
+        files = [f for f in self._shard_files() if column in pq.read_schema(f).names]
+        per_row = {f: pq.read_schema(f).field(column).type.list_size // dim for f in files}
+        n = sum(pq.read_metadata(f).num_rows * per_row[f] for f in files)
+
+        def pieces():
+            for f in files:
+                t = pq.read_table(f, columns=["panel_id", column])
+                pid = t.column("panel_id").to_numpy()
+                v = np.asarray(t.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False),
+                               np.float32).reshape(-1, dim)
+                yield (pid if column == "vector" else tile_ids(pid, per_row[f], TILE_ID_BASE)), v
+        return pieces, int(n)
+
     def tile_index(self) -> faiss.Index:
         """A FAISS index of every stored tile vector, id = panel_id * TILE_ID_BASE + tile: kept
         in tiles.faiss (saved with index.faiss) and caught up from the shards of the panels it
@@ -339,10 +368,9 @@ class Store:
                 log.warning("tiles.faiss holds panels the catalogue does not; rebuilding")
                 idx, covered = None, np.zeros(0, np.int64)
         if idx is None and self.meta("tiles_kind") == "ivf":
-            built = self._tile_ivf(nlist=int(self.meta("tiles_nlist", "0")) or None)
-            if built is not None:
-                idx, flat_ids, _ = built
-                covered = np.unique(flat_ids // TILE_ID_BASE)
+            idx = self._tile_ivf(nlist=int(self.meta("tiles_nlist", "0")) or None)
+            if idx is not None:
+                covered = np.unique(ids_of(idx) // TILE_ID_BASE)
         if idx is None:
             idx = new_index(int(self.meta("dim", "128")))
         missing = catalogue[~np.isin(catalogue, covered)]
@@ -362,16 +390,17 @@ class Store:
         idx = self._read_index_file("index.faiss")
         if idx is None or idx.ntotal != self.count():
             have = ids_of(idx) if idx is not None else np.zeros(0, np.int64)
-            ids, vec = self.vectors()
-            if not np.isin(have, ids).all():
+            catalogue = self._panel_ids()
+            if not np.isin(have, catalogue).all():
                 log.warning("index holds panels the catalogue does not; rebuilding")
                 idx = None
             if idx is None:
-                idx = self._fresh_index(ids, vec)
+                idx = self._fresh_index()
             else:   # a lagging index (killed before its save): add what it misses, no retraining
-                missing = ~np.isin(ids, have)
-                if missing.any():
-                    idx.add_with_ids(vec[missing], ids[missing])
+                missing = catalogue[~np.isin(catalogue, have)]
+                if len(missing):
+                    ids, vec = self.vectors(missing)
+                    idx.add_with_ids(vec, ids)
         ivf = ivf_of(idx)
         if ivf is not None:
             ivf.nprobe = int(self.meta("ivf_nprobe", str(ivf.nprobe)))
@@ -385,39 +414,48 @@ class Store:
         if not path.exists():
             return None
         try:
-            idx = faiss.read_index(str(path), self._io_flags())
+            idx = faiss.read_index(str(path), self._io_flags(name))
         except Exception as exc:  # damaged file: rebuilt from the shards
             log.warning("%s unreadable (%s); rebuilding from embeddings", name, exc)
             return None
         if idx.metric_type != faiss.METRIC_L1 or idx.d != int(self.meta("dim", "128")):
             log.warning("%s has another metric or dimension; rebuilding from embeddings", name)
             return None
-        if self._io_flags() and ivf_of(idx) is not None:
-            return DeltaIndex(idx)      # lists stay in the file; new panels go to an in-memory delta
+        if self._io_flags(name) and ivf_of(idx) is not None:
+            return DeltaIndex(idx)      # lists stay on disk; new panels go to an in-memory delta
         return idx
 
     def on_disk(self) -> bool:
         """The store's IVF files are memory-mapped, not loaded (``rebuild_index(on_disk=...)``)."""
         return self.meta("ivf_on_disk") == "1"
 
-    def _io_flags(self) -> int:
-        return faiss.IO_FLAG_MMAP if self.on_disk() else 0
+    def _lists_meta(self, name: str) -> str:
+        return "tiles_lists_file" if name == "tiles.faiss" else "ivf_lists_file"
+
+    def _io_flags(self, name: str = "index.faiss") -> int:
+        """How to read an index file: its inverted lists in their own file (``build_ivf``'s
+        ``lists_file``, found next to it), memory-mapped whole (stores built before the
+        out-of-core build), or loaded.  (faiss 1.15 crashes when both flags are given.)"""
+        if not self.on_disk():
+            return 0
+        return faiss.IO_FLAG_ONDISK_SAME_DIR if self.meta(self._lists_meta(name)) else faiss.IO_FLAG_MMAP
 
     def _panel_ids(self) -> np.ndarray:
         return np.array([r[0] for r in self.db.execute("SELECT panel_id FROM panels")], np.int64)
 
-    def _flat_index(self, ids: np.ndarray, vec: np.ndarray) -> faiss.Index:
+    def _flat_index(self, chunks: Chunks) -> faiss.Index:
         idx = new_index(int(self.meta("dim", "128")))
-        if len(ids):
-            idx.add_with_ids(vec, ids)
+        for ids, v in chunks():
+            idx.add_with_ids(v, ids)
         return idx
 
-    def _fresh_index(self, ids: np.ndarray, vec: np.ndarray) -> faiss.Index:
-        """An index of the given vectors of the kind the store records (flat, or IVF with the
-        recorded number of lists)."""
-        if self.meta("index_kind", "flat") == "ivf" and len(ids):
-            return new_ivf_index(vec, ids, nlist=int(self.meta("ivf_nlist", "0")) or None)
-        return self._flat_index(ids, vec)
+    def _fresh_index(self) -> faiss.Index:
+        """An index of every stored vector, of the kind the store records (flat, or IVF with the
+        recorded number of lists, in memory: ``imgdup reindex`` puts it on disk again)."""
+        chunks, n = self._chunks()
+        if self.meta("index_kind", "flat") == "ivf" and n:
+            return build_ivf(chunks, n, int(self.meta("dim", "128")), nlist=int(self.meta("ivf_nlist", "0")) or None)
+        return self._flat_index(chunks)
 
     def index_kind(self) -> str:
         return self.meta("index_kind", "flat")
@@ -440,10 +478,25 @@ class Store:
             tmp = self.path / f".{name}.tmp"
             try:
                 faiss.write_index(index, str(tmp))
+                # named before the rename: a reader never takes an on-disk index for a mapped one
+                self._set_meta({self._lists_meta(name): _lists_file_name(index)})
                 os.replace(tmp, self.path / name)
             except (OSError, RuntimeError) as exc:   # faiss reports a failed write as RuntimeError
                 tmp.unlink(missing_ok=True)
                 raise self._write_failed(exc) from exc
+        self._remove_unused_lists()
+
+    def _remove_unused_lists(self) -> None:
+        """Delete inverted-list files that no index file names (earlier builds, interrupted
+        ones); a reader that still maps one keeps its pages until it closes.  Writers only."""
+        if self._lock_fh is None:
+            return
+        used = {self.meta(self._lists_meta(n)) for n in ("index.faiss", "tiles.faiss")}
+        for f in self.path.glob("*.ivfdata"):
+            if f.name not in used:
+                f.unlink(missing_ok=True)
+        for d in self.path.glob(".ivf-build-*"):
+            shutil.rmtree(d, ignore_errors=True)
 
     def _write_failed(self, exc: BaseException) -> "StoreError":
         why = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]
@@ -456,43 +509,48 @@ class Store:
         sample, nprobe chosen so that at least PAIR_RECALL of the stored pairs within PAIR_RADIUS
         are found, measured against exact search and recorded; the tile index likewise), or
         ``auto`` (IVF from IVF_MIN_PANELS panels on, for the tile index from TILE_IVF_MIN_PANELS).
-        ``on_disk``: the IVF files are then memory-mapped by every reader instead of loaded (the
-        inverted lists stay on disk; panels added later go to an in-memory delta, folded in by
-        the next rebuild); None: when the vectors would take more than ON_DISK_RAM_SHARE of this
-        machine's memory.  The build itself still holds the vectors in memory.  Returns what was
-        built."""
+        ``on_disk``: the IVF's inverted lists are built out of core into their own files
+        (``index-*.ivfdata``, ``tiles-*.ivfdata``; at most EXACT_SLICE vectors in memory at a
+        time) and stay there: readers map them; panels added later go to an in-memory delta,
+        folded in by the next rebuild.  None: when the vectors would take more than
+        ON_DISK_RAM_SHARE of this machine's memory.  Returns what was built."""
         assert self._lock_fh is not None, "rebuild_index needs Store.writer()"
-        ids, vec = self.vectors()
+        chunks, n = self._chunks()
+        dim = int(self.meta("dim", "128"))
         explicit = kind != "auto"
-        kind = ("ivf" if len(ids) >= IVF_MIN_PANELS else "flat") if kind == "auto" else kind
+        kind = ("ivf" if n >= IVF_MIN_PANELS else "flat") if kind == "auto" else kind
+        if on_disk is None:     # panel + 5 tile vectors a panel, float32
+            on_disk = n * dim * 4 * 6 > ON_DISK_RAM_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        on_disk = bool(on_disk and kind == "ivf" and n >= 2)
         t0 = time.time()
-        info: dict = {"kind": kind, "panels": int(len(ids))}
-        if kind == "ivf" and len(ids) >= 2:
-            idx = new_ivf_index(vec, ids, nlist=nlist)
-            info.update(choose_nprobe(idx, vec, ids, PAIR_RADIUS, PAIR_RECALL))
+        info: dict = {"kind": kind, "panels": int(n), "on_disk": on_disk}
+        if kind == "ivf" and n >= 2:
+            idx = build_ivf(chunks, n, dim, nlist=nlist, lists_file=self._new_lists_file("index") if on_disk else None)
+            info.update(choose_nprobe(idx, chunks, n, PAIR_RADIUS, PAIR_RECALL))
             info["nlist"] = int(ivf_of(idx).nlist)
             meta = {"index_kind": "ivf", "ivf_nlist": str(info["nlist"]), "ivf_nprobe": str(info["nprobe"]),
                     "ivf_recall": f"{info['recall']:.4f}", "ivf_built": time.strftime("%Y-%m-%d %H:%M:%S")}
         else:
             info["kind"] = "flat"
-            idx = self._flat_index(ids, vec)
+            idx = self._flat_index(chunks)
             meta = {"index_kind": "flat"}
-        if on_disk is None:     # panel + 5 tile vectors a panel, float32
-            on_disk = vec.nbytes * 6 > ON_DISK_RAM_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        del vec
-        meta["ivf_on_disk"] = "1" if on_disk and kind == "ivf" else "0"
-        info["on_disk"] = meta["ivf_on_disk"] == "1"
+        meta["ivf_on_disk"] = "1" if on_disk else "0"
         self._set_meta(meta)
         self._index = idx
-        tiles = self._rebuild_tile_index(kind if explicit else
-                                         ("ivf" if len(ids) >= TILE_IVF_MIN_PANELS else "flat"))
+        tiles = self._rebuild_tile_index(kind if explicit else ("ivf" if n >= TILE_IVF_MIN_PANELS else "flat"),
+                                         on_disk)
         if tiles:
             info["tiles"] = tiles
         self.save_index()
-        if info["on_disk"]:     # from now on mapped from the files just written
+        if on_disk:     # from now on read through the files just written
             self._index = self._tile_index = None
         info["seconds"] = round(time.time() - t0, 1)
         return info
+
+    def _new_lists_file(self, stem: str) -> Path:
+        """A fresh name for the inverted lists of an on-disk IVF (never an existing file: a
+        reader may still map the previous one)."""
+        return self.path / f"{stem}-{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}-{time.monotonic_ns()}.ivfdata"
 
     def _set_meta(self, meta: dict[str, str]) -> None:
         self.db.execute("BEGIN IMMEDIATE")
@@ -500,25 +558,25 @@ class Store:
             self.set_meta(k, v)
         self.db.execute("COMMIT")
 
-    def _tile_ivf(self, nlist: int | None = None) -> tuple[faiss.Index, np.ndarray, np.ndarray] | None:
-        """An IVF of every stored tile vector (trained on a sample of them), with their index ids
-        and the (n x tiles, dim) vectors; None when fewer than 2 panels have tile vectors."""
-        ids, v = self.tile_vectors()
-        if len(ids) < 2:
+    def _tile_ivf(self, nlist: int | None = None, lists_file: Path | None = None) -> faiss.Index | None:
+        """An IVF of every stored tile vector (trained on a sample of them), or None when fewer
+        than 2 tile vectors are stored."""
+        chunks, n = self._chunks("tiles")
+        if n < 2:
             return None
-        flat_ids, flat = tile_ids(ids, v.shape[1], TILE_ID_BASE), v.reshape(-1, v.shape[2])
-        return new_ivf_index(flat, flat_ids, nlist=nlist), flat_ids, flat
+        return build_ivf(chunks, n, int(self.meta("dim", "128")), nlist=nlist, lists_file=lists_file)
 
-    def _rebuild_tile_index(self, kind: str) -> dict | None:
-        """Rebuild the sub-region index from the shards as ``flat`` or ``ivf`` (its own lists, nprobe
-        chosen for PAIR_RECALL of the tile pairs within PAIR_RADIUS, recorded); the caller saves it.
-        A store without tile vectors records flat.  Returns the IVF's numbers, or None."""
-        built = self._tile_ivf() if kind == "ivf" else None
+    def _rebuild_tile_index(self, kind: str, on_disk: bool = False) -> dict | None:
+        """Rebuild the sub-region index from the shards as ``flat`` or ``ivf`` (its own lists, on
+        disk when ``on_disk``, nprobe chosen for PAIR_RECALL of the tile pairs within PAIR_RADIUS,
+        recorded); the caller saves it.  A store without tile vectors records flat.  Returns the
+        IVF's numbers, or None."""
+        idx = self._tile_ivf(lists_file=self._new_lists_file("tiles") if on_disk else None) if kind == "ivf" else None
         info = None
         self._tile_index = None                      # flat: rebuilt from the shards when needed
-        if built is not None:
-            idx, flat_ids, tv = built
-            info = choose_nprobe(idx, tv, flat_ids, PAIR_RADIUS, PAIR_RECALL, queries=TILE_RECALL_QUERIES)
+        if idx is not None:
+            chunks, n = self._chunks("tiles")
+            info = choose_nprobe(idx, chunks, n, PAIR_RADIUS, PAIR_RECALL, queries=TILE_RECALL_QUERIES)
             info = {"nlist": int(ivf_of(idx).nlist), **{k: info[k] for k in ("nprobe", "recall", "truth_pairs", "queries")}}
             self._set_meta({"tiles_kind": "ivf", "tiles_nlist": str(info["nlist"]), "tiles_nprobe": str(info["nprobe"]),
                             "tiles_recall": f"{info['recall']:.4f}"})
@@ -604,7 +662,7 @@ class Store:
             if not (self.path / name).exists():
                 continue
             try:
-                idx = faiss.read_index(str(self.path / name), self._io_flags())
+                idx = faiss.read_index(str(self.path / name), self._io_flags(name))
             except Exception as exc:
                 problems.append(f"{name} unreadable ({type(exc).__name__}); `imgdup reindex` rebuilds it")
                 continue
