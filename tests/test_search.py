@@ -129,3 +129,21 @@ def test_nearest_within_is_the_k_nearest_of_the_range():
             within = sorted((float(np.abs(q[i] - store[j]).sum()), j) for ii, j in full if ii == i)
             want = {ids[j] for _, j in within[:k]}
             assert set(got[qi == i].tolist()) == want
+
+
+def test_rescoring_in_batches_gives_the_same_pairs(monkeypatch):
+    """pairs_against re-scores RESCORE_BATCH candidates at a time (bounded memory when each query
+    has tens of thousands of stored vectors within the threshold): the same pairs as in one go."""
+    import faiss
+
+    import imgdup.index.search as se
+
+    rng = np.random.default_rng(70)
+    stored = (rng.normal(0, 0.02, (3000, 128))).astype(np.float32)
+    q = (rng.normal(0, 0.02, (40, 128))).astype(np.float32)
+    idx = faiss.IndexIDMap2(faiss.IndexFlat(128, faiss.METRIC_L1))
+    idx.add_with_ids(stored, np.arange(3000, dtype=np.int64) * 2 + 1)
+    whole = se.pairs_against(idx, q, 2.9)
+    monkeypatch.setattr(se, "RESCORE_BATCH", 97)
+    batched = se.pairs_against(idx, q, 2.9, chunk=16)
+    assert len(whole[0]) > 1000 and all(np.array_equal(a, b) for a, b in zip(whole, batched))

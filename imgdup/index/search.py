@@ -10,8 +10,11 @@ with the exact L1, keeping exactly the pairs with f <= t.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -184,22 +187,26 @@ def pairs_within(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.
     return i[ok], j[ok], f[ok]
 
 
+RESCORE_BATCH = 1_000_000   # candidates re-scored at once (their vectors: 0.5 GB)
+
+
 def pairs_against(index: faiss.Index, queries: np.ndarray, threshold: float, chunk: int = 256
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Queries against a stored index: (query row, stored id, f) for f <= threshold.
 
-    Re-scored chunk by chunk, so that memory stays bounded by the candidates of one chunk.
+    Searched ``chunk`` queries at a time and re-scored RESCORE_BATCH candidates at a time, so
+    that memory stays bounded when every query has tens of thousands of stored vectors within
+    the threshold (10^7 panels: 256 queries would otherwise read back 5 GB of vectors at once).
     """
     q = np.ascontiguousarray(queries, dtype=np.float32)
     out_q, out_id, out_f = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
     for s in range(0, len(q), chunk):
         qi, ids = range_candidates(index, q[s:s + chunk], threshold)
-        if len(ids) == 0:
-            continue
-        stored = index.reconstruct_batch(ids)
-        f = l1(q[s:s + chunk][qi], stored)
-        ok = f <= threshold
-        out_q.append(qi[ok] + s), out_id.append(ids[ok]), out_f.append(f[ok])
+        for b in range(0, len(ids), RESCORE_BATCH):
+            bq, bid = qi[b:b + RESCORE_BATCH], ids[b:b + RESCORE_BATCH]
+            f = l1(q[s:s + chunk][bq], index.reconstruct_batch(bid))
+            ok = f <= threshold
+            out_q.append(bq[ok] + s), out_id.append(bid[ok]), out_f.append(f[ok])
     return np.concatenate(out_q), np.concatenate(out_id), np.concatenate(out_f)
 
 
@@ -252,8 +259,11 @@ def cap_per_query(qi: np.ndarray, ids: np.ndarray, f: np.ndarray, cap: int | Non
     return qi[keep], ids[keep], f[keep]
 
 
+TILE_CAP = 20       # stored panels kept per query panel by the sub-region search unless told otherwise
+
+
 def tile_pairs(q_whole: np.ndarray, q_tiles: np.ndarray, whole_index: faiss.Index, tile_index: faiss.Index,
-               threshold: float, tile_base: int, cap: int | None = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               threshold: float, tile_base: int, cap: int | None = TILE_CAP) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidates through sub-regions, for partial re-use: (query row, stored panel id, f).
 
     Three searches: the query's tiles against whole panels (the stored panel is a crop of the
@@ -336,6 +346,22 @@ call: an array (``array_chunks``) or a store's Parquet shards, read one at a tim
 EXACT_SLICE = 1_000_000      # vectors held at once by the exact ground truth and the on-disk build
 
 
+@contextmanager
+def faiss_notices_to_stderr():
+    """faiss prints some notices (on-disk lists resized or found in another folder) with C's
+    printf on standard output, where ``imgdup query`` writes its table: inside this block they
+    go to standard error."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        ctypes.CDLL(None).fflush(None)     # what C buffered goes out before stdout is restored
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def array_chunks(vectors: np.ndarray, ids: np.ndarray) -> Chunks:
     """``Chunks`` over arrays held in memory (slices of EXACT_SLICE vectors)."""
     def pieces() -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -412,7 +438,8 @@ def build_ivf(chunks: Chunks, n: int, dim: int, nlist: int | None = None, seed: 
         ptrs = faiss.InvertedListsPtrVector()
         for part in parts:
             ptrs.push_back(part.invlists)
-        total = lists.merge_from_multiple(ptrs.data(), ptrs.size(), False, False)   # (its own shift_ids mis-shifted a last, smaller slice: faiss 1.15.1)
+        with faiss_notices_to_stderr():
+            total = lists.merge_from_multiple(ptrs.data(), ptrs.size(), False, False)   # (its own shift_ids mis-shifted a last, smaller slice: faiss 1.15.1)
         del ptrs, parts
     with open(lists_file, "rb+") as fh:        # the merged lists reach the disk before any index names them
         os.fsync(fh.fileno())

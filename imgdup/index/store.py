@@ -39,7 +39,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import __version__
-from .search import Chunks, DeltaIndex, add_tiles, build_ivf, choose_nprobe, ids_of, ivf_of, tile_ids
+from .search import (Chunks, DeltaIndex, add_tiles, build_ivf, choose_nprobe, faiss_notices_to_stderr, ids_of,
+                     ivf_of, tile_ids)
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +415,8 @@ class Store:
         if not path.exists():
             return None
         try:
-            idx = faiss.read_index(str(path), self._io_flags(name))
+            with faiss_notices_to_stderr():
+                idx = faiss.read_index(str(path), self._io_flags(name))
         except Exception as exc:  # damaged file: rebuilt from the shards
             log.warning("%s unreadable (%s); rebuilding from embeddings", name, exc)
             return None
@@ -662,7 +664,8 @@ class Store:
             if not (self.path / name).exists():
                 continue
             try:
-                idx = faiss.read_index(str(self.path / name), self._io_flags(name))
+                with faiss_notices_to_stderr():
+                    idx = faiss.read_index(str(self.path / name), self._io_flags(name))
             except Exception as exc:
                 problems.append(f"{name} unreadable ({type(exc).__name__}); `imgdup reindex` rebuilds it")
                 continue
