@@ -16,8 +16,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from .index.report import SIDE_COLUMNS, copy_move_report, empty_report, make_report, unverified, write_report
-from .index.search import (nearest_within, on_device, pairs_against, pairs_within, tile_index_of, tile_pairs,
-                           whole_index_of)
+from .index.search import (TILE_CAP, nearest_within, on_device, pairs_against, pairs_within, tile_index_of,
+                           tile_pairs, whole_index_of)
 from .index.store import TILE_ID_BASE, PanelRow, Store, StoreError
 from .model.api import Embedder, load_model
 from .pipeline import DocResult, ExtractOptions, Limits, extract_many, write_panels
@@ -290,7 +290,8 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
     also retrieves candidates through panel sub-regions (crops, shifted fields of view).
     ``device``: where FAISS searches a flat store index (cuda: faiss-gpu; auto: GPU when present).
     ``max_candidates``: keep only the N stored panels nearest to each manuscript panel among those
-    within the threshold (None: all of them; the sub-region search keeps at most 20 anyway).
+    within the threshold, in the whole-panel and in the sub-region search (None: all of them in
+    the whole-panel search, TILE_CAP in the sub-region search).
     """
     model = model or load_model()
     t = float(threshold if threshold is not None else model.threshold)
@@ -326,7 +327,8 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
                           else nearest_within(whole, qvec, t, max_candidates))
             via = np.full(len(f), "whole", object)
             if partial:
-                ti, tids, tf = tile_pairs(qvec, qtiles, whole, on_device(store.tile_index(), device), t, TILE_ID_BASE)
+                ti, tids, tf = tile_pairs(qvec, qtiles, whole, on_device(store.tile_index(), device), t, TILE_ID_BASE,
+                                          cap=max_candidates or TILE_CAP)
                 qi, ids, f, via = _merge_pairs(qi, ids, f, ti, tids, tf)
             minfo = store.panel_table(ids)
             split |= store.split_figures(minfo.doc_sha256.unique())
@@ -360,7 +362,7 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
         if len(cm):
             report = pd.concat([cm, unverified(report)], ignore_index=True)
     clock.lap("copy_move")
-    path = write_report(report, out, model.sha256, t, {"command": "query"}) if out else None
+    path = write_report(report, out, model.sha256, t, {"command": "query", "max_candidates": max_candidates or "none"}) if out else None
     if add:
         store = Store(store_path)
         with store.writer():
@@ -425,7 +427,7 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
                 if len(tid):
                     rows = pd.Index(ids).get_indexer(tid)
                     ti, tm, tf = tile_pairs(vec[rows], tvec, whole, on_device(store.tile_index(), device), t,
-                                            TILE_ID_BASE)
+                                            TILE_ID_BASE, cap=max_candidates + 1 if max_candidates else TILE_CAP)
                     qi, mid, f, via = _merge_pairs(qi, mid, f, rows[ti], tm, tf)
             a, b = ids[qi], mid
             lo, hi = np.minimum(a, b), np.maximum(a, b)
@@ -457,7 +459,8 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
         day = run_id[:4] + "-" + run_id[4:6] + "-" + run_id[6:8]
         path = Path(out_dir) / f"date={day}" / f"screen-{run_id}.parquet"
         write_report(report, path, sha, t, {"command": "screen", "run_id": run_id,
-                                            "mode": "all" if all_pairs else "new"})
+                                            "mode": "all" if all_pairs else "new",
+                                            "max_candidates": max_candidates or "none"})
         store.db.execute("BEGIN IMMEDIATE")
         if len(new):
             store.db.executemany("UPDATE panels SET screened = 1 WHERE panel_id = ?", [(int(i),) for i in new])

@@ -153,3 +153,14 @@ def test_on_disk_reindex_through_the_cli(tmp_path):
     assert flat < after and any(Path(papers[3]).name in str(p) for p in after)
     r = runner.invoke(cli, ["check"])
     assert r.exit_code == 0 and "to catch up on next open" in r.output, r.output
+
+
+def test_query_scale_and_retrieval_benchmarks_smoke(tmp_path):
+    data = _smoke("query_scale.py", tmp_path)
+    runs = {(r["query"], r["max_candidates"]): r for r in data["runs"]}
+    assert data["store"]["panels"] == 3000 and runs[("manuscript", None)]["recall"] >= 0.8
+    assert runs[("manuscript", 10)]["candidate_rows"] <= runs[("manuscript", None)]["candidate_rows"]
+    assert runs[("submission", 10)]["panels"] > 0
+    ret = _smoke("retrieval.py", tmp_path)
+    assert ret["store"]["panels"] == 3000 and ret["runs"]["no cap"]["found"] >= 0.7
+    assert ret["runs"]["cap 5"]["candidates_per_query_panel"] <= ret["runs"]["cap 50"]["candidates_per_query_panel"]

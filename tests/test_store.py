@@ -93,10 +93,20 @@ def test_query_and_screen_find_planted_pairs(corpus, model, tmp_path):
     res = query([out / "manuscript" / "manuscript.pdf"], tmp_path / "st", out=tmp_path / "q.parquet", model=model)
     md = pq.read_schema(tmp_path / "q.parquet").metadata
     assert md[b"imgdup.model_sha256"].decode() == model.sha256 and b"imgdup.threshold" in md
+    assert md[b"imgdup.max_candidates"] == b"none"
     mine = pairs[(pairs.a_doc == "manuscript.pdf") | (pairs.b_doc == "manuscript.pdf")]
     hits = [_found(res.report, r.a_doc, r.a_bbox, r.b_doc, r.b_bbox) for r in mine.itertuples()]
     assert len(hits) >= 3 and np.mean(hits) >= 0.8, hits
     assert not (res.report.same_doc & (res.report.query_panel == res.report.match_panel)).any()
+    # --max-candidates 2: at most 2 stored panels per manuscript panel from each search (whole
+    # panels, sub-regions), all of them among the uncapped candidates
+    ms = [out / "manuscript" / "manuscript.pdf"]
+    kw = dict(model=model, verify=False, copy_move=False)
+    every, capped = query(ms, tmp_path / "st", **kw).report, query(ms, tmp_path / "st", max_candidates=2, **kw).report
+    key = ["query_panel", "match_panel_id"]
+    every, capped = every[every.match_panel_id >= 0], capped[capped.match_panel_id >= 0]
+    assert len(capped) < len(every) and capped.groupby("query_panel").size().max() <= 4
+    assert set(map(tuple, capped[key].to_numpy())) <= set(map(tuple, every[key].to_numpy()))
     # the manuscript was not added
     assert "manuscript.pdf" not in {Path(p).name for p, in Store(tmp_path / "st").db.execute("SELECT path FROM documents")}
     sc = screen(tmp_path / "st", tmp_path / "reports")

@@ -31,8 +31,9 @@ def _device_option(f):
 
 def _max_candidates_option(f):
     return click.option("--max-candidates", type=click.IntRange(min=1), default=None,
-                        help="Keep only the N nearest stored panels within the threshold per panel "
-                             "(default: all; bounds verification on very large stores).")(f)
+                        help="Keep only the N nearest stored panels within the threshold per panel, in the "
+                             "whole-panel and in the sub-region search (default: all, and 20 through "
+                             "sub-regions; bounds verification on very large stores: docs/BENCHMARKS.md).")(f)
 
 
 def _extract_options(f):

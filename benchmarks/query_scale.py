@@ -1,0 +1,142 @@
+"""The whole `imgdup query` path for a ~50-panel manuscript against a store of 100,000 panels,
+with verification on real pixels, and how many planted duplicates it still finds.
+
+    python benchmarks/query_scale.py [--store 100000] [--caps 0 50 20 10] [--smoke]
+
+The store: a real corpus of 6 generated papers (held-out real images, planted re-use, the
+end-to-end benchmark's corpus: ``--papers 6 --seed 11``) ingested with ``imgdup ingest``, padded
+to ``--store`` panels with synthetic panels: vectors and 5 sub-region vectors each drawn like real
+embeddings (as in benchmarks/speed.py), and a real thumbnail each (random crops of training-split
+images, which the queries never use), so that every candidate pair is verified on real pixels.
+Padding documents hold 100 panels each; one Parquet shard per 1,000 panels.
+
+Then the corpus's manuscript is queried with ``max_candidates`` = each of ``--caps`` (0: no
+cap), after one warm-up query: per stage seconds (``QueryResult.seconds``), candidate pairs,
+verified pairs, and panel-level recall / precision of the pairs that involve the manuscript
+(``score_report``); and a bigger submission (4 more generated papers from the same image pool,
+about 50 panels, queried together; not scored) with each non-zero cap.  Writes
+docs/query_scale.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from index_scale import real_embeddings  # noqa: E402
+from speed import like_real, machine  # noqa: E402
+
+
+def thumb_pool(n: int, seed: int = 0) -> list[bytes]:
+    """PNG thumbnails of random crops (96-400 px) of training-split images: real pixels that no
+    query panel shares."""
+    from imgdup.model.train import RECIPES, load_splits
+    from imgdup.pipeline.verify import thumbnail
+
+    rng = np.random.default_rng(seed)
+    train = [(im.pixels * 255).round().astype(np.uint8) for im in load_splits(RECIPES["cpu"])["train"]]
+    out = []
+    for _ in range(n):
+        im = train[rng.integers(len(train))]
+        h, w = im.shape
+        ch, cw = (int(rng.integers(min(96, s), min(400, s) + 1)) for s in (h, w))
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        out.append(cv2.imencode(".png", thumbnail(im[y:y + ch, x:x + cw]))[1].tobytes())
+    return out
+
+
+def pad(index: Path, n: int, base: np.ndarray, tile_base: np.ndarray, thumbs: list[bytes], model) -> float:
+    """Add ``n`` synthetic panels (100 per document, 1,000 per shard) to the store; seconds."""
+    from imgdup.index.store import PanelRow, Store
+
+    store = Store(index)
+    t = time.perf_counter()
+    with store.writer():
+        store.check_model(model.sha256, model.card.name, base.shape[1])
+        for s in range(0, n, 1000):
+            k = min(1000, n - s)
+            docs = [{"sha256": f"pad-{s + d:09d}", "path": f"padding/{s + d}.pdf", "status": "ok"}
+                    for d in range(0, k, 100)]
+            rows = [PanelRow(f"pad-{s + i - i % 100:09d}", 1, "p1-f1", f"p1-f1-{i % 100}", "panel",
+                             (0.0, 0.0, 200.0, 200.0), 256, 256, "", "1", "xref", 0, False) for i in range(k)]
+            tiles = like_real(tile_base, k * 5, seed=10_000_000 + s).reshape(k, 5, -1)
+            store.add_batch(docs, rows, like_real(base, k, seed=s),
+                            [thumbs[(s + i) % len(thumbs)] for i in range(k)], tiles=tiles)
+        store.save_index()
+    store.close()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--store", type=int, default=100_000, help="panels in the store, padding included")
+    ap.add_argument("--caps", type=int, nargs="+", default=[0, 50, 20, 10, 5], help="max_candidates; 0: no cap")
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "query_scale.json"))
+    args = ap.parse_args()
+    from imgdup import ingest, load_model, query
+    from imgdup.demo.generate import build_corpus, score_report, shared_test_images
+    from imgdup.index.store import Store
+
+    model = load_model()
+    size, caps = (3000, [0, 10]) if args.smoke else (args.store, args.caps)
+    out: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
+                 "command": "python benchmarks/query_scale.py " + ("--smoke" if args.smoke else
+                                                                   f"--store {size} --caps {' '.join(map(str, caps))}")}
+    with tempfile.TemporaryDirectory(prefix="imgdup-qs-") as tmp:
+        work = Path(tmp)
+        truth = build_corpus(shared_test_images(splits=("test", "val")), work, n_papers=2 if args.smoke else 6,
+                             seed=11)
+        index = work / "index"
+        t = time.perf_counter()
+        ingest(sorted((work / "corpus").glob("*.pdf")), index, model=model)
+        out["ingest_corpus_seconds"] = time.perf_counter() - t
+        real_panels = Store(index, create=False).count()
+        _, base, tile_base = real_embeddings(args.smoke)
+        pool = thumb_pool(200 if args.smoke else 2000)
+        out["pad_seconds"] = pad(index, size - real_panels, base, tile_base, pool, model)
+        out["store"] = {"panels": size, "real_panels": real_panels, "padding_thumbnails": len(pool),
+                        "bytes_on_disk": sum(f.stat().st_size for f in index.rglob("*") if f.is_file())}
+        # the scored manuscript, and a bigger submission: 4 more generated papers from the same
+        # image pool (so with real re-use of stored panels; not scored), queried together
+        build_corpus(shared_test_images(splits=("test", "val")), work / "big", n_papers=1 if args.smoke else 4,
+                     seed=12, manuscript=False)
+        subs = {"manuscript": [work / "manuscript" / "manuscript.pdf"],
+                "submission": sorted((work / "big" / "corpus").glob("*.pdf"))}
+        query(subs["manuscript"], index, model=model)       # warm-up: page cache, OpenCV / torch start-up
+        out["runs"] = []
+        for name, docs in subs.items():
+            for cap in caps if name == "manuscript" else [c for c in caps if c]:
+                t = time.perf_counter()
+                res = query(docs, index, model=model, keep_rejected=True, max_candidates=cap or None)
+                total = time.perf_counter() - t
+                rep = res.report
+                kept = rep[rep.verified].reset_index(drop=True)
+                run = {"query": name, "max_candidates": cap or None, "seconds": total, "stages": res.seconds,
+                       "panels": sum(p.kind != "figure" for r in res.documents for p in r.panels),
+                       "figures_and_panels": sum(len(r.panels) for r in res.documents),
+                       "candidate_rows": int((rep.via != "copy-move").sum()), "verified_rows": int(len(kept))}
+                if name == "manuscript":
+                    sc = score_report(kept, truth, involving="manuscript.pdf")
+                    run.update({k: v for k, v in sc.items() if k != "fp_row_index"})
+                out["runs"].append(run)
+                print(json.dumps(run), flush=True)
+    out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
