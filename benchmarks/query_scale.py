@@ -1,13 +1,14 @@
 """The whole `imgdup query` path for a ~50-panel manuscript against a store of 100,000 panels,
 with verification on real pixels, and how many planted duplicates it still finds.
 
-    python benchmarks/query_scale.py [--store 100000] [--caps 0 50 20 10] [--smoke]
+    python benchmarks/query_scale.py [--store 100000] [--caps 0 50 20 10 5] [--smoke]
 
 The store: a real corpus of 6 generated papers (held-out real images, planted re-use, the
 end-to-end benchmark's corpus: ``--papers 6 --seed 11``) ingested with ``imgdup ingest``, padded
-to ``--store`` panels with synthetic panels: vectors and 5 sub-region vectors each drawn like real
-embeddings (as in benchmarks/speed.py), and a real thumbnail each (random crops of training-split
-images, which the queries never use), so that every candidate pair is verified on real pixels.
+to ``--store`` panels with synthetic panels: a vector and 6 view ("tile") vectors each, drawn
+like real embeddings (as in benchmarks/speed.py; each view like its own real ones), and a real
+thumbnail each (random crops of training-split images, which the queries never use), so that
+every candidate pair is verified on real pixels.
 Padding documents hold 100 panels each; one Parquet shard per 1,000 panels.
 
 Then the corpus's manuscript is queried with ``max_candidates`` = each of ``--caps`` (0: no
@@ -70,7 +71,8 @@ def pad(index: Path, n: int, base: np.ndarray, tile_base: np.ndarray, thumbs: li
                     for d in range(0, k, 100)]
             rows = [PanelRow(f"pad-{s + i - i % 100:09d}", 1, "p1-f1", f"p1-f1-{i % 100}", "panel",
                              (0.0, 0.0, 200.0, 200.0), 256, 256, "", "1", "xref", 0, False) for i in range(k)]
-            tiles = like_real(tile_base, k * 5, seed=10_000_000 + s).reshape(k, 5, -1)
+            tiles = np.stack([like_real(tile_base[:, v], k, seed=10_000_000 + 10 * s + v)
+                              for v in range(tile_base.shape[1])], axis=1)   # each view like its real ones
             store.add_batch(docs, rows, like_real(base, k, seed=s),
                             [thumbs[(s + i) % len(thumbs)] for i in range(k)], tiles=tiles)
         store.save_index()
@@ -104,6 +106,7 @@ def main() -> None:
         out["ingest_corpus_seconds"] = time.perf_counter() - t
         real_panels = Store(index, create=False).count()
         _, base, tile_base = real_embeddings(args.smoke)
+        tile_base = tile_base.reshape(len(base), -1, base.shape[1])
         pool = thumb_pool(200 if args.smoke else 2000)
         out["pad_seconds"] = pad(index, size - real_panels, base, tile_base, pool, model)
         out["store"] = {"panels": size, "real_panels": real_panels, "padding_thumbnails": len(pool),

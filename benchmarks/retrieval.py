@@ -89,8 +89,8 @@ def main() -> None:
     pad = max(0, store_n - len(stored))
     if pad:
         vec = np.concatenate([vec, like_real(vec[len(imgs):], pad, seed=1)])
-        syn_t = like_real(tiles[len(imgs):].reshape(-1, tiles.shape[2]), pad * tiles.shape[1], seed=2)
-        tiles = np.concatenate([tiles, syn_t.reshape(pad, tiles.shape[1], -1)])
+        syn_t = np.stack([like_real(tiles[len(imgs):, k], pad, seed=2 + k) for k in range(tiles.shape[1])], axis=1)
+        tiles = np.concatenate([tiles, syn_t])       # each view drawn like its own real embeddings
         source = np.concatenate([source, np.full(pad, -1)])
     ids = np.arange(len(vec), dtype=np.int64)
     whole, tile_idx = whole_index_of(vec, ids), tile_index_of(tiles, ids, TILE_ID_BASE)

@@ -3,7 +3,8 @@
     catalog.sqlite        documents (also the skipped ones, with their reason), panels, shards,
                           screen runs and store metadata (model sha256) - SQLite transactions
     embeddings/part-*.parquet   panel_id + alpha-scaled vector (the source of truth) + the
-                          vectors of the panel's 5 sub-regions ("tiles", for partial re-use) + a
+                          vectors of the panel's views ("tiles": 5 sub-regions, for partial re-use,
+                          and the panel histogram-equalised, for tone changes; 5 in older shards) + a
                           PNG thumbnail (longer side 256 px, never enlarged) for verification and evidence
     index.faiss           FAISS IndexIDMap2(IndexFlat, METRIC_L1) - or IVF from IVF_MIN_PANELS on -
                           rebuildable from the shards
@@ -332,6 +333,9 @@ class Store:
             got.append(v)
         if not got:
             return np.zeros(0, np.int64), np.zeros((0, 0, dim), np.float32)
+        most = max(v.shape[1] for v in got)     # shards written before the equalised view hold 5 views:
+        got = [v if v.shape[1] == most else      # padded with their first (a repeated query changes nothing)
+               np.concatenate([v, np.repeat(v[:, :1], most - v.shape[1], axis=1)], axis=1) for v in got]
         return np.concatenate(got_ids), np.concatenate(got)
 
     def _chunks(self, column: str = "vector") -> tuple[Chunks, int]:
@@ -521,8 +525,8 @@ class Store:
         dim = int(self.meta("dim", "128"))
         explicit = kind != "auto"
         kind = ("ivf" if n >= IVF_MIN_PANELS else "flat") if kind == "auto" else kind
-        if on_disk is None:     # panel + 5 tile vectors a panel, float32
-            on_disk = n * dim * 4 * 6 > ON_DISK_RAM_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if on_disk is None:     # panel + 6 tile vectors a panel, float32
+            on_disk = n * dim * 4 * 7 > ON_DISK_RAM_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         on_disk = bool(on_disk and kind == "ivf" and n >= 2)
         t0 = time.time()
         info: dict = {"kind": kind, "panels": int(n), "on_disk": on_disk}

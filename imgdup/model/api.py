@@ -73,18 +73,29 @@ def prepare(image: Any, size: int) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(grey, dtype=np.float32), (size, size), interpolation=interp)
 
 
-# Sub-regions embedded beside each whole panel, for partial re-use (a crop, a shifted field of
-# view): the four corners and the centre, each 60 % of the panel's width and height.
+# Views embedded beside each whole panel ("tiles"), searched by the sub-region index: for partial
+# re-use (a crop, a shifted field of view) the four corners and the centre, each 60 % of the
+# panel's width and height; and the whole panel histogram-equalised, for tone changes the CNN
+# does not absorb (equalisation, pasted text, gamma with a flip: benchmarks/retrieval.py).
 TILE_SIDE = 0.6
 TILE_ORIGINS = ((0.0, 0.0), (0.4, 0.0), (0.0, 0.4), (0.4, 0.4), (0.2, 0.2))
-N_TILES = len(TILE_ORIGINS)
+N_TILES = len(TILE_ORIGINS) + 1
+
+
+def equalised(image: Any) -> np.ndarray:
+    """The panel in greyscale with its histogram equalised (uint8): any monotone change of its
+    grey levels (gamma, contrast stretch, equalisation itself) gives nearly the same image."""
+    grey = np.round(to_grey(image) * 255.0).astype(np.uint8)
+    return cv2.equalizeHist(np.ascontiguousarray(grey))
 
 
 def tiles(image: np.ndarray) -> list[np.ndarray]:
-    """The ``N_TILES`` sub-regions of a 2-D panel (see ``TILE_ORIGINS``)."""
+    """The ``N_TILES`` views of a panel: its sub-regions (see ``TILE_ORIGINS``), then the whole
+    panel ``equalised``."""
     h, w = image.shape[:2]
     th, tw = max(1, int(h * TILE_SIDE)), max(1, int(w * TILE_SIDE))
-    return [image[int(y * h):int(y * h) + th, int(x * w):int(x * w) + tw] for x, y in TILE_ORIGINS]
+    subs = [image[int(y * h):int(y * h) + th, int(x * w):int(x * w) + tw] for x, y in TILE_ORIGINS]
+    return subs + [equalised(image)]
 
 
 PRECISIONS = ("fp32", "amp")
@@ -142,7 +153,7 @@ class Embedder:
         return self.embed_prepared(prepared)
 
     def embed_tiles(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """(N, N_TILES, 128) embeddings of each panel's sub-regions (``tiles``)."""
+        """(N, N_TILES, 128) embeddings of each panel's views (``tiles``: sub-regions, equalised)."""
         dim = self.net.fc2.out_features
         if len(images) == 0:
             return np.zeros((0, N_TILES, dim), np.float32)
