@@ -308,3 +308,24 @@ def test_on_disk_rebuild_keeps_one_lists_file_per_index(tmp_path, capfd):
         pass
     assert sorted(f.name for f in copy.glob("*.ivfdata")) == second and not list(copy.glob(".ivf-build-*"))
     s2.close()
+
+
+def test_shards_with_five_and_six_views_read_together(tmp_path):
+    """Shards written before the equalised view hold 5 tile vectors a panel, newer ones 6: the
+    tile index holds every stored one, and tile_vectors pads the older rows with their first."""
+    rng = np.random.default_rng(80)
+    store = Store(tmp_path / "s")
+    with store.writer():
+        store.check_model("0" * 64, "synthetic", 128)
+        old = _add(store, rng.normal(0, 0.05, (30, 128)).astype(np.float32), "old",
+                   tiles=rng.normal(0, 0.05, (30, 5, 128)).astype(np.float32))
+        new = _add(store, rng.normal(0, 0.05, (20, 128)).astype(np.float32), "new",
+                   tiles=rng.normal(0, 0.05, (20, 6, 128)).astype(np.float32))
+        assert store.tile_index().ntotal == 30 * 5 + 20 * 6
+        pid, tv = store.tile_vectors()
+        assert tv.shape == (50, 6, 128)
+        first = tv[np.isin(pid, old)]
+        assert np.array_equal(first[:, 5], first[:, 0]) and not np.array_equal(tv[np.isin(pid, new)][:, 5],
+                                                                                tv[np.isin(pid, new)][:, 0])
+        store.save_index()
+    store.close()

@@ -107,3 +107,22 @@ def test_mixed_precision_within_tolerance(model):
     assert np.abs(f32 - f16).max() < 0.02 and not np.array_equal(e32, e16)
     with pytest.raises(ValueError):
         load_model(precision="fp8")
+
+
+def test_equalised_view_makes_tone_changes_one_image(model):
+    """The sixth view (``equalised``): a gamma-changed or equalised copy of a real micrograph
+    gives the same equalised image up to rounding, so its view embedding lands within f <= 1 of
+    the original's, while another micrograph's does not."""
+    import cv2
+
+    from conftest import micrograph
+    from imgdup.model.api import N_TILES, equalised, tiles
+
+    a = micrograph(3, 256)
+    copies = [(255 * (a / 255.0) ** 1.8).astype(np.uint8), cv2.equalizeHist(a)]
+    other = micrograph(11, 256)
+    views = model.embed_tiles([a, *copies, other])
+    assert views.shape[1] == N_TILES == len(tiles(a)) == 6
+    assert np.array_equal(equalised(a), cv2.equalizeHist(a))
+    f = np.abs(views[:, -1] - views[0, -1]).sum(1)
+    assert f[1] <= 1.0 and f[2] <= 1.0 and f[3] > 1.0, f

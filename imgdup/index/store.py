@@ -314,11 +314,10 @@ class Store:
             all_ids, vec = all_ids[keep], vec[keep]
         return all_ids, vec
 
-    def tile_vectors(self, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(panel ids, (n, tiles, dim) vectors) of the panels whose shards hold tile vectors
-        (stores written before tiles existed have none: ``imgdup reindex`` adds them)."""
+    def _tile_vector_parts(self, ids: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(panel ids, (n, tiles, dim) vectors) shard by shard, for the panels whose shards hold
+        tile vectors (stores written before tiles existed have none: ``imgdup reindex`` adds them)."""
         dim = int(self.meta("dim", "128"))
-        got_ids, got = [], []
         for f in self._shard_files(ids):
             if "tiles" not in pq.read_schema(f).names:
                 continue
@@ -329,8 +328,13 @@ class Store:
             if ids is not None:
                 keep = np.isin(pid, ids)
                 pid, v = pid[keep], v[keep]
-            got_ids.append(pid)
-            got.append(v)
+            yield pid, v
+
+    def tile_vectors(self, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(panel ids, (n, tiles, dim) vectors) of the panels whose shards hold tile vectors."""
+        dim = int(self.meta("dim", "128"))
+        parts = list(self._tile_vector_parts(ids))
+        got_ids, got = [p[0] for p in parts], [p[1] for p in parts]
         if not got:
             return np.zeros(0, np.int64), np.zeros((0, 0, dim), np.float32)
         most = max(v.shape[1] for v in got)     # shards written before the equalised view hold 5 views:
@@ -380,8 +384,8 @@ class Store:
             idx = new_index(int(self.meta("dim", "128")))
         missing = catalogue[~np.isin(catalogue, covered)]
         if len(missing):        # panels of stores written before tiles existed stay missing
-            ids, v = self.tile_vectors(missing)
-            add_tiles(idx, v, ids, TILE_ID_BASE)
+            for ids, v in self._tile_vector_parts(missing):
+                add_tiles(idx, v, ids, TILE_ID_BASE)
         ivf = ivf_of(idx)
         if ivf is not None:
             ivf.nprobe = int(self.meta("tiles_nprobe", str(ivf.nprobe)))
