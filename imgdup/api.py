@@ -362,7 +362,8 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
         if len(cm):
             report = pd.concat([cm, unverified(report)], ignore_index=True)
     clock.lap("copy_move")
-    path = write_report(report, out, model.sha256, t, {"command": "query", "max_candidates": max_candidates or "none"}) if out else None
+    path = (write_report(report, out, model.sha256, t, {"command": "query", "max_candidates": max_candidates or "none"})
+            if out else None)
     if add:
         store = Store(store_path)
         with store.writer():

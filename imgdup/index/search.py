@@ -263,7 +263,8 @@ TILE_CAP = 20       # stored panels kept per query panel by the sub-region searc
 
 
 def tile_pairs(q_whole: np.ndarray, q_tiles: np.ndarray, whole_index: faiss.Index, tile_index: faiss.Index,
-               threshold: float, tile_base: int, cap: int | None = TILE_CAP) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               threshold: float, tile_base: int, cap: int | None = TILE_CAP
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidates through sub-regions, for partial re-use: (query row, stored panel id, f).
 
     Three searches: the query's tiles against whole panels (the stored panel is a crop of the
@@ -438,8 +439,8 @@ def build_ivf(chunks: Chunks, n: int, dim: int, nlist: int | None = None, seed: 
         ptrs = faiss.InvertedListsPtrVector()
         for part in parts:
             ptrs.push_back(part.invlists)
-        with faiss_notices_to_stderr():
-            total = lists.merge_from_multiple(ptrs.data(), ptrs.size(), False, False)   # (its own shift_ids mis-shifted a last, smaller slice: faiss 1.15.1)
+        with faiss_notices_to_stderr():     # (no shift_ids: faiss 1.15.1 mis-shifts a last, smaller slice)
+            total = lists.merge_from_multiple(ptrs.data(), ptrs.size(), False, False)
         del ptrs, parts
     with open(lists_file, "rb+") as fh:        # the merged lists reach the disk before any index names them
         os.fsync(fh.fileno())
