@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from speed import PDFS, like_real, machine  # noqa: E402
+from speed import PDFS, like_real, machine, proc_memory_mb  # noqa: E402
 
 
 DEFAULT_OUT = str(ROOT / "docs" / "index_scale.json")
@@ -147,11 +147,6 @@ def real_embeddings(smoke: bool) -> tuple[list, np.ndarray, np.ndarray]:
     return real, base, model.embed_tiles(real).reshape(-1, base.shape[1])
 
 
-def _mem() -> dict[str, float]:
-    return {ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in open("/proc/self/status")
-            if ln.split(":")[0] in ("VmRSS", "VmHWM", "RssAnon", "RssFile")}
-
-
 def bench_out_of_core(base: np.ndarray, size: int, n_query: int = 50, screen_new: int = 1000,
                       sample_queries: int = 300, slice_size: int = 1_000_000) -> dict:
     """The IVF with on-disk inverted lists (``build_ivf(lists_file=...)``, what ``imgdup reindex
@@ -195,12 +190,12 @@ def bench_out_of_core(base: np.ndarray, size: int, n_query: int = 50, screen_new
                  "slice": slice_size}
     with tempfile.TemporaryDirectory(prefix="imgdup-ooc-") as tmp:
         Path("/proc/self/clear_refs").write_text("5")       # peak memory of the build alone
-        before = _mem()
+        before = proc_memory_mb()
         t = time.perf_counter()
         idx = build_ivf(chunks, size, dim, lists_file=Path(tmp) / "index.ivfdata")
         out["ivf_build_seconds"] = time.perf_counter() - t
-        out["build_memory_mb"] = {"rss_before": before["VmRSS"], "peak_rss": _mem()["VmHWM"],
-                                  "anon_after": _mem()["RssAnon"]}
+        out["build_memory_mb"] = {"rss_before": before["VmRSS"], "peak_rss": proc_memory_mb()["VmHWM"],
+                                  "anon_after": proc_memory_mb()["RssAnon"]}
         out["lists_file_gb"] = (Path(tmp) / "index.ivfdata").stat().st_size / 2**30
         out["vectors_gb"] = size * dim * 4 / 2**30
         t = time.perf_counter()
@@ -228,7 +223,7 @@ def bench_out_of_core(base: np.ndarray, size: int, n_query: int = 50, screen_new
             t = time.perf_counter()         # what `--max-candidates 20` asks of the index instead
             nearest_within(idx, queries, PAIR_RADIUS, 20)
             out[f"ivf_{name}_seconds_cap20"] = time.perf_counter() - t
-        out["memory_mb"] = _mem()
+        out["memory_mb"] = proc_memory_mb()
     return out
 
 

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from index_scale import real_embeddings  # noqa: E402
-from speed import like_real, machine  # noqa: E402
+from speed import like_real, machine, proc_memory_mb  # noqa: E402
 
 PROBE = r"""
 import json, sys, time
@@ -68,12 +68,6 @@ print(json.dumps({"open_seconds": opened, "query_seconds": query, "mb_before_ope
 """
 
 
-def _status() -> dict[str, float]:
-    """This process's VmRSS, VmHWM (peak), RssAnon, RssFile, MB."""
-    return {ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in open("/proc/self/status")
-            if ln.split(":")[0] in ("VmRSS", "VmHWM", "RssAnon", "RssFile")}
-
-
 def build(path: Path, base: np.ndarray, tile_base: np.ndarray, n: int, batch: int = 50_000) -> dict:
     from imgdup.index.store import PanelRow, Store
 
@@ -90,9 +84,9 @@ def build(path: Path, base: np.ndarray, tile_base: np.ndarray, n: int, batch: in
                             tiles=like_real(tile_base, 5 * k, seed=10_000 + b).reshape(k, 5, -1))
         written = time.perf_counter() - t0
         Path("/proc/self/clear_refs").write_text("5")       # reset the peak (VmHWM) to the current RSS
-        before = _status()
+        before = proc_memory_mb()
         info = store.rebuild_index("ivf", on_disk=True)
-        peak = _status()
+        peak = proc_memory_mb()
     store.close()
     return {"panels": n, "write_seconds": written, "rebuild_seconds": info["seconds"],
             "rebuild_memory_mb": {"rss_before": before["VmRSS"], "peak_rss": peak["VmHWM"],

@@ -36,25 +36,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from index_scale import real_embeddings  # noqa: E402
-from speed import like_real, machine  # noqa: E402
+from speed import like_real, machine, real_crops  # noqa: E402
 
 
 def thumb_pool(n: int, seed: int = 0) -> list[bytes]:
-    """PNG thumbnails of random crops (96-400 px) of training-split images: real pixels that no
-    query panel shares."""
-    from imgdup.model.train import RECIPES, load_splits
+    """PNG thumbnails of ``real_crops``: real pixels that no query panel shares."""
     from imgdup.pipeline.verify import thumbnail
 
-    rng = np.random.default_rng(seed)
-    train = [(im.pixels * 255).round().astype(np.uint8) for im in load_splits(RECIPES["cpu"])["train"]]
-    out = []
-    for _ in range(n):
-        im = train[rng.integers(len(train))]
-        h, w = im.shape
-        ch, cw = (int(rng.integers(min(96, s), min(400, s) + 1)) for s in (h, w))
-        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        out.append(cv2.imencode(".png", thumbnail(im[y:y + ch, x:x + cw]))[1].tobytes())
-    return out
+    return [cv2.imencode(".png", thumbnail(im))[1].tobytes() for im in real_crops(n, seed)]
 
 
 def pad(index: Path, n: int, base: np.ndarray, tile_base: np.ndarray, thumbs: list[bytes], model) -> float:

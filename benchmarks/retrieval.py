@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from quality import FAMILIES, PAIR_FAMILIES, load_images  # noqa: E402
-from speed import like_real, machine  # noqa: E402
+from speed import like_real, machine, real_crops  # noqa: E402
 
 CAPS = (5, 10, 20, 50)
 
@@ -44,22 +44,6 @@ def positives(imgs: list[np.ndarray], per: int, rng) -> list[tuple[str, int, np.
         for i in rng.choice(len(imgs), size=min(per, len(imgs)), replace=False):
             a, b = fn(imgs[i], rng)
             out.append((fam, int(i), a, b))
-    return out
-
-
-def real_crops(n: int, seed: int = 1) -> list[np.ndarray]:
-    """Random crops (96-400 px a side) of training-split images: real panels unrelated to the queries."""
-    from imgdup.model.train import RECIPES, load_splits
-
-    rng = np.random.default_rng(seed)
-    train = [(im.pixels * 255).round().astype(np.uint8) for im in load_splits(RECIPES["cpu"])["train"]]
-    out = []
-    for _ in range(n):
-        im = train[rng.integers(len(train))]
-        h, w = im.shape
-        ch, cw = (int(rng.integers(min(96, s), min(400, s) + 1)) for s in (h, w))
-        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        out.append(np.ascontiguousarray(im[y:y + ch, x:x + cw]))
     return out
 
 
@@ -82,7 +66,7 @@ def main() -> None:
     pos = positives(imgs, per, rng)
     t0 = time.perf_counter()
     # stored panels: every test image, the stored half of each overlap pair, real crops, synthetic ones
-    stored = list(imgs) + [a for _, _, a, _ in pos if a is not None] + real_crops(n_real)
+    stored = list(imgs) + [a for _, _, a, _ in pos if a is not None] + real_crops(n_real, seed=1)
     source = np.array(list(range(len(imgs))) + [i for _, i, a, _ in pos if a is not None] + [-1] * n_real)
     vec, tiles = model.embed(stored), model.embed_tiles(stored)
     embed_s = time.perf_counter() - t0

@@ -77,6 +77,30 @@ def like_real(base: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     return out
 
 
+def proc_memory_mb() -> dict[str, float]:
+    """This process's resident size (VmRSS), its peak (VmHWM), own (RssAnon) and file-backed
+    (RssFile) pages, MB."""
+    return {ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in open("/proc/self/status")
+            if ln.split(":")[0] in ("VmRSS", "VmHWM", "RssAnon", "RssFile")}
+
+
+def real_crops(n: int, seed: int) -> list[np.ndarray]:
+    """Random crops (96-400 px a side) of training-split images: real panels that no held-out
+    query shares."""
+    from imgdup.model.train import RECIPES, load_splits
+
+    rng = np.random.default_rng(seed)
+    train = [(im.pixels * 255).round().astype(np.uint8) for im in load_splits(RECIPES["cpu"])["train"]]
+    out = []
+    for _ in range(n):
+        im = train[rng.integers(len(train))]
+        h, w = im.shape
+        ch, cw = (int(rng.integers(min(96, s), min(400, s) + 1)) for s in (h, w))
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        out.append(np.ascontiguousarray(im[y:y + ch, x:x + cw]))
+    return out
+
+
 def bench_query(base: np.ndarray, size: int, n_query: int = 50, screen_new: int = 1000) -> dict:
     from imgdup.index.search import pairs_against
 

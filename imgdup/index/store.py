@@ -347,8 +347,9 @@ class Store:
         ids) or ``tiles`` (tile ids ``panel_id * TILE_ID_BASE + tile``; shards without tile vectors
         are left out).  One shard in memory at a time."""
         dim = int(self.meta("dim", "128"))
-        files = [f for f in self._shard_files() if column in pq.read_schema(f).names]
-        per_row = {f: pq.read_schema(f).field(column).type.list_size // dim for f in files}
+        schemas = {f: pq.read_schema(f) for f in self._shard_files()}
+        per_row = {f: sc.field(column).type.list_size // dim for f, sc in schemas.items() if column in sc.names}
+        files = list(per_row)
         n = sum(pq.read_metadata(f).num_rows * per_row[f] for f in files)
 
         def pieces():
