@@ -91,6 +91,7 @@ def main() -> None:
     if args.cache and Path(args.cache).exists():
         z = np.load(args.cache)
         xn, xp = z["xn"], z["xp"]
+        fam_of = z["family"] if "family" in z else np.array([""] * len(xp))
     else:
         neg, seen = [], set()
         for a, b in negatives(imgs, groups, args.negatives, rng):
@@ -101,8 +102,9 @@ def main() -> None:
         xn = parallel_features(neg)
         fam = family_pairs(imgs, args.per_family, rng)
         xp = parallel_features([p for pairs in fam.values() for p in pairs])
+        fam_of = np.array([name for name, pairs in fam.items() for _ in pairs])
         if args.cache:
-            np.savez(args.cache, xn=xn, xp=xp)
+            np.savez(args.cache, xn=xn, xp=xp, family=fam_of)
     x = np.concatenate([xp, xn])
     y = np.concatenate([np.ones(len(xp)), np.zeros(len(xn))])
     # weight so that the fitted probability reflects one re-use per ten candidate pairs

@@ -243,6 +243,7 @@ class Scorers:
 
     def score(self, pairs) -> dict[str, np.ndarray]:
         x = parallel_features(pairs)
+        self.last_features = x
         f = x[:, 0]
         conf = self.v.confidence(x) if self.v.CONFIDENCE_FILE.exists() else np.zeros(len(x))
         out = {"cnn": -f, "verify": x[:, 3], "keypoints": x[:, 1] + x[:, 2], "imgdup": conf}
@@ -320,6 +321,8 @@ def main() -> None:
     ap.add_argument("--negatives", type=int, default=3000)
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "docs" / "quality.json"))
+    ap.add_argument("--dump", default=None,
+                    help="also write every pair's imgdup features and baseline scores to this .npz")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     imgs, groups = load_images(args.smoke)
@@ -328,9 +331,11 @@ def main() -> None:
     sc = Scorers()
     t0 = time.time()
     neg_scores = sc.score(negatives(imgs, groups, n_neg, rng))
+    dump = {"neg_features": sc.last_features, **{f"neg_{k}": v for k, v in neg_scores.items()}}
     table, retrieval = {}, {}
     for fam, pairs in family_pairs(imgs, per, rng).items():
         pos = sc.score(pairs)
+        dump.update({f"pos_features/{fam}": sc.last_features, **{f"pos_{k}/{fam}": v for k, v in pos.items()}})
         table[fam] = {name: metrics(pos[name], neg_scores[name]) for name in pos}
         retrieval[fam] = float(np.mean(pos["cnn"] >= -1.0))     # a whole-panel candidate at f <= 1
     copy_move = copy_move_rates(imgs, per, rng)
@@ -343,6 +348,8 @@ def main() -> None:
            "negatives_cnn_candidate_rate_f<=1": float(np.mean(neg_scores["cnn"] >= -1.0))}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
+    if args.dump:
+        np.savez(args.dump, **dump)
     lines = ["| family | " + " | ".join(names) + " | CNN candidate (f <= 1) |", "|---" * (len(names) + 2) + "|"]
     for fam in table:
         lines.append(f"| {fam} | " + " | ".join(f"{table[fam][n]['tpr@0.001']:.2f}" for n in names)

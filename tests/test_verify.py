@@ -203,3 +203,13 @@ def test_ratio_matches_equal_opencv_knn(skip_self):
         ref = _opencv_ratio_matches(a.desc, db, ratio, skip_self)
         assert len(ref) > 20
         assert np.array_equal(mine, ref)
+
+
+def test_closed_form_singular_values_equal_numpy_svd():
+    """The 2 x 2 closed form used to screen RANSAC transforms agrees with numpy's SVD, including
+    mirrored (negative determinant) and nearly singular matrices."""
+    rng = np.random.default_rng(5)
+    mats = [rng.normal(size=(2, 3)) for _ in range(500)]
+    mats += [np.array([[-1.0, 0.0, 3.0], [0.0, 1.0, 2.0]]), np.array([[1.0, 2.0, 0.0], [2.0, 4.0000001, 0.0]])]
+    for M in mats:
+        assert np.allclose(V._singular_values(M), np.linalg.svd(M[:, :2], compute_uv=False), atol=1e-9)

@@ -232,8 +232,28 @@ def shared_test_images(kind: str = "dsb2018", splits: tuple[str, ...] = ("test",
     from ..model.train import RECIPES, load_splits
 
     sp = load_splits(RECIPES["cpu"])
-    return [(im.pixels * 255).round().astype(np.uint8) for s in splits for im in sp[s]
-            if im.group.startswith(kind + "/")]
+    return distinct_images([(im.pixels * 255).round().astype(np.uint8) for s in splits for im in sp[s]
+                            if im.group.startswith(kind + "/")])
+
+
+SAME_FIELD_CORR = 0.9
+
+
+def distinct_images(images: list[np.ndarray]) -> list[np.ndarray]:
+    """Drop an image whose pixels correlate above ``SAME_FIELD_CORR`` with an earlier one of the
+    same size: DSB2018 holds a few frames of one field of view (e.g. a validation pair at 0.94),
+    and a benchmark with planted duplicates must not also hold unplanted ones."""
+    keep: list[int] = []
+    seen: dict[tuple[int, int], list[np.ndarray]] = {}
+    for k, im in enumerate(images):
+        v = im.astype(np.float32).ravel()
+        v -= v.mean()
+        v /= float(np.linalg.norm(v)) + 1e-9
+        if any(float(v @ u) > SAME_FIELD_CORR for u in seen.get(im.shape, [])):
+            continue
+        seen.setdefault(im.shape, []).append(v)
+        keep.append(k)
+    return [images[k] for k in keep]
 
 
 def main() -> None:
