@@ -3,14 +3,17 @@
 The pairs are built exactly as in ``benchmarks/quality.py`` (every family, overlap families and
 the shared hard negatives, each distinct pair once), but from up to 600 images of the validation
 and training splits (the validation split alone has 42 images, too few to sample thousands of
-distinct negatives), so that the quality benchmark, on the test split, stays held out.  Features: ``imgdup.pipeline.verify.FEATURES`` (CNN
+distinct negatives), so that the quality benchmark, on the test split, stays held out.  The
+negatives also include ``--label-negatives`` pairs of two different images carrying the same
+printed labels (``quality.shared_label_negatives``): text matches keypoints, and figures of one
+study share their lane and condition names.  Features: ``imgdup.pipeline.verify.FEATURES`` (CNN
 distance, log inliers, overlap and fine-detail correlations, whole-panel correlation, products
 with log inliers, perceptual-hash similarity).  Model: L2-penalised
 logistic regression (Newton / IRLS, a few lines of numpy), with negatives weighted up so the
 probability reflects a 1 : 10 prior; threshold: the smallest confidence that keeps the false
 positive rate on the calibration negatives at or below 1e-3.
 
-    python benchmarks/calibrate.py [--per-family 30] [--negatives 3000]
+    python benchmarks/calibrate.py [--per-family 30] [--negatives 3000] [--label-negatives 200]
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from quality import family_pairs, load_images, negatives, parallel_features  # noqa: E402
+from quality import family_pairs, load_images, negatives, parallel_features, shared_label_negatives  # noqa: E402
 
 from imgdup.pipeline.verify import FEATURES  # noqa: E402
 
@@ -76,6 +79,8 @@ def main() -> None:
     ap.add_argument("--per-family", type=int, default=30)
     ap.add_argument("--negatives", type=int, default=3000)
     ap.add_argument("--images", type=int, default=600)
+    ap.add_argument("--label-negatives", type=int, default=200,
+                    help="more negatives: two different images carrying the same printed labels")
     ap.add_argument("--out", default=str(ROOT / "imgdup" / "pipeline" / "confidence.json"))
     ap.add_argument("--cache", default=None, help="Keep / reuse the computed features in this .npz.")
     args = ap.parse_args()
@@ -99,6 +104,8 @@ def main() -> None:
             if key not in seen:         # the same pair drawn twice would count twice
                 seen.add(key)
                 neg.append((a, b))
+        # drawn from their own generator, so the other pairs are those of earlier calibrations
+        neg += shared_label_negatives(imgs, args.label_negatives, np.random.default_rng(7))
         xn = parallel_features(neg)
         fam = family_pairs(imgs, args.per_family, rng)
         xp = parallel_features([p for pairs in fam.values() for p in pairs])
@@ -117,7 +124,8 @@ def main() -> None:
     out = {"features": FEATURES, "coef": coef.tolist(), "intercept": b, "threshold": thr,
            "fitted_on": {"split": "val+train (never test)", "images": len(imgs), "positives": int(len(xp)), "negatives": int(len(xn)),
                          "prior": "1 re-use : 10 candidates", "command": "python benchmarks/calibrate.py "
-                         f"--per-family {args.per_family} --negatives {args.negatives} --images {args.images}"},
+                         f"--per-family {args.per_family} --negatives {args.negatives} --images {args.images} "
+                         f"--label-negatives {args.label_negatives}", "label_negatives": args.label_negatives},
            "calibration_tpr": float((cp >= thr).mean()), "calibration_fpr": float((cn >= thr).mean()),
            "feature_seconds": None if args.cache and Path(args.cache).exists() and time.time() - t0 < 5
            else round(time.time() - t0, 1)}

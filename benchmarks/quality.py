@@ -69,6 +69,45 @@ def _overlay(im, rng):
     return out
 
 
+LABEL_WORDS = ["MOCK", "NT_siRNA", "FLG_siRNA", "WT", "KO", "Ctrl", "GAPDH", "Actin", "Tubulin", "DAPI",
+               "+", "-", "kDa", "LPS", "DMSO", "shRNA", "p-ERK", "Merge", "24 h", "48 h"]
+
+
+def _label_block(rng) -> tuple[list[str], int, float, int, bool]:
+    """A random set of printed lane / panel labels: (words, font, relative size, thickness, vertical)."""
+    words = list(rng.choice(LABEL_WORDS, size=int(rng.integers(2, 5)), replace=False))
+    font = int(rng.choice([cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_TRIPLEX]))
+    return words, font, float(rng.uniform(0.8, 1.6)), int(rng.integers(1, 3)), bool(rng.random() < 0.5)
+
+
+def _print_labels(im, block, where) -> np.ndarray:
+    """``im`` with the label block printed at relative position ``where`` (dark text on a light
+    image, light on a dark one), as figures print lane and condition names."""
+    words, font, rel, thick, vertical = block
+    out = np.rot90(im, -1).copy() if vertical else im.copy()
+    h, w = out.shape
+    scale = rel * w / 600
+    ink = 0 if np.median(out) > 110 else 255
+    x, y = int(where[0] * w), int(where[1] * h)
+    for k, word in enumerate(words):
+        cv2.putText(out, word, (x, y + int(k * 34 * scale)), font, scale, ink, thick, cv2.LINE_AA)
+    return np.rot90(out, 1).copy() if vertical else out
+
+
+def shared_label_negatives(imgs, n, rng):
+    """Two different images carrying the same printed labels (lane or condition names, as on
+    two blots of one study): identical text, different biology.  A hard negative for the
+    keypoint check, which matches the text; used to calibrate the confidence."""
+    out = []
+    while len(out) < n:
+        i, j = (int(v) for v in rng.choice(len(imgs), size=2, replace=False))
+        block = _label_block(rng)
+        wa = (rng.uniform(0.05, 0.5), rng.uniform(0.1, 0.6))
+        wb = wa if rng.random() < 0.5 else (rng.uniform(0.05, 0.5), rng.uniform(0.1, 0.6))
+        out.append((_print_labels(imgs[i], block, wa), _print_labels(imgs[j], block, wb)))
+    return out
+
+
 def _overlap(im, keep, rng):
     """Two equal crops of one image sharing ``keep`` of their area (shifted field of view)."""
     h, w = im.shape

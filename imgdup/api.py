@@ -235,9 +235,16 @@ class _Clock:
 
 def _merge_pairs(i: np.ndarray, j: np.ndarray, f: np.ndarray, ti: np.ndarray, tj: np.ndarray,
                  tf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Whole-panel candidates plus the sub-region candidates not already among them."""
+    """Whole-panel candidates plus the sub-region candidates not already among them, each pair
+    once (a pair found from both of its panels' sub-regions keeps its smaller distance)."""
+    order = np.argsort(tf, kind="stable")
+    ti, tj, tf = ti[order], tj[order], tf[order]
     have = set(zip(i.tolist(), j.tolist()))
-    new = np.array([(a, b) not in have for a, b in zip(ti.tolist(), tj.tolist())], bool)
+    new = np.zeros(len(tf), bool)
+    for k, pair in enumerate(zip(ti.tolist(), tj.tolist())):
+        if pair not in have:
+            have.add(pair)
+            new[k] = True
     via = np.concatenate([np.full(len(f), "whole", object), np.full(int(new.sum()), "tiles", object)])
     return (np.concatenate([i, ti[new]]).astype(np.int64), np.concatenate([j, tj[new]]).astype(np.int64),
             np.concatenate([f, tf[new]]), via)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from imgdup.api import _drop_split_figure_tiles, _split_figures
@@ -53,3 +54,15 @@ def test_documents_embedded_together_as_one_by_one(tmp_path):
     assert together[-1][0].error and together[-1][1] is None
     for (_, v1, t1), (_, v2, t2) in zip(one[:-1], together[:-1]):
         assert v1.shape[0] > 0 and np.allclose(v1, v2, atol=1e-5) and np.allclose(t1, t2, atol=1e-5)
+
+
+def test_merge_pairs_reports_each_pair_once():
+    """A within-manuscript pair found from both panels' sub-regions (canonical order makes the
+    two hits equal) is one candidate, with the smaller distance; whole-panel hits come first."""
+    from imgdup.api import _merge_pairs
+
+    i, j, f = np.array([0]), np.array([1]), np.array([0.3])
+    ti, tj, tf = np.array([0, 2, 2, 4]), np.array([1, 3, 3, 5]), np.array([0.1, 0.6, 0.2, 0.9])
+    mi, mj, mf, via = _merge_pairs(i, j, f, ti, tj, tf)
+    got = sorted(zip(mi.tolist(), mj.tolist(), mf.tolist(), via.tolist()))
+    assert got == [(0, 1, 0.3, "whole"), (2, 3, 0.2, "tiles"), (4, 5, 0.9, "tiles")]

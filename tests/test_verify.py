@@ -213,3 +213,47 @@ def test_closed_form_singular_values_equal_numpy_svd():
     mats += [np.array([[-1.0, 0.0, 3.0], [0.0, 1.0, 2.0]]), np.array([[1.0, 2.0, 0.0], [2.0, 4.0000001, 0.0]])]
     for M in mats:
         assert np.allclose(V._singular_values(M), np.linalg.svd(M[:, :2], compute_uv=False), atol=1e-9)
+
+
+def test_whole_panel_correlation_survives_a_saturating_contrast_stretch():
+    """A light-background panel stretched until its background is flat white still correlates
+    with its source (each panel is clipped where the other is, ties share their rank); two
+    different panels treated the same way do not."""
+    a = textured(3)
+    src = a if np.median(a) > 128 else 255 - a       # dark structure on a light, textured background
+    stretched = np.clip((src.astype(np.float32) - 40) * 1.8, 0, 255).astype(np.uint8)
+    assert (stretched == 255).mean() > 0.3           # the background saturated
+    assert V.align_pair(src, stretched).ncc > 0.99       # 0.97 without the clipping, less without shared ranks
+    b = textured(20)
+    other = b if np.median(b) > 128 else 255 - b
+    assert V.align_pair(other, stretched).ncc < 0.6
+
+
+def test_co_clip_leaves_unclipped_panels_alone():
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 256, (64, 64)).astype(np.uint8) for _ in range(2))
+    ca, cb = V._co_clip(a, b)
+    assert np.array_equal(ca, a) and np.array_equal(cb, b)
+    b[:32] = 255                                     # half of b saturated: a's brightest half becomes one level
+    ca, _ = V._co_clip(a, b)
+    assert (ca == ca.max()).mean() >= 0.45
+
+
+def test_dim_micrographs_are_not_low_information():
+    """Real, dim fluorescence micrographs (black background, faint cells: low grey-level entropy
+    and spread) are findings when re-used, not logos; a flat noisy blank and a two-tone logo are
+    low-information."""
+    dim = []
+    for k in range(700):
+        g = V.thumbnail(micrograph(k))
+        if V.entropy_bits(g) < 1.5 or g.std() < 3.0:         # what the first rule called a graphic
+            dim.append(g)
+            if len(dim) == 3:
+                break
+    assert dim, "no dim micrograph found"
+    assert not any(V.low_information(g) for g in dim)
+    rng = np.random.default_rng(0)
+    blank = np.clip(128 + rng.normal(0, 4, (200, 200)), 0, 255).astype(np.uint8)
+    logo = np.full((64, 64), 255, np.uint8)
+    logo[20:40, 10:50] = 0
+    assert V.low_information(blank) and V.low_information(logo)
