@@ -66,3 +66,16 @@ def test_merge_pairs_reports_each_pair_once():
     mi, mj, mf, via = _merge_pairs(i, j, f, ti, tj, tf)
     got = sorted(zip(mi.tolist(), mj.tolist(), mf.tolist(), via.tolist()))
     assert got == [(0, 1, 0.3, "whole"), (2, 3, 0.2, "tiles"), (4, 5, 0.9, "tiles")]
+
+
+def test_distinct_images_drops_overlapping_tiles_of_one_field():
+    """The benchmark pool keeps one of two overlapping tiles of one real micrograph (a scan's
+    neighbouring fields) and every unrelated image."""
+    from conftest import micrograph
+    from imgdup.demo.generate import distinct_images
+
+    big = next(m for m in (micrograph(k) for k in range(60)) if min(m.shape) >= 420 and m.std() > 20)
+    other = next(m for m in (micrograph(k) for k in range(60, 120)) if min(m.shape) >= 300 and m.std() > 20)
+    a, b, c = big[:300, :300], big[:300, 120:420], other[:300, :300]
+    kept = distinct_images([a, c, b])
+    assert len(kept) == 2 and kept[0] is a and kept[1] is c
