@@ -101,6 +101,9 @@ def test_trivial_reasons():
     a = textured(5)
     assert "placed twice" in V.trivial_reason(_row(same_xref=True), a, a)
     assert "furniture" in V.trivial_reason(_row(same_content=True, match_bbox=[51, 50, 250, 251]), a, a)
+    # the same identical image at the same place mid-page (a shared template, a paper mill): a finding
+    mid = dict(query_bbox=[300, 400, 450, 550], match_bbox=[301, 400, 450, 551])
+    assert V.trivial_reason(_row(same_content=True, **mid), a, a) == ""
     assert "icon" in V.trivial_reason(_row(query_bbox=[0, 0, 30, 20], match_bbox=[0, 0, 20, 20]), a, a)
     logo = np.full((64, 64), 255, np.uint8)
     logo[20:40, 20:40] = 0

@@ -631,7 +631,14 @@ def verify(fa: Features, fb: Features, f: float = float("nan"), a_thumb: np.ndar
 # ---------------------------------------------------------------- pair reports
 
 FURNITURE_PT = 3.0      # same image within this many points of the same page place: furniture
+MARGIN_PT = (40.0, 60.0)  # furniture starts this close to the page's left / top edge (header, margin)
 ICON_PT = 40.0          # placements smaller than this on both sides are icons, not figures
+
+
+def in_margin(bbox) -> bool:
+    """A placement that starts in the page's left margin or its header band, where publishers put
+    logos, cover thumbnails and badges and the article's own figures do not go."""
+    return bool(bbox[0] < MARGIN_PT[0] or bbox[1] < MARGIN_PT[1])
 
 
 def entropy_bits(grey: np.ndarray) -> float:
@@ -661,8 +668,8 @@ def trivial_reason(row, a: np.ndarray | None, b: np.ndarray | None,
     if row.same_xref:
         return "same stored image placed twice in the document"
     qb, mb = np.asarray(row.query_bbox, float), np.asarray(row.match_bbox, float)
-    if row.same_content and not row.same_doc and np.abs(qb - mb).max() <= FURNITURE_PT:
-        return "publisher furniture: identical image at the same place on the page of both documents"
+    if row.same_content and not row.same_doc and np.abs(qb - mb).max() <= FURNITURE_PT and in_margin(qb):
+        return "publisher furniture: identical image at the same place in the header or margin of both documents"
     if max(qb[2] - qb[0], qb[3] - qb[1]) < ICON_PT and max(mb[2] - mb[0], mb[3] - mb[1]) < ICON_PT:
         return f"icon-sized placements (< {ICON_PT:.0f} pt on both sides)"
     if low is None:
