@@ -278,20 +278,28 @@ def distinct_images(images: list[np.ndarray]) -> list[np.ndarray]:
     scan (two 1024 px test images sharing 44 % of their area at 0.97), and a benchmark with
     planted duplicates must not also hold unplanted ones."""
     sift = cv2.SIFT_create(nfeatures=500)
-    kept: list[np.ndarray] = []
-    seen: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray, tuple]]] = {}
-    for im in images:
+    described: dict[int, tuple[np.ndarray, tuple]] = {}
+
+    def described_as(k: int) -> tuple[np.ndarray, tuple]:
+        """(image k at most 512 px, its SIFT keypoints): only images with a same-size partner
+        ever need them."""
+        if k not in described:
+            small = _small(images[k])
+            described[k] = small, sift.detectAndCompute(small, None)
+        return described[k]
+
+    kept: list[int] = []
+    seen: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
+    for k, im in enumerate(images):
         v = im.astype(np.float32).ravel()
         v -= v.mean()
         v /= float(np.linalg.norm(v)) + 1e-9
-        small = _small(im)
-        feats = sift.detectAndCompute(small, None)
-        if any(float(v @ u) > SAME_FIELD_CORR or _shared_field(s2, f2, small, feats)
-               for u, s2, f2 in seen.get(im.shape, [])):
+        if any(float(v @ u) > SAME_FIELD_CORR or _shared_field(*described_as(j), *described_as(k))
+               for j, u in seen.get(im.shape, [])):
             continue
-        seen.setdefault(im.shape, []).append((v, small, feats))
-        kept.append(im)
-    return kept
+        seen.setdefault(im.shape, []).append((k, v))
+        kept.append(k)
+    return [images[k] for k in kept]
 
 
 def main() -> None:

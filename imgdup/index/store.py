@@ -417,6 +417,12 @@ class Store:
         self._index = idx
         return idx
 
+    def _load_index_file(self, name: str) -> faiss.Index:
+        """faiss.read_index of a store file with the flags its lists need (``_io_flags``), faiss's
+        notices sent to standard error; raises what faiss raises."""
+        with faiss_notices_to_stderr():
+            return faiss.read_index(str(self.path / name), self._io_flags(name))
+
     def _read_index_file(self, name: str) -> faiss.Index | None:
         """An index file of the store, or None when absent, unreadable or of another metric or
         dimension (the caller rebuilds it from the shards)."""
@@ -424,8 +430,7 @@ class Store:
         if not path.exists():
             return None
         try:
-            with faiss_notices_to_stderr():
-                idx = faiss.read_index(str(path), self._io_flags(name))
+            idx = self._load_index_file(name)
         except Exception as exc:  # damaged file: rebuilt from the shards
             log.warning("%s unreadable (%s); rebuilding from embeddings", name, exc)
             return None
@@ -673,8 +678,7 @@ class Store:
             if not (self.path / name).exists():
                 continue
             try:
-                with faiss_notices_to_stderr():
-                    idx = faiss.read_index(str(self.path / name), self._io_flags(name))
+                idx = self._load_index_file(name)
             except Exception as exc:
                 problems.append(f"{name} unreadable ({type(exc).__name__}); `imgdup reindex` rebuilds it")
                 continue
