@@ -73,8 +73,9 @@ def panels(pdfs: tuple[Path, ...], out_dir: Path, workers: int, timeout: float, 
 
 @cli.command()
 @click.option("--recipe", default="cpu", show_default=True,
-              type=click.Choice(["cpu", "cpu-reuse", "cpu-paper", "paper"]),
-              help="Training recipe (cpu-reuse fine-tunes the result of cpu).")
+              type=click.Choice(["cpu", "cpu-reuse", "cpu-paper", "paper", "gpu", "gpu-reuse", "gpu-paper",
+                                 "gpu-paper-reuse"]),
+              help="Training recipe (X-reuse fine-tunes the result of X; see docs/MODEL.md).")
 @click.option("--out", "out_dir", default="runs", show_default=True, type=click.Path(path_type=Path),
               help="Runs go to OUT/<recipe>: checkpoints, log.jsonl, best.safetensors.")
 @click.option("--steps", type=int, default=None, help="Override the recipe's number of steps.")
@@ -82,14 +83,20 @@ def panels(pdfs: tuple[Path, ...], out_dir: Path, workers: int, timeout: float, 
 @click.option("--no-resume", is_flag=True, help="Start afresh even if a checkpoint exists.")
 @click.option("--export", "export_name", default=None,
               help="After training, export the best weights into the package under this name.")
+@click.option("--workers", default=0, show_default=True,
+              help="Threads (or --processes) that cut training windows ahead of the GPU (0: none).")
+@click.option("--processes", is_flag=True, help="Cut windows in worker processes instead of threads.")
+@click.option("--budget-minutes", type=float, default=None,
+              help="Fit the number of steps to this many minutes at the speed of the first steps.")
 def train(recipe: str, out_dir: Path, steps: int | None, device: str, no_resume: bool,
-          export_name: str | None) -> None:
+          export_name: str | None, workers: int, processes: bool, budget_minutes: float | None) -> None:
     """Train the siamese CNN (images from ../shared/data by default); resumable."""
     from ..model.train import RECIPES, export_weights, train as run
 
     r = RECIPES[recipe]
     run_dir = out_dir / r.name
-    result = run(r, run_dir, device=device, resume=not no_resume, steps=steps, progress=_progress())
+    result = run(r, run_dir, device=device, resume=not no_resume, steps=steps, progress=_progress(),
+                 workers=workers, processes=processes, budget_s=budget_minutes * 60 if budget_minutes else None)
     click.echo(f"best validation: {result['best']}")
     if export_name:
         path = export_weights(run_dir, export_name)

@@ -195,5 +195,6 @@ class WindowSampler:
             partners.append(other)
             a_ids.append(i)
             p_ids.append(j)
-        return (np.stack(anchors)[:, None].astype(np.float32), np.stack(partners)[:, None].astype(np.float32),
+        return (np.stack(anchors)[:, None].astype(np.float32, copy=False),
+                np.stack(partners)[:, None].astype(np.float32, copy=False),
                 np.array(a_ids), np.array(p_ids))

@@ -8,6 +8,8 @@ import json
 import logging
 import math
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +75,15 @@ RECIPES: dict[str, Recipe] = {
     # the paper's architecture under the CPU budget, for the comparison in docs/MODEL.md
     "cpu-paper": Recipe("cpu-paper", "paper", steps=600, batch=48, optimizer="adam", lr=1e-3,
                         eval_every=100),
+    # one GPU: the cpu / cpu-reuse schedule at the paper's batch of 256, for both networks;
+    # ``--budget-minutes`` fits the number of steps to the time at hand (recorded in recipe.json)
+    "gpu": Recipe("gpu", "paper64", steps=20000, batch=256, optimizer="adam", lr=1e-3, eval_every=250),
+    "gpu-reuse": Recipe("gpu-reuse", "paper64", steps=20000, batch=256, optimizer="adam", lr=3e-4,
+                        eval_every=250, deform=REUSE, init_from="gpu"),
+    "gpu-paper": Recipe("gpu-paper", "paper", steps=20000, batch=256, optimizer="adam", lr=1e-3,
+                        eval_every=250),
+    "gpu-paper-reuse": Recipe("gpu-paper-reuse", "paper", steps=20000, batch=256, optimizer="adam",
+                              lr=3e-4, eval_every=250, deform=REUSE, init_from="gpu-paper"),
 }
 
 
@@ -95,23 +106,21 @@ def load_splits(recipe: Recipe, split_file: Path = DEFAULT_SPLIT) -> dict[str, l
     return out
 
 
-class TripletSource:
-    """Draws triplet batches as tensors on the device: anchors, same, different."""
+class WindowMix:
+    """Anchor and partner windows (NumPy, CPU) from micrograph and blot samplers in fixed shares."""
 
-    def __init__(self, images: list[TrainImage], size: int, seed: int, device: torch.device,
-                 blot_weight: float = 0.3, cfg: DeformConfig | None = None, hard: bool = True) -> None:
+    def __init__(self, images: list[TrainImage], window: int, seed: int, blot_weight: float = 0.3,
+                 hard: bool = True) -> None:
         blots = [im for im in images if im.group.startswith("athenaz2/")]
         micro = [im for im in images if not im.group.startswith("athenaz2/")]
-        self.samplers = [(WindowSampler(micro, 2 * size, seed, hard=hard), 1 - blot_weight)] if micro else []
+        self.samplers = [(WindowSampler(micro, window, seed, hard=hard), 1 - blot_weight)] if micro else []
         if blots:
-            self.samplers.append((WindowSampler(blots, 2 * size, seed + 1, hard=hard), blot_weight))
+            self.samplers.append((WindowSampler(blots, window, seed + 1, hard=hard), blot_weight))
         total = sum(w for _, w in self.samplers)
         self.weights = [w / total for _, w in self.samplers]
         self.rng = np.random.default_rng(seed + 2)
-        self.deformer = Deformer(size, cfg=cfg, seed=seed, device=device)
-        self.device = device
 
-    def windows(self, n: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+    def windows(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         counts = self.rng.multinomial(n, self.weights)
         parts = [s.batch(int(c)) for (s, _), c in zip(self.samplers, counts) if c > 0]
         a, p, ai, pi = [], [], [], []
@@ -119,8 +128,124 @@ class TripletSource:
             a.append(wa), p.append(wp)
             ai.append(ia + 1_000_000 * k)  # image ids unique across samplers
             pi.append(ip + 1_000_000 * k)
-        to = lambda xs: torch.from_numpy(np.concatenate(xs)).to(self.device)  # noqa: E731
-        return to(a), to(p), np.concatenate(ai), np.concatenate(pi)
+        return np.concatenate(a), np.concatenate(p), np.concatenate(ai), np.concatenate(pi)
+
+
+class WindowThreads:
+    """``threads`` producer threads, each with its own seeded ``WindowMix`` and queue, read in
+    turn: the same batches in the same order on every run, while the GIL-free parts (OpenCV
+    resizes, array copies) run in parallel to feed a GPU."""
+
+    def __init__(self, images: list[TrainImage], window: int, seed: int, blot_weight: float,
+                 hard: bool, n: int, threads: int, depth: int = 3) -> None:
+        self.queues = [queue.Queue(maxsize=depth) for _ in range(threads)]
+        self.stop = threading.Event()
+        self.turn = 0
+        self.workers = [threading.Thread(target=self._run, daemon=True, name=f"windows-{k}",
+                                         args=(WindowMix(images, window, seed + 7919 * (k + 1), blot_weight, hard),
+                                               self.queues[k], n))
+                        for k in range(threads)]
+        for t in self.workers:
+            t.start()
+
+    def _run(self, mix: WindowMix, q: queue.Queue, n: int) -> None:
+        while not self.stop.is_set():
+            try:
+                item = mix.windows(n)
+            except Exception as e:  # surfaced to the training loop, not lost in a thread
+                item = e
+            while not self.stop.is_set():
+                try:
+                    q.put(item, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+
+    def next(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        item = self.queues[self.turn].get()
+        self.turn = (self.turn + 1) % len(self.queues)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self.stop.set()
+        for q in self.queues:   # unblock producers waiting on a full queue
+            while not q.empty():
+                q.get_nowait()
+        for t in self.workers:
+            t.join()
+
+
+class WindowStream(torch.utils.data.IterableDataset):
+    """The producers of ``WindowThreads`` as DataLoader worker processes (batches travel through
+    shared memory): the same seeds, so the same batches in the same order."""
+
+    def __init__(self, images: list[TrainImage], window: int, seed: int, blot_weight: float,
+                 hard: bool, n: int) -> None:
+        self.args = (images, window, seed, blot_weight, hard)
+        self.n = n
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        k = info.id if info is not None else 0
+        images, window, seed, blot_weight, hard = self.args
+        mix = WindowMix(images, window, seed + 7919 * (k + 1), blot_weight, hard)
+        while True:
+            a, p, ai, pi = mix.windows(self.n)
+            yield torch.from_numpy(a), torch.from_numpy(p), torch.from_numpy(ai), torch.from_numpy(pi)
+
+
+class WindowProcesses:
+    """``WindowStream`` read through a DataLoader with ``workers`` processes, in turn."""
+
+    def __init__(self, images: list[TrainImage], window: int, seed: int, blot_weight: float,
+                 hard: bool, n: int, workers: int, pin: bool = False) -> None:
+        self.loader = torch.utils.data.DataLoader(
+            WindowStream(images, window, seed, blot_weight, hard, n), batch_size=None,
+            num_workers=workers, prefetch_factor=2, persistent_workers=False, pin_memory=pin)
+        self.it = iter(self.loader)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+        a, p, ai, pi = next(self.it)
+        return a, p, ai.numpy(), pi.numpy()
+
+    def close(self) -> None:
+        del self.it   # shuts the workers down
+
+
+class TripletSource:
+    """Draws triplet batches as tensors on the device: anchors, same, different.
+
+    ``workers`` > 0 draws the windows of batches of ``batch`` in producer threads, or processes
+    with ``processes`` (a GPU outruns one CPU core); 0 draws them in the caller's thread, for any
+    batch size.  Threads and processes give the same batches."""
+
+    def __init__(self, images: list[TrainImage], size: int, seed: int, device: torch.device,
+                 blot_weight: float = 0.3, cfg: DeformConfig | None = None, hard: bool = True,
+                 workers: int = 0, batch: int = 0, processes: bool = False) -> None:
+        self.mix = WindowMix(images, 2 * size, seed, blot_weight, hard)
+        self.producer: WindowThreads | WindowProcesses | None = None
+        if workers > 0 and processes:   # pinned host memory: the copy to the GPU runs asynchronously
+            self.producer = WindowProcesses(images, 2 * size, seed, blot_weight, hard, batch, workers,
+                                            pin=device.type == "cuda")
+        elif workers > 0:
+            self.producer = WindowThreads(images, 2 * size, seed, blot_weight, hard, batch, workers)
+        self.batch = batch
+        self.deformer = Deformer(size, cfg=cfg, seed=seed, device=device)
+        self.device = device
+
+    def windows(self, n: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+        if self.producer is not None and n == self.batch:
+            a, p, ai, pi = self.producer.next()
+        else:
+            a, p, ai, pi = self.mix.windows(n)
+        a, p = (torch.as_tensor(x).to(self.device, non_blocking=True) for x in (a, p))
+        return a, p, ai, pi
+
+    def close(self) -> None:
+        if self.producer is not None:
+            self.producer.close()
 
     def triplets(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
         wa, wp, ai, pi = self.windows(n)
@@ -200,8 +325,15 @@ def pair_metrics(f_same: np.ndarray, f_diff: np.ndarray, threshold: float = 1.0)
 
 
 def train(recipe: Recipe, out_dir: str | Path, device: str = "auto", resume: bool = True,
-          steps: int | None = None, progress: bool = True) -> dict:
-    """Run (or resume) a recipe; writes checkpoints, a JSONL log and best.safetensors to out_dir."""
+          steps: int | None = None, progress: bool = True, workers: int = 0, processes: bool = False,
+          budget_s: float | None = None, probe: int = 40) -> dict:
+    """Run (or resume) a recipe; writes checkpoints, a JSONL log and best.safetensors to out_dir.
+
+    ``workers``: window producer threads, or processes with ``processes`` (0: none).
+    ``budget_s``: after ``probe`` steps, the run's length is cut to what fits this many seconds at
+    the speed measured after the first 10 (the learning-rate schedule follows the cut; the number
+    of steps is recorded in recipe.json as ``steps``), and a run that still overruns by 15 % stops
+    at its next step with a final evaluation."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dev = pick_device(device)
@@ -219,10 +351,12 @@ def train(recipe: Recipe, out_dir: str | Path, device: str = "auto", resume: boo
         opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    total = steps or recipe.steps
+    horizon = [steps or recipe.steps]   # a list: the schedule follows a budget cut
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 1.0 if recipe.optimizer == "sgd" else 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    source = TripletSource(splits["train"], size, recipe.seed, dev, recipe.blot_weight, cfg=cfg)
+        opt, lambda s: 1.0 if recipe.optimizer == "sgd" else
+        0.5 * (1 + math.cos(math.pi * min(s, horizon[0]) / horizon[0])))
+    source = TripletSource(splits["train"], size, recipe.seed, dev, recipe.blot_weight, cfg=cfg,
+                           workers=workers, batch=recipe.batch, processes=processes)
     start, best = 0, {"auc": -1.0}
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.exists():
@@ -230,36 +364,64 @@ def train(recipe: Recipe, out_dir: str | Path, device: str = "auto", resume: boo
         model.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         start, best = state["step"], state["best"]
+        if steps is None:   # a budget-cut run resumes with its cut schedule
+            horizon[0] = int(state.get("horizon", horizon[0]))
         source.deformer.g.set_state(state["gen"])
         log.info("resumed %s at step %d", recipe.name, start)
-    (out / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2))
+    record = {**dataclasses.asdict(recipe), "steps": horizon[0], "device": str(dev), "workers": workers,
+              "worker_processes": processes}
+    (out / "recipe.json").write_text(json.dumps(record, indent=2))
     logf = (out / "log.jsonl").open("a")
     t0 = time.time()
-    bar = tqdm(range(start, total), initial=start, total=total, disable=not progress, desc=recipe.name)
+    bar = tqdm(initial=start, total=horizon[0], disable=not progress, desc=recipe.name)
     model.train()
-    for step in bar:
-        a, s, d, ai, pi = source.triplets(recipe.batch)
-        loss, stats = step_loss(model, a, s, d, ai, pi, recipe.hard_negative_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        rec = {"step": step + 1, "loss": loss.item(), **stats, "lr": sched.get_last_lr()[0],
-               "seconds": round(time.time() - t0, 1)}
-        if (step + 1) % recipe.eval_every == 0 or step + 1 == total:
-            val = evaluate(model, splits["val"], size, pairs=256, device=dev, cfg=cfg)
-            rec.update({f"val_{k}": v for k, v in val.items()})
-            if val["auc"] >= best.get("auc", -1.0):  # threshold-free, less noisy than accuracy
-                best = {**val, "step": step + 1}
-                save_file(model.state_dict(), str(out / "best.safetensors"))
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "step": step + 1, "best": best, "gen": source.deformer.g.get_state()}, ckpt)
-        logf.write(json.dumps(rec) + "\n")
-        logf.flush()
-        bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{stats['acc']:.2f}",
-                        val_auc=f"{best.get('auc', 0):.3f}")
-    logf.close()
-    return {"best": best, "steps": total, "seconds": time.time() - t0}
+    step, t_warm = start, 0.0
+    try:
+        while step < horizon[0]:
+            a, s, d, ai, pi = source.triplets(recipe.batch)
+            loss, stats = step_loss(model, a, s, d, ai, pi, recipe.hard_negative_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            elapsed = time.time() - t0
+            if step == start + min(10, probe - 1):
+                t_warm = elapsed   # the first steps include cuDNN's kernel search
+            if budget_s and step == start + probe:
+                # steps that fit the budget at this speed, with 10 % kept for the evaluations
+                fit = step + int((budget_s - elapsed) * (probe - min(10, probe - 1)) / (elapsed - t_warm) * 0.9)
+                horizon[0] = max(step, min(horizon[0], fit))
+                bar.total = horizon[0]
+                record["steps"] = horizon[0]
+                (out / "recipe.json").write_text(json.dumps(record, indent=2))
+            over = bool(budget_s) and elapsed > 1.15 * budget_s
+            rec = {"step": step, "loss": loss.item(), **stats, "lr": sched.get_last_lr()[0],
+                   "seconds": round(elapsed, 1)}
+            if step % recipe.eval_every == 0 or step == horizon[0] or over:
+                val = evaluate(model, splits["val"], size, pairs=256, device=dev, cfg=cfg)
+                rec.update({f"val_{k}": v for k, v in val.items()})
+                if val["auc"] >= best.get("auc", -1.0):  # threshold-free, less noisy than accuracy
+                    best = {**val, "step": step}
+                    save_file(model.state_dict(), str(out / "best.safetensors"))
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                            "step": step, "best": best, "gen": source.deformer.g.get_state(),
+                            "horizon": horizon[0]}, ckpt)
+            logf.write(json.dumps(rec) + "\n")
+            logf.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{stats['acc']:.2f}",
+                            val_auc=f"{best.get('auc', 0):.3f}")
+            if over:
+                log.warning("%s: over its time budget at step %d of %d; stopped", recipe.name, step, horizon[0])
+                record["stopped_at"] = step
+                (out / "recipe.json").write_text(json.dumps(record, indent=2))
+                break
+    finally:
+        source.close()
+        bar.close()
+        logf.close()
+    return {"best": best, "steps": step, "seconds": time.time() - t0}
 
 
 def _lineage(runs: Path, name: str | None) -> list[dict]:
