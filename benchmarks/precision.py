@@ -35,12 +35,13 @@ def copies(images: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarra
     return out
 
 
-def measure(device: str, images: list[np.ndarray], dup: list[np.ndarray], reps: int) -> dict:
+def measure(device: str, images: list[np.ndarray], dup: list[np.ndarray], reps: int,
+            weights: str = "imgdup-default") -> dict:
     from imgdup import load_model
 
     emb, speed = {}, {}
     for precision in ("fp32", "amp"):
-        m = load_model(device=device, precision=precision)
+        m = load_model(weights, device=device, precision=precision)
         m.embed(images[:8])                                          # warm up
         t = time.perf_counter()
         for _ in range(reps):
@@ -49,7 +50,7 @@ def measure(device: str, images: list[np.ndarray], dup: list[np.ndarray], reps: 
         emb[precision] = (e, m.embed(dup))
     n = len(images)
     i, j = np.triu_indices(n, 1)
-    out = {"device": device, "panels_per_s": {k: round(v, 1) for k, v in speed.items()}}
+    out = {"device": device, "weights": weights, "panels_per_s": {k: round(v, 1) for k, v in speed.items()}}
     for name, (a, b) in (("unrelated pairs", (i, j)), ("image and its copy", (np.arange(n), None))):
         fs = {}
         for p, (e, d) in emb.items():
@@ -68,20 +69,32 @@ def measure(device: str, images: list[np.ndarray], dup: list[np.ndarray], reps: 
 def main() -> None:
     import torch
 
-    from imgdup.demo.generate import shared_test_images
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=300)
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "docs" / "precision.json"))
+    ap.add_argument("--weights", nargs="+", default=["imgdup-default"], help="shipped names or paths")
+    ap.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")
+    ap.add_argument("--pack", default=None, help="only write the held-out images to this .npz (for a GPU machine)")
+    ap.add_argument("--images-from", default=None, help="read the held-out images from a --pack file")
     args = ap.parse_args()
     n = 40 if args.smoke else args.images
-    images = shared_test_images(splits=("test",))[:n]
+    if args.images_from:
+        with np.load(args.images_from) as z:
+            images = [z[k] for k in sorted(z.files, key=int)][:n]
+    else:
+        from imgdup.demo.generate import shared_test_images
+
+        images = shared_test_images(splits=("test",))[:n]
+    if args.pack:
+        np.savez_compressed(args.pack, **{str(i): im for i, im in enumerate(images)})
+        return
     dup = copies(images, np.random.default_rng(0))
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     out = {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
-           "command": "python benchmarks/precision.py " + ("--smoke" if args.smoke else f"--images {n}"),
-           "runs": [measure(d, images, dup, reps=1 if args.smoke else 3) for d in devices]}
+           "command": "python " + " ".join(sys.argv),
+           "runs": [measure(d, images, dup, reps=1 if args.smoke else 3, weights=w)
+                    for w in args.weights for d in devices]}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))

@@ -19,9 +19,13 @@ import resource
 import time
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
+
+try:
+    import faiss
+except ImportError:   # machine() also serves scripts run where faiss is absent (a GPU machine)
+    faiss = None
 
 ROOT = Path(__file__).resolve().parents[1]
 PDFS = ROOT.parent / "shared" / "data" / "pdfs"
@@ -32,7 +36,7 @@ def machine() -> dict:
                  platform.machine()) if os.path.exists("/proc/cpuinfo") else platform.machine()
     return {"cpu": model, "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "torch": torch.__version__, "faiss": faiss.__version__,
+            "torch": torch.__version__, "faiss": getattr(faiss, "__version__", None),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
