@@ -366,25 +366,36 @@ def disk_full(pdfs: list[Path], work: Path, cap_bytes: int = 150_000) -> dict:
             "panels_after_rerun": len(_panels(store))}
 
 
+_HOLD = """import sys
+from imgdup.index.store import Store
+with Store(sys.argv[1], create=False).writer():
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
 def two_writers(pdfs: list[Path], work: Path) -> dict:
-    """Start an ingest; while it holds the store, start a second ingest and a screen at once:
-    both must stop with a clear "in use" message, the first must finish, the store stay sound."""
+    """While a writer holds the store (the lock ``imgdup ingest`` takes, held by a helper process
+    until the check is done, so that no timing decides it), a second ingest and a screen start at
+    once: both must stop with a clear "in use" message.  Then the writer lets go, and an ingest of
+    every document must finish with the store sound."""
     store = work / "busy"
-    first = subprocess.Popen([sys.executable, "-m", "imgdup.cli", "ingest", *map(str, pdfs), "--index", str(store),
-                              "--workers", "1", "--commit-every", "1"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lock = store / ".lock"
-    t0 = time.time()
-    while time.time() - t0 < 120 and not (lock.exists() and lock.read_text().startswith("pid")):
-        time.sleep(0.1)
+    cli = [sys.executable, "-m", "imgdup.cli"]
+    seed = subprocess.run([*cli, "ingest", str(pdfs[0]), "--index", str(store), "--workers", "1"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(store)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    held = holder.stdout.readline().strip() == "held"
     cmds = {"second_ingest": ["ingest", *map(str, pdfs)], "screen": ["screen", "--out", str(work / "busy-reports")]}
-    procs = {k: subprocess.Popen([sys.executable, "-m", "imgdup.cli", *c, "--index", str(store)],
+    procs = {k: subprocess.Popen([*cli, *c, "--index", str(store)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for k, c in cmds.items()}
     res = {k: (p.wait(), p.stderr.read().strip().splitlines()[-1:]) for k, p in procs.items()}
-    first_running = first.poll() is None
-    first.communicate()
-    out = {"first_still_running": first_running, "first_exit": first.returncode, "problems": _sound(store)}
+    holder.communicate("\n")
+    first = subprocess.run([*cli, "ingest", *map(str, pdfs), "--index", str(store), "--workers", "1",
+                            "--commit-every", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    out = {"seed_exit": seed.returncode, "lock_held": held, "holder_exit": holder.returncode,
+           "first_exit": first.returncode, "problems": _sound(store)}
     for k, (code, err) in res.items():
         out[f"{k}_exit"], out[f"{k}_error"] = code, err
     return out

@@ -56,6 +56,7 @@ def test_disk_full_gives_clear_error_and_intact_store(tmp_path):
 
 def test_second_writer_refused_with_clear_message(tmp_path):
     out = rel.two_writers(CORPUS, tmp_path)
+    assert out["seed_exit"] == 0 and out["lock_held"] and out["holder_exit"] == 0
     assert out["first_exit"] == 0 and out["problems"] == []
     assert out["second_ingest_exit"] == 2 and out["screen_exit"] == 2
     assert "in use by pid" in out["second_ingest_error"][0] and "in use by pid" in out["screen_error"][0]

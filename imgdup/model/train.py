@@ -207,11 +207,13 @@ class WindowProcesses:
         self.it = iter(self.loader)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+        if self.it is None:
+            raise RuntimeError("window processes already closed")
         a, p, ai, pi = next(self.it)
         return a, p, ai.numpy(), pi.numpy()
 
     def close(self) -> None:
-        del self.it   # shuts the workers down
+        self.it = None   # the iterator's end shuts the worker processes down
 
 
 class TripletSource:
