@@ -79,10 +79,9 @@ def _train_chain(arch_recipes: list[str], runs: Path, minutes: list[float], work
                  processes: bool, log: Path, device: str, steps: int | None) -> subprocess.Popen:
     cmds = []
     for recipe, m in zip(arch_recipes, minutes):
-        # the training function itself: the CLI's error handling imports faiss, absent there
-        cmds.append(f"{sys.executable} {Path(__file__).resolve()} phase --recipe {recipe} --runs {runs} "
+        cmds.append(f"{sys.executable} -m imgdup.cli train --recipe {recipe} --out {runs} --no-resume "
                     f"--device {device} --workers {workers} {'--processes' if processes else ''} "
-                    f"--minutes {m}" + (f" --steps {steps}" if steps else ""))
+                    f"--budget-minutes {m}" + (f" --steps {steps}" if steps else ""))
     return subprocess.Popen(" && ".join(cmds), shell=True, stdout=log.open("w"), stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -217,25 +216,9 @@ def main() -> None:
     r.add_argument("--device", default="cuda", help="cpu: a dry run of the whole script here")
     r.add_argument("--steps", type=int, default=None, help="cap on each phase's steps (dry runs)")
     r.add_argument("--embed-panels", type=int, default=16384)
-    ph = sub.add_parser("phase", help="one training run (what run starts for each phase)")
-    ph.add_argument("--recipe", required=True)
-    ph.add_argument("--runs", required=True)
-    ph.add_argument("--device", default="cuda")
-    ph.add_argument("--workers", type=int, default=0)
-    ph.add_argument("--processes", action="store_true")
-    ph.add_argument("--minutes", type=float, required=True)
-    ph.add_argument("--steps", type=int, default=None)
     args = ap.parse_args()
     if args.cmd == "pack":
         pack()
-    elif args.cmd == "phase":
-        from imgdup.model.train import RECIPES, train
-
-        res = train(RECIPES[args.recipe], Path(args.runs) / args.recipe, device=args.device, resume=False,
-                    steps=args.steps, progress=False, workers=args.workers, processes=args.processes,
-                    budget_s=args.minutes * 60)
-        print(f"{args.recipe}: {res['steps']} steps in {res['seconds']:.0f} s; best validation {res['best']}",
-              flush=True)
     else:
         run(args.minutes, Path(args.out), args.workers, args.device, args.steps, args.embed_panels)
 

@@ -302,7 +302,7 @@ def demo(index: str, out: Path, top: int) -> None:
 
 
 def main() -> None:
-    from ..index.store import StoreError
+    from ..index.errors import StoreError   # not store: it imports faiss
     from ..model.api import WeightsError
 
     try:

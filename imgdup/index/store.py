@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import __version__
+from .errors import StoreError
 from .search import (Chunks, DeltaIndex, add_tiles, build_ivf, choose_nprobe, faiss_notices_to_stderr, ids_of,
                      ivf_of, tile_ids)
 
@@ -97,10 +98,6 @@ def _lists_file_name(index: faiss.Index) -> str:
         return ""
     lists = faiss.downcast_InvertedLists(ivf.invlists)
     return Path(lists.filename).name if isinstance(lists, faiss.OnDiskInvertedLists) else ""
-
-
-class StoreError(RuntimeError):
-    """A store that cannot be used as asked (other model, locked, damaged)."""
 
 
 @dataclass
