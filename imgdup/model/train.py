@@ -130,6 +130,12 @@ class WindowMix:
             pi.append(ip + 1_000_000 * k)
         return np.concatenate(a), np.concatenate(p), np.concatenate(ai), np.concatenate(pi)
 
+    @classmethod
+    def for_worker(cls, images: list[TrainImage], window: int, seed: int, blot_weight: float,
+                   hard: bool, k: int) -> "WindowMix":
+        """Producer k's own mix: one seed per worker, whether a thread or a process draws it."""
+        return cls(images, window, seed + 7919 * (k + 1), blot_weight, hard)
+
 
 class WindowThreads:
     """``threads`` producer threads, each with its own seeded ``WindowMix`` and queue, read in
@@ -142,7 +148,7 @@ class WindowThreads:
         self.stop = threading.Event()
         self.turn = 0
         self.workers = [threading.Thread(target=self._run, daemon=True, name=f"windows-{k}",
-                                         args=(WindowMix(images, window, seed + 7919 * (k + 1), blot_weight, hard),
+                                         args=(WindowMix.for_worker(images, window, seed, blot_weight, hard, k),
                                                self.queues[k], n))
                         for k in range(threads)]
         for t in self.workers:
@@ -189,8 +195,7 @@ class WindowStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         k = info.id if info is not None else 0
-        images, window, seed, blot_weight, hard = self.args
-        mix = WindowMix(images, window, seed + 7919 * (k + 1), blot_weight, hard)
+        mix = WindowMix.for_worker(*self.args, k)
         while True:
             a, p, ai, pi = mix.windows(self.n)
             yield torch.from_numpy(a), torch.from_numpy(p), torch.from_numpy(ai), torch.from_numpy(pi)
