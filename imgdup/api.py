@@ -23,7 +23,7 @@ from .model.api import Embedder, load_model
 from .pipeline import DocResult, ExtractOptions, Limits, extract_many, write_panels
 from . import __version__
 from .hashing import sha256_file
-from .pipeline.verify import find_copy_moves, thumbnail, verify_report
+from .pipeline.verify import attach_evidence, find_copy_moves, thumbnail, verify_report
 
 
 def extract_panels(pdfs: Sequence[str | Path], out_dir: str | Path, workers: int = 2,
@@ -32,7 +32,7 @@ def extract_panels(pdfs: Sequence[str | Path], out_dir: str | Path, workers: int
     """PDFs -> panels as PNGs plus panels.parquet under out_dir; bad documents are skipped with
     their reason (see each DocResult.error)."""
     results = []
-    stream = extract_many(pdfs, Limits(**limits_kw), ExtractOptions(), workers=workers)
+    stream = extract_many(pdfs, Limits(**limits_kw), ExtractOptions(evidence=False), workers=workers)
     for res in tqdm(stream, total=len(pdfs), desc="extract", unit="doc", disable=not progress):
         results.append(res)
         if echo:
@@ -67,11 +67,6 @@ def _panel_rows(res: DocResult) -> list[PanelRow]:
                      p.rotation, p.flipped) for p in res.panels]
 
 
-def _thumbs(res: DocResult) -> list[bytes]:
-    """PNG thumbnails kept in the store for verification and as evidence."""
-    import cv2
-
-    return [cv2.imencode(".png", thumbnail(p.pixels))[1].tobytes() for p in res.panels]
 
 
 class _PendingBatch:
@@ -87,6 +82,7 @@ class _PendingBatch:
         self.vecs: list[np.ndarray] = []
         self.tiles: list[np.ndarray] = []
         self.thumbs: list[bytes] = []
+        self.keypoints: list[bytes] = []
 
     def add(self, res: DocResult, key: str, vectors: np.ndarray | None = None,
             tiles: np.ndarray | None = None) -> None:
@@ -95,13 +91,15 @@ class _PendingBatch:
             self.rows.extend(_panel_rows(res))
             self.vecs.append(vectors)
             self.tiles.append(tiles)
-            self.thumbs.extend(_thumbs(res))
+            attach_evidence(res)        # done by the extraction workers; here only what they did not
+            self.thumbs.extend(p.thumb for p in res.panels)
+            self.keypoints.extend(p.keypoints for p in res.panels)
 
     def flush(self, store: Store) -> None:
         if self.docs:
             vec = np.concatenate(self.vecs) if self.vecs else np.zeros((0, self.dim), np.float32)
             tiles = np.concatenate(self.tiles) if self.tiles and all(t is not None for t in self.tiles) else None
-            store.add_batch(self.docs, self.rows, vec, self.thumbs, tiles=tiles)
+            store.add_batch(self.docs, self.rows, vec, self.thumbs, tiles=tiles, keypoints=self.keypoints)
         self._clear()
 
 
@@ -325,6 +323,7 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
     split = _split_figures(qinfo)
     store_path = Path(index or default_index())
     stored_thumbs: dict[int, np.ndarray] = {}
+    stored_kp: dict[int, bytes] = {}
     if store_path.exists():
         store = Store(store_path, create=False)
         if store.count():
@@ -345,23 +344,30 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
             pos = minfo.index.get_indexer(ids)
             parts.append(make_report(qinfo, minfo.reset_index(drop=True), qi, pos, f, via))
             if verify and len(ids):
-                stored_thumbs = store.thumbs(np.unique(ids))
+                stored_thumbs, stored_kp = store.evidence(np.unique(ids))
         store.close()
     report = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else parts[0]
     report = _drop_split_figure_tiles(report, split)
     report = report.sort_values("distance", kind="stable").reset_index(drop=True)
     clock.lap("search")
     if verify and len(report):
-        manuscript_px = {(p.doc_sha256, p.panel_id): p.pixels for r in good for p in r.panels}
+        manuscript = {(p.doc_sha256, p.panel_id): p for r in good for p in r.panels}
 
         def lookup(side: str, row) -> np.ndarray | None:
             pid = getattr(row, f"{side}_panel_id")
             if pid >= 0:
                 return stored_thumbs.get(int(pid))
-            px = manuscript_px.get((getattr(row, f"{side}_sha256"), getattr(row, f"{side}_panel")))
-            return None if px is None else thumbnail(px)
+            p = manuscript.get((getattr(row, f"{side}_sha256"), getattr(row, f"{side}_panel")))
+            return None if p is None else thumbnail(p.pixels)
 
-        report = verify_report(report, lookup, keep_rejected=keep_rejected, progress=progress)
+        def keypoints(side: str, row) -> bytes | None:
+            pid = getattr(row, f"{side}_panel_id")
+            if pid >= 0:
+                return stored_kp.get(int(pid))
+            p = manuscript.get((getattr(row, f"{side}_sha256"), getattr(row, f"{side}_panel")))
+            return None if p is None else p.keypoints
+
+        report = verify_report(report, lookup, keep_rejected=keep_rejected, progress=progress, keypoints=keypoints)
     clock.lap("verify")
     if copy_move:
         px = {i: p.pixels for i, p in enumerate(p for r in good for p in r.panels) if p.kind != "figure"}
@@ -448,14 +454,15 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
                                  pairs.f.to_numpy(), pairs.via.to_numpy())
             report = _drop_split_figure_tiles(report, store.split_figures(info.doc_sha256.unique()))
             if verify and len(report):
-                th = store.thumbs(np.union1d(report.query_panel_id, report.match_panel_id))
+                th, kp = store.evidence(np.union1d(report.query_panel_id, report.match_panel_id))
                 if engine == "ray":
                     from .pipeline.distributed import ray_verify
 
-                    report = ray_verify(report, th, keep_rejected=keep_rejected, address=address)
+                    report = ray_verify(report, th, keep_rejected=keep_rejected, address=address, keypoints=kp)
                 else:
                     report = verify_report(report, lambda side, row: th.get(int(getattr(row, f"{side}_panel_id"))),
-                                           keep_rejected=keep_rejected, progress=progress)
+                                           keep_rejected=keep_rejected, progress=progress,
+                                           keypoints=lambda side, row: kp.get(int(getattr(row, f"{side}_panel_id"))))
             if copy_move:
                 th = store.thumbs(new)
                 ninfo = store.panel_table(new).reset_index(drop=True)

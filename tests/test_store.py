@@ -138,6 +138,35 @@ def test_query_add_then_idempotent(corpus, model, tmp_path):
     assert _check_consistent(tmp_path / "st") == before + n_ms
 
 
+def test_stored_keypoints_used_and_old_shards_still_verified(corpus, model, tmp_path):
+    """Ingest stores each panel's verification keypoints; a query's verdicts are the same whether
+    they come from the store or, for shards written before keypoints were stored, are computed."""
+    from imgdup.pipeline.verify import KEYPOINTS_MAGIC
+
+    out, _ = corpus
+    ms = [out / "manuscript" / "manuscript.pdf"]
+    ingest(sorted((out / "corpus").glob("*.pdf")), tmp_path / "st", model=model)
+    st = Store(tmp_path / "st", create=False)
+    ids = np.array([r[0] for r in st.db.execute("SELECT panel_id FROM panels")], np.int64)
+    thumbs, packed = st.evidence(ids[::3])
+    assert set(packed) == set(thumbs) == set(ids[::3].tolist())
+    assert all(b.startswith(KEYPOINTS_MAGIC) for b in packed.values())
+    shards = sorted((tmp_path / "st" / "embeddings").glob("part-*.parquet"))
+    assert all(pq.ParquetFile(f).metadata.row_group(0).num_rows <= 64 for f in shards)
+    st.close()
+    kw = dict(model=model, keep_rejected=True, copy_move=False)
+    new = query(ms, tmp_path / "st", **kw).report
+    for f in shards:        # the shards as an older imgdup wrote them: no keypoints column
+        t = pq.read_table(f)
+        pq.write_table(t.drop_columns(["keypoints"]), f)
+    assert "keypoints" not in pq.read_schema(shards[0]).names
+    old = query(ms, tmp_path / "st", **kw).report
+    assert len(new) == len(old) and new.verified.sum() >= 3
+    cols = ["query_panel", "match_panel_id", "verified", "confidence", "verify_inliers", "verify_orientation"]
+    pd_new, pd_old = (r[cols].sort_values(cols[:2]).reset_index(drop=True) for r in (new, old))
+    assert pd_new.equals(pd_old)
+
+
 def _pdf(path: Path, images: list[np.ndarray]) -> Path:
     import pymupdf
 

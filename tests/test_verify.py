@@ -260,3 +260,24 @@ def test_dim_micrographs_are_not_low_information():
     logo = np.full((64, 64), 255, np.uint8)
     logo[20:40, 10:50] = 0
     assert V.low_information(blank) and V.low_information(logo)
+
+
+def test_packed_keypoints_give_the_same_verdicts():
+    """Keypoints packed at ingest and unpacked at query time equal those computed afresh, so a
+    stored panel is verified exactly as before; a stale or foreign blob is ignored."""
+    a = textured(3)
+    b = np.ascontiguousarray(np.rot90(np.clip(a.astype(np.float32) * 0.7 + 30, 0, 255).astype(np.uint8)))
+    blob = V.pack_keypoints(b)
+    assert blob.startswith(V.KEYPOINTS_MAGIC)
+    fresh, unpacked = V.features(b), V.unpack_keypoints(b, blob)
+    assert np.array_equal(fresh.img, unpacked.img) and fresh.orig_shape == unpacked.orig_shape
+    for eq in (False, True):
+        for x, y in zip(fresh.keypoints(equalised=eq), unpacked.keypoints(equalised=eq)):
+            assert np.array_equal(x, y)
+    m1, m2 = V.match(V.features(a), fresh), V.match(V.features(a), unpacked)
+    assert m1.inliers >= 20 and m1 == dataclasses.replace(m2, pts_a=m1.pts_a, pts_b=m1.pts_b)
+    assert np.array_equal(m1.pts_b, m2.pts_b)
+    # stale version, another panel's size, truncated: recomputed, same result
+    for bad in (b"KP0" + blob[3:], V.pack_keypoints(a), blob[:-5], b"", None):
+        f = V.unpack_keypoints(b, bad)
+        assert np.array_equal(f.desc, fresh.desc) and np.array_equal(f.pts, fresh.pts)

@@ -6,6 +6,9 @@
                           vectors of the panel's views ("tiles": 5 sub-regions, for partial re-use,
                           and the panel histogram-equalised, for tone changes; 5 in older shards) + a
                           PNG thumbnail (longer side 256 px, never enlarged) for verification and evidence
+                          + the panel's verification keypoints (``verify.pack_keypoints``; shards
+                          written before session 9 have none: they are computed when needed);
+                          row groups of ROW_GROUP panels, so a query reads only the groups it needs
     index.faiss           FAISS IndexIDMap2(IndexFlat, METRIC_L1) - or IVF from IVF_MIN_PANELS on -
                           rebuildable from the shards
     tiles.faiss           the sub-region vectors (L1; flat, or IVF with its own lists from
@@ -77,6 +80,7 @@ ON_DISK_RAM_SHARE = 0.25   # an IVF whose vectors exceed this share of the machi
 PAIR_RADIUS = 1.0          # the f threshold at which the IVF's pair recall is measured
 PAIR_RECALL = 0.99         # ... and the recall its nprobe must reach
 TILE_RECALL_QUERIES = 500  # stored tile vectors used as queries to measure the tile index's recall
+ROW_GROUP = 64             # panels per Parquet row group of a shard (a query reads the groups holding its candidates)
 
 
 def new_index(dim: int) -> faiss.Index:
@@ -120,7 +124,7 @@ class PanelRow:
 def _fsync_write_table(table: pa.Table, dst: Path) -> None:
     tmp = dst.with_name(f".{dst.name}.tmp")
     try:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, dst)
@@ -213,8 +217,10 @@ class Store:
 
     # ------------------------------------------------------------------ writing
     def add_batch(self, docs: list[dict], panels: list[PanelRow], vectors: np.ndarray,
-                  thumbs: list[bytes] | None = None, tiles: np.ndarray | None = None) -> list[int]:
-        """Register documents (ok or skipped) and their panels + vectors atomically."""
+                  thumbs: list[bytes] | None = None, tiles: np.ndarray | None = None,
+                  keypoints: list[bytes] | None = None) -> list[int]:
+        """Register documents (ok or skipped) and their panels + vectors atomically (with each
+        panel's PNG thumbnail and packed verification keypoints when given)."""
         assert self._lock_fh is not None, "add_batch needs Store.writer()"
         assert len(panels) == len(vectors)
         thumbs = thumbs if thumbs is not None else [b""] * len(panels)
@@ -229,6 +235,9 @@ class Store:
             cols = {"panel_id": pa.array(ids, pa.int64()),
                     "vector": pa.FixedSizeListArray.from_arrays(pa.array(vec.ravel()), vec.shape[1]),
                     "thumb": pa.array(thumbs, pa.binary())}
+            if keypoints is not None:
+                assert len(keypoints) == len(panels)
+                cols["keypoints"] = pa.array(keypoints, pa.binary())
             if tiles is not None:
                 tv = np.ascontiguousarray(tiles, dtype=np.float32)
                 cols["tiles"] = pa.FixedSizeListArray.from_arrays(pa.array(tv.ravel()), tv.shape[1] * tv.shape[2])
@@ -284,16 +293,28 @@ class Store:
 
     def thumbs(self, ids: np.ndarray) -> dict[int, np.ndarray]:
         """Stored thumbnails (uint8 greyscale) of the given panels."""
+        return self.evidence(ids, keypoints=False)[0]
+
+    def evidence(self, ids: np.ndarray, keypoints: bool = True) -> tuple[dict[int, np.ndarray], dict[int, bytes]]:
+        """Stored thumbnails (uint8 greyscale) and packed verification keypoints of the given
+        panels (a panel from a shard without keypoints has none: verification computes them).
+        Only the row groups holding the panels are read."""
         import cv2
 
-        out: dict[int, np.ndarray] = {}
-        want = {int(i) for i in np.asarray(ids).ravel()}
-        for f in self._shard_files(ids):
-            t = pq.read_table(f, columns=["panel_id", "thumb"])
-            for pid, png in zip(t.column("panel_id").to_pylist(), t.column("thumb").to_pylist()):
-                if pid in want and png:
-                    out[pid] = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
-        return out
+        thumbs: dict[int, np.ndarray] = {}
+        packed: dict[int, bytes] = {}
+        want = sorted({int(i) for i in np.asarray(ids).ravel()})
+        for f in self._shard_files(np.asarray(want, np.int64)):
+            pf = pq.ParquetFile(f)
+            cols = ["panel_id", "thumb"] + (["keypoints"] if keypoints and "keypoints" in pf.schema_arrow.names else [])
+            t = pq.read_table(f, columns=cols, filters=[("panel_id", "in", want)])
+            kps = t.column("keypoints").to_pylist() if "keypoints" in cols else [None] * t.num_rows
+            for pid, png, kp in zip(t.column("panel_id").to_pylist(), t.column("thumb").to_pylist(), kps):
+                if png:
+                    thumbs[pid] = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
+                if kp:
+                    packed[pid] = kp
+        return thumbs, packed
 
     def vectors(self, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) from the Parquet shards (all, or those with the given ids)."""

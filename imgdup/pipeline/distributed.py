@@ -96,22 +96,25 @@ def ray_stream(paths: list[str], limits: Limits, opts: ExtractOptions, weights: 
             ray.kill(a)
 
 
-def _verify_chunk(report, thumbs: dict, threshold: float | None):
+def _verify_chunk(report, thumbs: dict, threshold: float | None, packed: dict | None = None):
     """One Ray task: ``verify_report`` on a chunk of candidate pairs (every verdict, rejected
     ones included), single-threaded inside the task as the local thread pool runs each pair."""
     from .verify import single_threaded, verify_report
 
+    packed = packed or {}
     with single_threaded():
         return verify_report(report, lambda side, row: thumbs.get(int(getattr(row, f"{side}_panel_id"))),
-                             keep_rejected=True, threshold=threshold, threads=1)
+                             keep_rejected=True, threshold=threshold, threads=1,
+                             keypoints=lambda side, row: packed.get(int(getattr(row, f"{side}_panel_id"))))
 
 
 def ray_verify(report, thumbs: dict, keep_rejected: bool = False, threshold: float | None = None,
-               address: str | None = None, chunks: int | None = None):
+               address: str | None = None, chunks: int | None = None, keypoints: dict | None = None):
     """``verify_report`` of a screen's candidate pairs on a Ray cluster: the pairs are split by
     their first panel (so each panel's keypoints are computed in as few tasks as possible) into
     about 4 chunks per CPU, each chunk verified by one task with the thumbnails it needs.  The
-    verdicts do not depend on how pairs are grouped, so the report equals the local one."""
+    verdicts do not depend on how pairs are grouped, so the report equals the local one.
+    ``keypoints``: the panels' stored keypoints (``Store.evidence``), sent with their thumbnails."""
     import pandas as pd
 
     from .verify import verify_report
@@ -136,7 +139,8 @@ def ray_verify(report, thumbs: dict, keep_rejected: bool = False, threshold: flo
             continue
         sub = order.iloc[part]
         need = np.union1d(sub.query_panel_id, sub.match_panel_id)
-        refs.append(task.remote(sub, {int(k): thumbs.get(int(k)) for k in need}, threshold))
+        refs.append(task.remote(sub, {int(k): thumbs.get(int(k)) for k in need}, threshold,
+                                {int(k): keypoints[int(k)] for k in need if keypoints and int(k) in keypoints}))
     out = pd.concat(ray.get(refs)).sort_values("_row").drop(columns="_row")   # the report's order
     if not keep_rejected:
         out = out[out.verified]

@@ -51,6 +51,7 @@ class ExtractOptions:
     split: bool = True
     min_panel_px: int = 48
     min_panel_frac: float = 0.08
+    evidence: bool = True           # also each panel's store thumbnail and keypoints (pipeline.verify)
 
 
 @dataclass
@@ -73,9 +74,11 @@ class Panel:
     rotation: int                   # raw orientation of the stored image: 0/90/180/270
     flipped: bool                   # raw image mirrored by its placement
     transform: tuple[float, ...]
+    thumb: bytes = b""              # PNG thumbnail kept in the store (``verify.attach_evidence``)
+    keypoints: bytes = b""          # verification keypoints kept in the store (``verify.pack_keypoints``)
 
     def meta(self) -> dict:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "pixels"}
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("pixels", "thumb", "keypoints")}
         d["bbox"] = list(self.bbox)
         d["xrefs"] = list(self.xrefs)
         d["transform"] = list(self.transform)

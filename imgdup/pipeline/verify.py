@@ -201,7 +201,22 @@ def _describe(img: np.ndarray, dense: bool = False, equalised: bool = False) -> 
     if d is None or len(kp) == 0:
         return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32)
     d = d / (d.sum(1, keepdims=True) + 1e-7)            # RootSIFT
-    return np.float32([k.pt for k in kp]), np.sqrt(d).astype(np.float32)
+    return np.float32([k.pt for k in kp]), _dequantise(_quantise(np.sqrt(d)))
+
+
+def _quantise(desc: np.ndarray) -> np.ndarray:
+    """RootSIFT components (0..1) as uint8 levels: the form stored at ingest, so that keypoints
+    computed now and keypoints read from the store give the same matches, bit for bit."""
+    return np.round(np.clip(desc, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _dequantise(q: np.ndarray) -> np.ndarray:
+    """uint8 levels back to unit-length float32 descriptors (``_ratio_matches`` relies on unit length)."""
+    x = q.astype(np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(1e-6))
+
+
+KEYPOINTS_MAGIC = b"KP1"   # bump when keypoint detection changes: stored keypoints of another version are recomputed
 
 
 @dataclass
@@ -227,6 +242,51 @@ class Features:
         return self._more[mirrored, equalised]
 
 
+def pack_keypoints(thumb: np.ndarray) -> bytes:
+    """The keypoints that verification needs of a stored panel (CLAHE and equalised passes of
+    ``features(thumb)``), packed for the store: computed once at ingest instead of at every
+    query that retrieves the panel.  About 136 bytes a keypoint (2 float32 + 128 uint8)."""
+    f = features(thumb)
+    pe, de = f.keypoints(equalised=True)
+    head = np.array([f.img.shape[0], f.img.shape[1], len(f.pts), len(pe)], "<u4").tobytes()
+    return b"".join([KEYPOINTS_MAGIC, head, f.pts.astype("<f4").tobytes(), _quantise(f.desc).tobytes(),
+                     pe.astype("<f4").tobytes(), _quantise(de).tobytes()])
+
+
+def unpack_keypoints(thumb: np.ndarray, blob: bytes | None) -> Features:
+    """``features(thumb)`` with the plain and equalised keypoints taken from ``pack_keypoints``'s
+    ``blob`` (computed afresh when the blob is missing, of another version or another size)."""
+    img = _prep_image(thumb, PREP)
+    m = len(KEYPOINTS_MAGIC)
+    if not blob or blob[:m] != KEYPOINTS_MAGIC:
+        return features(thumb)
+    h, w, n1, n2 = (int(v) for v in np.frombuffer(blob, "<u4", 4, m))
+    if (h, w) != img.shape or len(blob) != m + 16 + 136 * (n1 + n2):
+        return features(thumb)
+    off = m + 16
+    sets = []
+    for n in (n1, n2):
+        pts = np.frombuffer(blob, "<f4", 2 * n, off).reshape(n, 2).astype(np.float32)
+        desc = _dequantise(np.frombuffer(blob, np.uint8, 128 * n, off + 8 * n).reshape(n, 128))
+        sets.append((pts, desc))
+        off += 136 * n
+    g = _as_uint8(thumb)
+    f = Features(img, g.shape, *sets[0])
+    f._more[False, True] = sets[1]
+    return f
+
+
+def attach_evidence(res) -> None:
+    """Give each panel of an extracted document (``DocResult``) that lacks them its store
+    thumbnail (PNG, ``thumbnail``) and its packed keypoints (``pack_keypoints``).  Run by the
+    extraction workers, in parallel, so that ingest stores them at no cost to the main process."""
+    for p in res.panels:
+        if not p.thumb or not p.keypoints:
+            th = thumbnail(p.pixels)
+            p.thumb = p.thumb or cv2.imencode(".png", th)[1].tobytes()
+            p.keypoints = p.keypoints or pack_keypoints(th)
+
+
 def _as_uint8(grey: np.ndarray) -> np.ndarray:
     g = np.asarray(grey)
     if g.dtype != np.uint8:
@@ -240,12 +300,18 @@ def features(grey: np.ndarray, side: int = PREP, dense: bool = False) -> Feature
     ``dense`` (for copy-move, 2 x ``PREP``): a much lower contrast threshold, up to 3000 points.
     """
     g = _as_uint8(grey)
+    img = _prep_image(g, side)
+    pts, desc = _describe(img, dense)
+    return Features(img, g.shape, pts, desc, dense)
+
+
+def _prep_image(grey: np.ndarray, side: int) -> np.ndarray:
+    """The panel at ``side`` px on the longer side (small panels enlarged up to 3x), uint8."""
+    g = _as_uint8(grey)
     h, w = g.shape
     s = min(3.0, side / max(h, w))
     size = (max(8, int(round(w * s))), max(8, int(round(h * s))))
-    img = cv2.resize(g, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
-    pts, desc = _describe(img, dense)
-    return Features(img, (h, w), pts, desc, dense)
+    return cv2.resize(g, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
 
 
 def copy_move_features(grey: np.ndarray) -> Features:
@@ -694,15 +760,16 @@ class _PanelCache:
     """What verification computes once per panel, shared by its pairs and by the threads of one
     ``verify_report`` (two threads computing the same entry at once store equal values)."""
 
-    def __init__(self, thumbs: dict[tuple, np.ndarray | None]) -> None:
+    def __init__(self, thumbs: dict[tuple, np.ndarray | None], packed: dict[tuple, bytes | None] | None = None) -> None:
         self.thumbs = thumbs
+        self.packed = packed or {}
         self._features: dict[tuple, Features] = {}
         self._low: dict[tuple, bool] = {}
         self._hashes: dict[tuple, np.ndarray] = {}
 
     def features(self, key: tuple) -> Features:
         if key not in self._features:
-            self._features[key] = features(self.thumbs[key])
+            self._features[key] = unpack_keypoints(self.thumbs[key], self.packed.get(key))
         return self._features[key]
 
     def low(self, key: tuple) -> bool:
@@ -770,13 +837,14 @@ def _one_thread_each(n: int):
 
 
 def verify_report(report, lookup, keep_rejected: bool = False, threshold: float | None = None,
-                  progress: bool = False, threads: int | None = None):
+                  progress: bool = False, threads: int | None = None, keypoints=None):
     """Verify every candidate pair of a report; add the verification columns; drop (or keep,
     with ``reject_reason``) what is rejected.
 
     ``lookup(side, row)`` returns the pixels (uint8 greyscale, any size) of side "query" or
     "match" of a report row, or None when they are unavailable: such a pair is kept, marked
-    "not verified".  Features are computed once per panel; pairs are verified by ``threads``
+    "not verified".  ``keypoints(side, row)``, when given, returns the panel's keypoints stored
+    at ingest (``pack_keypoints``) or None.  Features are computed once per panel (or unpacked); pairs are verified by ``threads``
     threads (default: one per core; OpenCV and numpy release the GIL).  (Two worker processes
     were tried before threads: slower at 1,200 pairs, since start-up and the features of the
     query panels, needed by both, cost more than the split saves.)
@@ -790,6 +858,7 @@ def verify_report(report, lookup, keep_rejected: bool = False, threshold: float 
     if report.empty:
         return report.assign(**{c: pd.Series(dtype=k) for c, (k, _) in VERIFY_FIELDS.items()})
     thumbs: dict[tuple, np.ndarray | None] = {}
+    packed: dict[tuple, bytes | None] = {}
     rows = []
     for row in report.itertuples(index=False):
         for side in ("query", "match"):
@@ -797,10 +866,11 @@ def verify_report(report, lookup, keep_rejected: bool = False, threshold: float 
             if k not in thumbs:
                 px = lookup(side, row)
                 thumbs[k] = None if px is None else thumbnail(_as_uint8(px))
+                packed[k] = keypoints(side, row) if keypoints is not None and px is not None else None
         rows.append((_key("query", row), _key("match", row),
                      SimpleNamespace(**{f: getattr(row, f) for f in _ROW_FIELDS})))
     results: list[dict] = []
-    cache = _PanelCache(thumbs)
+    cache = _PanelCache(thumbs, packed)
     chunks = [rows[k0:k0 + 64] for k0 in range(0, len(rows), 64)]
     # OpenCV and numpy release the GIL in the heavy calls: threads share the per-panel cache
     n = max(1, threads or os.cpu_count() or 1)

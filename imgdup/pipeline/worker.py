@@ -28,6 +28,10 @@ def _child(conn: Connection, path: str, limits: Limits, opts: ExtractOptions) ->
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     try:
         res = extract_document(path, limits, opts)
+        if opts.evidence:
+            from .verify import attach_evidence
+
+            attach_evidence(res)
     except DocumentError as exc:
         res = DocResult(path=path, error=str(exc))
     except MemoryError:
