@@ -39,14 +39,17 @@ from index_scale import real_embeddings  # noqa: E402
 from speed import like_real, machine, real_crops  # noqa: E402
 
 
-def thumb_pool(n: int, seed: int = 0) -> list[bytes]:
-    """PNG thumbnails of ``real_crops``: real pixels that no query panel shares."""
-    from imgdup.pipeline.verify import thumbnail
+def thumb_pool(n: int, seed: int = 0) -> list[tuple[bytes, bytes]]:
+    """(PNG thumbnail, packed keypoints) of ``real_crops``, as ingest stores them: real pixels
+    that no query panel shares."""
+    from imgdup.pipeline.verify import pack_keypoints, thumbnail
 
-    return [cv2.imencode(".png", thumbnail(im))[1].tobytes() for im in real_crops(n, seed)]
+    return [(cv2.imencode(".png", th)[1].tobytes(), pack_keypoints(th))
+            for th in (thumbnail(im) for im in real_crops(n, seed))]
 
 
-def pad(index: Path, n: int, base: np.ndarray, tile_base: np.ndarray, thumbs: list[bytes], model) -> float:
+def pad(index: Path, n: int, base: np.ndarray, tile_base: np.ndarray, thumbs: list[tuple[bytes, bytes]],
+        model) -> float:
     """Add ``n`` synthetic panels (100 per document, 1,000 per shard) to the store; seconds."""
     from imgdup.index.store import PanelRow, Store
 
@@ -62,8 +65,9 @@ def pad(index: Path, n: int, base: np.ndarray, tile_base: np.ndarray, thumbs: li
                              (0.0, 0.0, 200.0, 200.0), 256, 256, "", "1", "xref", 0, False) for i in range(k)]
             tiles = np.stack([like_real(tile_base[:, v], k, seed=10_000_000 + 10 * s + v)
                               for v in range(tile_base.shape[1])], axis=1)   # each view like its real ones
-            store.add_batch(docs, rows, like_real(base, k, seed=s),
-                            [thumbs[(s + i) % len(thumbs)] for i in range(k)], tiles=tiles)
+            ev = [thumbs[(s + i) % len(thumbs)] for i in range(k)]
+            store.add_batch(docs, rows, like_real(base, k, seed=s), [t for t, _ in ev], tiles=tiles,
+                            keypoints=[kp for _, kp in ev])
         store.save_index()
     store.close()
     return time.perf_counter() - t

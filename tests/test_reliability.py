@@ -63,27 +63,37 @@ def test_second_writer_refused_with_clear_message(tmp_path):
 
 
 def test_check_notices_damage(tmp_path):
-    """The checker is not vacuous: a deleted shard, a panel row without a vector and a panel of a
-    skipped document are each reported, and `imgdup check` exits 1."""
+    """The checker is not vacuous: a deleted shard, a deleted evidence file, a panel row without
+    a vector and a panel of a skipped document are each reported, and `imgdup check` exits 1;
+    an evidence file no transaction registered (a kill before its shard was written) is listed,
+    and removed by the next writer."""
     from imgdup import ingest
 
     ingest(CORPUS[:2], tmp_path / "s", commit_every=1)
     s = Store(tmp_path / "s", create=False)
     assert s.check()["problems"] == []
+    stray = tmp_path / "s" / "embeddings" / "part-99999999.evidence"
+    stray.write_bytes(b"half-written")
+    assert s.check()["unregistered_files"] == [stray.name]
+    with s.writer():        # the next writer removes it
+        pass
+    assert not stray.exists()
     s.close()
     assert rel.run_cli(["check", "--index", str(tmp_path / "s")]).returncode == 0
     db = sqlite3.connect(tmp_path / "s" / "catalog.sqlite")
-    first = db.execute("SELECT file FROM shards ORDER BY shard LIMIT 1").fetchone()[0]
+    first, second = (r[0] for r in db.execute("SELECT file FROM shards ORDER BY shard LIMIT 2"))
     db.execute("INSERT INTO panels (panel_id, doc_sha256, page, figure_id, panel_key, kind, shard) "
                "SELECT 999999, doc_sha256, 1, 'f', 'x', 'panel', shard FROM panels LIMIT 1")
     db.execute("UPDATE documents SET status = 'skipped' WHERE rowid = (SELECT MIN(rowid) FROM documents)")
     db.commit()
     db.close()
     (tmp_path / "s" / "embeddings" / first).unlink()
+    (tmp_path / "s" / "embeddings" / second).with_suffix(".evidence").unlink()
     s = Store(tmp_path / "s", create=False)
     problems = " | ".join(s.check()["problems"])
     s.close()
     assert "unreadable" in problems and "without a vector" in problems and "skipped" in problems
+    assert "evidence file" in problems
     r = rel.run_cli(["check", "--index", str(tmp_path / "s")])
     assert r.returncode == 1 and "PROBLEM" in r.stderr
 

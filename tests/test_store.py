@@ -141,6 +141,9 @@ def test_query_add_then_idempotent(corpus, model, tmp_path):
 def test_stored_keypoints_used_and_old_shards_still_verified(corpus, model, tmp_path):
     """Ingest stores each panel's verification keypoints; a query's verdicts are the same whether
     they come from the store or, for shards written before keypoints were stored, are computed."""
+    import cv2
+    import pyarrow as pa
+
     from imgdup.pipeline.verify import KEYPOINTS_MAGIC
 
     out, _ = corpus
@@ -152,14 +155,25 @@ def test_stored_keypoints_used_and_old_shards_still_verified(corpus, model, tmp_
     assert set(packed) == set(thumbs) == set(ids[::3].tolist())
     assert all(b.startswith(KEYPOINTS_MAGIC) for b in packed.values())
     shards = sorted((tmp_path / "st" / "embeddings").glob("part-*.parquet"))
-    assert all(pq.ParquetFile(f).metadata.row_group(0).num_rows <= 64 for f in shards)
-    st.close()
+    assert all(f.with_suffix(".evidence").stat().st_size > 0 for f in shards)
     kw = dict(model=model, keep_rejected=True, copy_move=False)
     new = query(ms, tmp_path / "st", **kw).report
-    for f in shards:        # the shards as an older imgdup wrote them: no keypoints column
+    for f in shards:        # the shards as an older imgdup wrote them: thumbnails inline, no keypoints
         t = pq.read_table(f)
-        pq.write_table(t.drop_columns(["keypoints"]), f)
-    assert "keypoints" not in pq.read_schema(shards[0]).names
+        ids = t.column("panel_id").to_numpy()
+        th, _ = st.evidence(ids, keypoints=False)
+        pngs = [cv2.imencode(".png", th[i])[1].tobytes() for i in ids.tolist()]
+        t = t.drop_columns(["evidence_offset", "thumb_bytes", "keypoint_bytes"]).append_column(
+            "thumb", pa.array(pngs, pa.binary()))
+        pq.write_table(t, f)
+        f.with_suffix(".evidence").unlink()
+    st.close()
+    assert "thumb" in pq.read_schema(shards[0]).names
+    assert _check_consistent(tmp_path / "st") > 0
+    st = Store(tmp_path / "st", create=False)
+    thumbs_old, packed_old = st.evidence(ids)
+    assert set(thumbs_old) == set(ids.tolist()) and not packed_old
+    st.close()
     old = query(ms, tmp_path / "st", **kw).report
     assert len(new) == len(old) and new.verified.sum() >= 3
     cols = ["query_panel", "match_panel_id", "verified", "confidence", "verify_inliers", "verify_orientation"]

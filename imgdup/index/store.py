@@ -4,20 +4,23 @@
                           screen runs and store metadata (model sha256) - SQLite transactions
     embeddings/part-*.parquet   panel_id + alpha-scaled vector (the source of truth) + the
                           vectors of the panel's views ("tiles": 5 sub-regions, for partial re-use,
-                          and the panel histogram-equalised, for tone changes; 5 in older shards) + a
-                          PNG thumbnail (longer side 256 px, never enlarged) for verification and evidence
-                          + the panel's verification keypoints (``verify.pack_keypoints``; shards
-                          written before session 9 have none: they are computed when needed);
-                          row groups of ROW_GROUP panels, so a query reads only the groups it needs
+                          and the panel histogram-equalised, for tone changes; 5 in older shards) +
+                          where the panel's evidence lies in the shard's evidence file
+    embeddings/part-*.evidence  per panel, a PNG thumbnail (longer side 256 px, never enlarged) for
+                          verification and reviewers, then its verification keypoints
+                          (``verify.pack_keypoints``), read by offset: a query reads the bytes of
+                          its candidates only.  (Shards written before session 9 hold the
+                          thumbnail in a "thumb" column and no keypoints: those are computed
+                          when needed.)
     index.faiss           FAISS IndexIDMap2(IndexFlat, METRIC_L1) - or IVF from IVF_MIN_PANELS on -
                           rebuildable from the shards
     tiles.faiss           the sub-region vectors (L1; flat, or IVF with its own lists from
                           TILE_IVF_MIN_PANELS on), rebuildable from the shards
     .lock                 one writer at a time (fcntl lock), with a clear message
 
-Crash safety: a batch writes its shard (temp file + fsync + rename) *before* the one SQLite
-transaction that registers the shard, its documents and panels.  On open, shards that no
-transaction registered are deleted (a kill between the two steps), and the FAISS index is caught
+Crash safety: a batch writes its evidence file and then its shard (each temp file + fsync +
+rename) *before* the one SQLite transaction that registers the shard, its documents and panels.
+On open, shard and evidence files that no transaction registered are deleted (a kill between the two steps), and the FAISS index is caught
 up from the shards when it lags the catalogue (it is saved only at the end of a run).  So a kill
 -9 anywhere leaves a store that opens, with no orphan or duplicate panel, and a re-run redoes
 exactly the uncommitted documents.
@@ -80,7 +83,6 @@ ON_DISK_RAM_SHARE = 0.25   # an IVF whose vectors exceed this share of the machi
 PAIR_RADIUS = 1.0          # the f threshold at which the IVF's pair recall is measured
 PAIR_RECALL = 0.99         # ... and the recall its nprobe must reach
 TILE_RECALL_QUERIES = 500  # stored tile vectors used as queries to measure the tile index's recall
-ROW_GROUP = 64             # panels per Parquet row group of a shard (a query reads the groups holding its candidates)
 
 
 def new_index(dim: int) -> faiss.Index:
@@ -121,10 +123,30 @@ class PanelRow:
     flipped: bool
 
 
+def _evidence_file(shard_file: str | Path) -> Path:
+    """The evidence file that belongs to a shard file."""
+    p = Path(shard_file)
+    return p.with_name(p.stem + ".evidence")
+
+
+def _fsync_write_bytes(parts: list[bytes], dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            for b in parts:
+                fh.write(b)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _fsync_write_table(table: pa.Table, dst: Path) -> None:
     tmp = dst.with_name(f".{dst.name}.tmp")
     try:
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP)
+        pq.write_table(table, tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, dst)
@@ -201,13 +223,18 @@ class Store:
     # ------------------------------------------------------------------ consistency
     def recover(self) -> None:
         """Delete shards no transaction registered; bring the FAISS index up to date."""
-        known = {r[0] for r in self.db.execute("SELECT file FROM shards")}
+        known = self._registered_files()
         for f in (self.path / "embeddings").iterdir():
             if f.name not in known:
                 log.warning("removing unregistered shard %s (interrupted write)", f.name)
                 f.unlink()
         self._remove_unused_lists()
         self.index()  # loads, verifies and catches up; saved by the next writer
+
+    def _registered_files(self) -> set[str]:
+        """Names of the registered shards and of their evidence files."""
+        names = [r[0] for r in self.db.execute("SELECT file FROM shards")]
+        return set(names) | {_evidence_file(n).name for n in names}
 
     def documents(self) -> dict[str, str]:
         return dict(self.db.execute("SELECT sha256, status FROM documents"))
@@ -232,19 +259,25 @@ class Store:
             shard = (self.db.execute("SELECT MAX(shard) FROM shards").fetchone()[0] or 0) + 1
             fname = f"part-{shard:08d}.parquet"
             vec = np.ascontiguousarray(vectors, dtype=np.float32)
+            keypoints = keypoints if keypoints is not None else [b""] * len(panels)
+            assert len(thumbs) == len(keypoints) == len(panels)
+            t_len = np.array([len(b) for b in thumbs], np.int64)
+            k_len = np.array([len(b) for b in keypoints], np.int64)
+            offset = np.concatenate([[0], np.cumsum(t_len + k_len)[:-1]]).astype(np.int64)
             cols = {"panel_id": pa.array(ids, pa.int64()),
                     "vector": pa.FixedSizeListArray.from_arrays(pa.array(vec.ravel()), vec.shape[1]),
-                    "thumb": pa.array(thumbs, pa.binary())}
-            if keypoints is not None:
-                assert len(keypoints) == len(panels)
-                cols["keypoints"] = pa.array(keypoints, pa.binary())
+                    "evidence_offset": pa.array(offset), "thumb_bytes": pa.array(t_len),
+                    "keypoint_bytes": pa.array(k_len)}
             if tiles is not None:
                 tv = np.ascontiguousarray(tiles, dtype=np.float32)
                 cols["tiles"] = pa.FixedSizeListArray.from_arrays(pa.array(tv.ravel()), tv.shape[1] * tv.shape[2])
             table = pa.table(cols)
             try:
+                _fsync_write_bytes([b for pair in zip(thumbs, keypoints) for b in pair],
+                                   _evidence_file(self.path / "embeddings" / fname))
                 _fsync_write_table(table, self.path / "embeddings" / fname)
             except OSError as exc:
+                _evidence_file(self.path / "embeddings" / fname).unlink(missing_ok=True)
                 raise self._write_failed(exc) from exc
         try:
             self.db.execute("BEGIN IMMEDIATE")
@@ -268,6 +301,7 @@ class Store:
                     "SELECT 1 FROM shards WHERE shard = ?", (shard,)).fetchone():
                 # not registered: remove it now rather than at the next writer's open
                 (self.path / "embeddings" / fname).unlink(missing_ok=True)
+                _evidence_file(self.path / "embeddings" / fname).unlink(missing_ok=True)
             if isinstance(exc, OSError) or (isinstance(exc, sqlite3.OperationalError)
                                             and ("full" in str(exc) or "disk" in str(exc))):
                 raise self._write_failed(exc) from exc
@@ -297,23 +331,34 @@ class Store:
 
     def evidence(self, ids: np.ndarray, keypoints: bool = True) -> tuple[dict[int, np.ndarray], dict[int, bytes]]:
         """Stored thumbnails (uint8 greyscale) and packed verification keypoints of the given
-        panels (a panel from a shard without keypoints has none: verification computes them).
-        Only the row groups holding the panels are read."""
+        panels (a panel without stored keypoints has none: verification computes them).  Only
+        the panels' own bytes are read from the evidence files."""
         import cv2
 
         thumbs: dict[int, np.ndarray] = {}
         packed: dict[int, bytes] = {}
-        want = sorted({int(i) for i in np.asarray(ids).ravel()})
-        for f in self._shard_files(np.asarray(want, np.int64)):
-            pf = pq.ParquetFile(f)
-            cols = ["panel_id", "thumb"] + (["keypoints"] if keypoints and "keypoints" in pf.schema_arrow.names else [])
-            t = pq.read_table(f, columns=cols, filters=[("panel_id", "in", want)])
-            kps = t.column("keypoints").to_pylist() if "keypoints" in cols else [None] * t.num_rows
-            for pid, png, kp in zip(t.column("panel_id").to_pylist(), t.column("thumb").to_pylist(), kps):
-                if png:
-                    thumbs[pid] = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
-                if kp:
-                    packed[pid] = kp
+        want = np.unique(np.asarray(ids, np.int64).ravel())
+        wanted = set(want.tolist())
+        for f in self._shard_files(want):
+            names = pq.read_schema(f).names
+            if "evidence_offset" not in names:      # an older shard: thumbnails inline, no keypoints
+                t = pq.read_table(f, columns=["panel_id", "thumb"])
+                for pid, png in zip(t.column("panel_id").to_pylist(), t.column("thumb").to_pylist()):
+                    if png and pid in wanted:
+                        thumbs[pid] = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
+                continue
+            t = pq.read_table(f, columns=["panel_id", "evidence_offset", "thumb_bytes", "keypoint_bytes"])
+            pid = t.column("panel_id").to_numpy()
+            rows = np.flatnonzero(np.isin(pid, want))
+            off, tl, kl = (t.column(c).to_numpy()[rows] for c in ("evidence_offset", "thumb_bytes", "keypoint_bytes"))
+            with open(_evidence_file(f), "rb") as fh:
+                fd = fh.fileno()
+                for p, o, a, b in zip(pid[rows].tolist(), off.tolist(), tl.tolist(), kl.tolist()):
+                    blob = os.pread(fd, a + (b if keypoints else 0), o)
+                    if a:
+                        thumbs[p] = cv2.imdecode(np.frombuffer(blob, np.uint8, a), cv2.IMREAD_GRAYSCALE)
+                    if keypoints and b:
+                        packed[p] = blob[a:]
         return thumbs, packed
 
     def vectors(self, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -703,7 +748,17 @@ class Store:
             on_disk = idx.ntotal if name == "index.faiss" else on_disk
             if n := int((~np.isin(np.unique(ids_of(idx) // per_panel), catalogue)).sum()):
                 problems.append(f"{name} holds {n} panels the catalogue does not")
-        known = {r[0] for r in registered}
+        known = self._registered_files()
+        for fname, _ in registered:
+            f = self.path / "embeddings" / fname
+            if f.exists() and "evidence_offset" in pq.read_schema(f).names:
+                t = pq.read_table(f, columns=["evidence_offset", "thumb_bytes", "keypoint_bytes"])
+                end = int((t.column("evidence_offset").to_numpy() + t.column("thumb_bytes").to_numpy()
+                           + t.column("keypoint_bytes").to_numpy()).max(initial=0))
+                ev = _evidence_file(f)
+                if not ev.exists() or ev.stat().st_size < end:
+                    problems.append(f"evidence file {ev.name} missing or short: its panels' thumbnails and "
+                                    "keypoints are lost (their pairs are reported 'not verified')")
         leftovers = [f.name for f in (self.path / "embeddings").iterdir() if f.name not in known]
         docs = dict(self.db.execute("SELECT status, COUNT(*) FROM documents GROUP BY status").fetchall())
         return {"store": str(self.path), "documents": docs.get("ok", 0), "skipped": docs.get("skipped", 0),
