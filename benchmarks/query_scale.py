@@ -27,6 +27,7 @@ import resource
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import cv2
@@ -79,6 +80,7 @@ def main() -> None:
     ap.add_argument("--caps", type=int, nargs="+", default=[0, 50, 20, 10, 5], help="max_candidates; 0: no cap")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "docs" / "query_scale.json"))
+    ap.add_argument("--keep", default=None, help="build the store and corpus in this (new) folder and keep them")
     args = ap.parse_args()
     from imgdup import ingest, load_model, query
     from imgdup.demo.generate import build_corpus, score_report, shared_test_images
@@ -89,8 +91,9 @@ def main() -> None:
     out: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
                  "command": "python benchmarks/query_scale.py " + ("--smoke" if args.smoke else
                                                                    f"--store {size} --caps {' '.join(map(str, caps))}")}
-    with tempfile.TemporaryDirectory(prefix="imgdup-qs-") as tmp:
+    with (nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory(prefix="imgdup-qs-")) as tmp:
         work = Path(tmp)
+        work.mkdir(parents=True, exist_ok=not args.keep)
         truth = build_corpus(shared_test_images(splits=("test", "val")), work, n_papers=2 if args.smoke else 6,
                              seed=11)
         index = work / "index"
