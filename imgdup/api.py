@@ -301,7 +301,9 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
     model = model or load_model()
     t = float(threshold if threshold is not None else model.threshold)
     clock = _Clock()
-    stream = extract_many(list(pdfs), Limits(**limits_kw), ExtractOptions(), workers=workers)
+    # the manuscript's keypoints are computed by the verification threads, for the panels that
+    # have candidates (in the extraction worker, one per document, a one-PDF query ran them serially)
+    stream = extract_many(list(pdfs), Limits(**limits_kw), ExtractOptions(evidence=False), workers=workers)
     results = list(tqdm(stream, total=len(pdfs), desc="extract", unit="doc", disable=not progress))
     clock.lap("extract")
     good = [r for r in results if not r.error]
