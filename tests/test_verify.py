@@ -281,3 +281,23 @@ def test_packed_keypoints_give_the_same_verdicts():
     for bad in (b"KP0" + blob[3:], V.pack_keypoints(a), blob[:-5], b"", None):
         f = V.unpack_keypoints(b, bad)
         assert np.array_equal(f.desc, fresh.desc) and np.array_equal(f.pts, fresh.pts)
+
+
+def test_mirrored_descriptors_derived_from_the_unmirrored_ones():
+    """``MIRROR`` turns a keypoint's descriptor into that of the mirrored patch: at the points
+    SIFT finds in both the image and its mirror, the derived descriptors agree with those SIFT
+    computes on the mirrored image."""
+    a = textured(5)
+    f = V.features(a)
+    pm, dm = f.keypoints(mirrored=True)
+    w = f.img.shape[1]
+    assert np.allclose(pm[:, 0], w - 1.0 - f.pts[:, 0]) and np.array_equal(dm, f.desc[:, V.MIRROR])
+    assert sorted(V.MIRROR.tolist()) == list(range(128))
+    pt, dt = V._describe(np.ascontiguousarray(f.img[:, ::-1]))      # SIFT on the mirrored image
+    # SIFT's points on the mirror sit at w - 0.5 - x (its half-pixel convention)
+    dist = np.linalg.norm(pt[:, None] - (pm + [0.5, 0.0])[None], axis=2)
+    j = dist.argmin(1)
+    same = dist[np.arange(len(pt)), j] < 0.2
+    assert same.mean() > 0.6
+    cos = (dt[same] * dm[j[same]]).sum(1)
+    assert np.median(cos) > 0.99

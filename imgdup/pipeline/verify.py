@@ -220,6 +220,15 @@ def _dequantise(q: np.ndarray) -> np.ndarray:
 KEYPOINTS_MAGIC = b"KP1"   # bump when keypoint detection changes: stored keypoints of another version are recomputed
 
 
+# The SIFT descriptor of the left-right mirrored patch, as a permutation of the original's 128
+# bins.  OpenCV lays the 4 x 4 x 8 histogram out as (row, column, orientation bin) in the
+# keypoint's frame, whose column axis follows the keypoint's orientation; mirroring the image
+# reverses the row axis and the sense of rotation: row r -> 3 - r, orientation bin o -> -o mod 8.
+# Checked on DSB2018 panels: at the points SIFT finds in both, median cosine 0.998 with the
+# descriptors SIFT computes on the mirrored image (tests/test_verify.py), at no SIFT cost.
+MIRROR = np.array([((3 - r) * 4 + c) * 8 + (8 - o) % 8 for r in range(4) for c in range(4) for o in range(8)])
+
+
 @dataclass
 class Features:
     """A panel prepared for verification (``img`` is the panel at ``PREP`` px, uint8)."""
@@ -234,12 +243,18 @@ class Features:
     def keypoints(self, mirrored: bool = False, equalised: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(points, descriptors) of the image as is or left-right mirrored (in the mirrored
         frame), CLAHE- or (``equalised``, the second keypoint pass) globally equalised; the
-        variants other than the plain one are computed on first use."""
+        variants other than the plain one are computed on first use, the mirrored ones from the
+        unmirrored keypoints (``MIRROR``), not by describing the mirrored image again."""
         if not (mirrored or equalised):
             return self.pts, self.desc
         if (mirrored, equalised) not in self._more:
-            img = np.ascontiguousarray(self.img[:, ::-1]) if mirrored else self.img
-            self._more[mirrored, equalised] = _describe(img, self.dense, equalised)
+            if mirrored:
+                pts, desc = self.keypoints(False, equalised)
+                x = (self.img.shape[1] - 1.0) - pts[:, 0]
+                self._more[True, equalised] = (np.column_stack([x, pts[:, 1]]).astype(np.float32),
+                                               np.ascontiguousarray(desc[:, MIRROR]))
+            else:
+                self._more[False, True] = _describe(self.img, self.dense, True)
         return self._more[mirrored, equalised]
 
 
@@ -539,8 +554,9 @@ def _best_transform(a_sets, b_set, wa: int, hb: int, wb: int):
 
 def match(fa: Features, fb: Features) -> Match:
     """Keypoint + RANSAC verification of b against a (b matched with a as is and mirrored: SIFT
-    is not flip-invariant).  The mirrored keypoints are those of the first panel, so that a
-    query panel, compared with many stored ones, is mirrored and described once.  When the
+    is not flip-invariant).  The mirrored keypoints are those of the first panel (derived from
+    its own, ``MIRROR``), so that a query panel, compared with many stored ones, is mirrored
+    once.  When the
     CLAHE keypoints give no transform, a second pass tries keypoints of the globally equalised
     panels: CLAHE maps the tones of a shifted crop differently (its tiles follow the panel), and
     small overlaps and equalised copies are then found only this way."""
