@@ -67,8 +67,6 @@ def _panel_rows(res: DocResult) -> list[PanelRow]:
                      p.rotation, p.flipped) for p in res.panels]
 
 
-
-
 class _PendingBatch:
     """Documents, panel rows, vectors and thumbnails waiting for one ``Store.add_batch``."""
 
@@ -362,12 +360,9 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
             p = manuscript.get((getattr(row, f"{side}_sha256"), getattr(row, f"{side}_panel")))
             return None if p is None else thumbnail(p.pixels)
 
-        def keypoints(side: str, row) -> bytes | None:
+        def keypoints(side: str, row) -> bytes | None:       # stored panels' (the manuscript's: computed)
             pid = getattr(row, f"{side}_panel_id")
-            if pid >= 0:
-                return stored_kp.get(int(pid))
-            p = manuscript.get((getattr(row, f"{side}_sha256"), getattr(row, f"{side}_panel")))
-            return None if p is None else p.keypoints
+            return stored_kp.get(int(pid)) if pid >= 0 else None
 
         report = verify_report(report, lookup, keep_rejected=keep_rejected, progress=progress, keypoints=keypoints)
     clock.lap("verify")

@@ -301,3 +301,25 @@ def test_mirrored_descriptors_derived_from_the_unmirrored_ones():
     assert same.mean() > 0.6
     cos = (dt[same] * dm[j[same]]).sum(1)
     assert np.median(cos) > 0.99
+
+
+def test_attach_evidence_never_loses_a_panel(monkeypatch):
+    """Thumbnail + keypoints for the store; a panel whose keypoints cannot be made keeps its
+    thumbnail and an empty keypoint blob (verification then computes them), no exception."""
+    from types import SimpleNamespace
+
+    a = textured(3)
+    doc = SimpleNamespace(path="x.pdf", panels=[SimpleNamespace(panel_id="p1", pixels=a, thumb=b"", keypoints=b"")])
+    V.attach_evidence(doc)
+    p = doc.panels[0]
+    assert cv2.imdecode(np.frombuffer(p.thumb, np.uint8), cv2.IMREAD_GRAYSCALE).shape == V.thumbnail(a).shape
+    assert p.keypoints.startswith(V.KEYPOINTS_MAGIC)
+
+    def broken(_):
+        raise cv2.error("simulated")
+
+    monkeypatch.setattr(V, "pack_keypoints", broken)
+    doc.panels.append(SimpleNamespace(panel_id="p2", pixels=a, thumb=b"", keypoints=b""))
+    V.attach_evidence(doc)
+    assert doc.panels[1].thumb and doc.panels[1].keypoints == b""
+    assert doc.panels[0].keypoints.startswith(V.KEYPOINTS_MAGIC)      # already had them: untouched

@@ -20,8 +20,9 @@
 
 Crash safety: a batch writes its evidence file and then its shard (each temp file + fsync +
 rename) *before* the one SQLite transaction that registers the shard, its documents and panels.
-On open, shard and evidence files that no transaction registered are deleted (a kill between the two steps), and the FAISS index is caught
-up from the shards when it lags the catalogue (it is saved only at the end of a run).  So a kill
+On open, shard and evidence files that no transaction registered are deleted (a kill between the
+steps), and the FAISS index is caught up from the shards when it lags the catalogue (it is saved
+only at the end of a run).  So a kill
 -9 anywhere leaves a store that opens, with no orphan or duplicate panel, and a re-run redoes
 exactly the uncommitted documents.
 """
@@ -222,11 +223,11 @@ class Store:
 
     # ------------------------------------------------------------------ consistency
     def recover(self) -> None:
-        """Delete shards no transaction registered; bring the FAISS index up to date."""
+        """Delete shard and evidence files no transaction registered; bring the FAISS index up to date."""
         known = self._registered_files()
         for f in (self.path / "embeddings").iterdir():
             if f.name not in known:
-                log.warning("removing unregistered shard %s (interrupted write)", f.name)
+                log.warning("removing unregistered file %s (interrupted write)", f.name)
                 f.unlink()
         self._remove_unused_lists()
         self.index()  # loads, verifies and catches up; saved by the next writer

@@ -27,6 +27,7 @@ finds a region duplicated inside one panel with the same machinery.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import threading
@@ -40,6 +41,8 @@ from types import SimpleNamespace
 
 import cv2
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 THUMB = 256         # side of the thumbnail stored in the index (verification and evidence)
 PREP = 256          # side at which keypoints are computed
@@ -303,12 +306,20 @@ def unpack_keypoints(thumb: np.ndarray, blob: bytes | None) -> Features:
 def attach_evidence(res) -> None:
     """Give each panel of an extracted document (``DocResult``) that lacks them its store
     thumbnail (PNG, ``thumbnail``) and its packed keypoints (``pack_keypoints``).  Run by the
-    extraction workers, in parallel, so that ingest stores them at no cost to the main process."""
+    extraction workers, in parallel, so that ingest stores them at no cost to the main process.
+    A panel whose evidence cannot be made keeps what could be (a document is never lost to it):
+    without keypoints, verification computes them; without a thumbnail, its pairs are reported
+    "not verified"."""
     for p in res.panels:
-        if not p.thumb or not p.keypoints:
+        if p.thumb and p.keypoints:
+            continue
+        try:
             th = thumbnail(p.pixels)
             p.thumb = p.thumb or cv2.imencode(".png", th)[1].tobytes()
             p.keypoints = p.keypoints or pack_keypoints(th)
+        except Exception as exc:      # an OpenCV error or memory limit on one odd panel
+            log.warning("no stored evidence for panel %s of %s (%s: %s)", p.panel_id, res.path,
+                        type(exc).__name__, exc)
 
 
 def _as_uint8(grey: np.ndarray) -> np.ndarray:
@@ -556,10 +567,9 @@ def match(fa: Features, fb: Features) -> Match:
     """Keypoint + RANSAC verification of b against a (b matched with a as is and mirrored: SIFT
     is not flip-invariant).  The mirrored keypoints are those of the first panel (derived from
     its own, ``MIRROR``), so that a query panel, compared with many stored ones, is mirrored
-    once.  When the
-    CLAHE keypoints give no transform, a second pass tries keypoints of the globally equalised
-    panels: CLAHE maps the tones of a shifted crop differently (its tiles follow the panel), and
-    small overlaps and equalised copies are then found only this way."""
+    once.  When the CLAHE keypoints give no transform, a second pass tries keypoints of the
+    globally equalised panels: CLAHE maps the tones of a shifted crop differently (its tiles
+    follow the panel), and small overlaps and equalised copies are then found only this way."""
     hb, wb = fb.img.shape
     ha, wa = fa.img.shape
     best = _best_transform(fa.keypoints, fb.keypoints(), wa, hb, wb)
@@ -869,8 +879,8 @@ def verify_report(report, lookup, keep_rejected: bool = False, threshold: float 
     ``lookup(side, row)`` returns the pixels (uint8 greyscale, any size) of side "query" or
     "match" of a report row, or None when they are unavailable: such a pair is kept, marked
     "not verified".  ``keypoints(side, row)``, when given, returns the panel's keypoints stored
-    at ingest (``pack_keypoints``) or None.  Features are computed once per panel (or unpacked); pairs are verified by ``threads``
-    threads (default: one per core; OpenCV and numpy release the GIL).  (Two worker processes
+    at ingest (``pack_keypoints``) or None.  Features are computed (or unpacked) once per panel;
+    pairs are verified by ``threads`` threads (default: one per core; OpenCV and numpy release the GIL).  (Two worker processes
     were tried before threads: slower at 1,200 pairs, since start-up and the features of the
     query panels, needed by both, cost more than the split saves.)
     """
