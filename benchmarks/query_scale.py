@@ -123,6 +123,7 @@ def main() -> None:
                 rep = res.report
                 kept = rep[rep.verified].reset_index(drop=True)
                 run = {"query": name, "max_candidates": cap or None, "seconds": total, "stages": res.seconds,
+                       "extract_seconds_in_workers": round(sum(r.seconds for r in res.documents), 3),
                        "panels": sum(p.kind != "figure" for r in res.documents for p in r.panels),
                        "figures_and_panels": sum(len(r.panels) for r in res.documents),
                        "candidate_rows": int((rep.via != "copy-move").sum()), "verified_rows": int(len(kept))}

@@ -270,3 +270,27 @@ def test_tiles_jpx_and_1bit(tmp_path):
     assert ij >= 0.9 and corr(pj.pixels, micrograph(16, 120)) >= 0.99
     pb, ib = _by_bbox(figs, (300, 400, 420, 520))
     assert ib >= 0.9 and corr(pb.pixels, bits.astype(np.uint8) * 255) >= 0.99
+
+
+def test_workers_do_not_rerun_the_calling_script(tmp_path, built_pdf):
+    """A script that extracts documents is not re-run by every worker process (multiprocessing
+    re-runs the main script in each one unless told otherwise: for a script importing torch that
+    was ~1 s a document): its top level runs once, in the script itself."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "runs.txt"
+    script = tmp_path / "caller.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        f"with open({str(marker)!r}, 'a') as fh:\n"
+        "    fh.write('top level ran\\n')\n"
+        "if __name__ == '__main__':\n"
+        "    from imgdup.pipeline import extract_many\n"
+        f"    res = list(extract_many([{str(built_pdf[0])!r}] * 3, workers=2))\n"
+        "    assert all(not r.error for r in res), [r.error for r in res]\n"
+        "    print(sum(len(r.panels) for r in res))\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout.strip()) > 0
+    assert marker.read_text().count("top level ran") == 1
