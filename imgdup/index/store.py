@@ -22,9 +22,8 @@ Crash safety: a batch writes its evidence file and then its shard (each temp fil
 rename) *before* the one SQLite transaction that registers the shard, its documents and panels.
 On open, shard and evidence files that no transaction registered are deleted (a kill between the
 steps), and the FAISS index is caught up from the shards when it lags the catalogue (it is saved
-only at the end of a run).  So a kill
--9 anywhere leaves a store that opens, with no orphan or duplicate panel, and a re-run redoes
-exactly the uncommitted documents.
+only at the end of a run).  So a kill -9 anywhere leaves a store that opens, with no orphan or
+duplicate panel, and a re-run redoes exactly the uncommitted documents.
 """
 
 from __future__ import annotations
@@ -124,36 +123,35 @@ class PanelRow:
     flipped: bool
 
 
+EVIDENCE_COLUMNS = ("evidence_offset", "thumb_bytes", "keypoint_bytes")   # where a panel's bytes lie
+
+
 def _evidence_file(shard_file: str | Path) -> Path:
     """The evidence file that belongs to a shard file."""
     p = Path(shard_file)
     return p.with_name(p.stem + ".evidence")
 
 
-def _fsync_write_bytes(parts: list[bytes], dst: Path) -> None:
+def _atomic_write(dst: Path, write) -> None:
+    """``write(tmp)`` fills a temp file beside ``dst``; it is fsynced and renamed onto ``dst``
+    (removed on any failure, so a reader sees the old file or the whole new one)."""
     tmp = dst.with_name(f".{dst.name}.tmp")
     try:
-        with open(tmp, "wb") as fh:
-            for b in parts:
-                fh.write(b)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _fsync_write_table(table: pa.Table, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    try:
-        pq.write_table(table, tmp)
+        write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _write_parts(parts: list[bytes]):
+    """A ``_atomic_write`` writer of these byte strings, one after another."""
+    def write(path: Path) -> None:
+        with open(path, "wb") as fh:
+            fh.writelines(parts)
+    return write
 
 
 class Store:
@@ -274,9 +272,9 @@ class Store:
                 cols["tiles"] = pa.FixedSizeListArray.from_arrays(pa.array(tv.ravel()), tv.shape[1] * tv.shape[2])
             table = pa.table(cols)
             try:
-                _fsync_write_bytes([b for pair in zip(thumbs, keypoints) for b in pair],
-                                   _evidence_file(self.path / "embeddings" / fname))
-                _fsync_write_table(table, self.path / "embeddings" / fname)
+                _atomic_write(_evidence_file(self.path / "embeddings" / fname),
+                              _write_parts([b for pair in zip(thumbs, keypoints) for b in pair]))
+                _atomic_write(self.path / "embeddings" / fname, lambda tmp: pq.write_table(table, tmp))
             except OSError as exc:
                 _evidence_file(self.path / "embeddings" / fname).unlink(missing_ok=True)
                 raise self._write_failed(exc) from exc
@@ -341,17 +339,17 @@ class Store:
         want = np.unique(np.asarray(ids, np.int64).ravel())
         wanted = set(want.tolist())
         for f in self._shard_files(want):
-            names = pq.read_schema(f).names
-            if "evidence_offset" not in names:      # an older shard: thumbnails inline, no keypoints
-                t = pq.read_table(f, columns=["panel_id", "thumb"])
+            pf = pq.ParquetFile(f)
+            if "evidence_offset" not in pf.schema_arrow.names:     # an older shard: thumbnails inline, no keypoints
+                t = pf.read(columns=["panel_id", "thumb"])
                 for pid, png in zip(t.column("panel_id").to_pylist(), t.column("thumb").to_pylist()):
                     if png and pid in wanted:
                         thumbs[pid] = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
                 continue
-            t = pq.read_table(f, columns=["panel_id", "evidence_offset", "thumb_bytes", "keypoint_bytes"])
+            t = pf.read(columns=["panel_id", *EVIDENCE_COLUMNS])
             pid = t.column("panel_id").to_numpy()
             rows = np.flatnonzero(np.isin(pid, want))
-            off, tl, kl = (t.column(c).to_numpy()[rows] for c in ("evidence_offset", "thumb_bytes", "keypoint_bytes"))
+            off, tl, kl = (t.column(c).to_numpy()[rows] for c in EVIDENCE_COLUMNS)
             with open(_evidence_file(f), "rb") as fh:
                 fd = fh.fileno()
                 for p, o, a, b in zip(pid[rows].tolist(), off.tolist(), tl.tolist(), kl.tolist()):
@@ -708,13 +706,22 @@ class Store:
         for fname, rows in registered:
             f = self.path / "embeddings" / fname
             try:
-                ids = pq.read_table(f, columns=["panel_id"]).column("panel_id").to_numpy()
+                pf = pq.ParquetFile(f)
+                has_evidence = "evidence_offset" in pf.schema_arrow.names
+                t = pf.read(columns=["panel_id", *(EVIDENCE_COLUMNS if has_evidence else ())])
             except Exception as exc:
                 problems.append(f"shard {fname} unreadable ({type(exc).__name__}: {exc})")
                 continue
+            ids = t.column("panel_id").to_numpy()
             if len(ids) != rows:
                 problems.append(f"shard {fname} has {len(ids)} rows, the catalogue says {rows}")
             shard_ids.append(ids)
+            if has_evidence:
+                off, tl, kl = (t.column(c).to_numpy() for c in EVIDENCE_COLUMNS)
+                ev = _evidence_file(f)
+                if not ev.exists() or ev.stat().st_size < int((off + tl + kl).max(initial=0)):
+                    problems.append(f"evidence file {ev.name} missing or short: its panels' thumbnails and "
+                                    "keypoints are lost (their pairs are reported 'not verified')")
         in_shards = np.concatenate(shard_ids) if shard_ids else np.zeros(0, np.int64)
         catalogue = self._panel_ids()
         if len(np.unique(in_shards)) != len(in_shards):
@@ -750,16 +757,6 @@ class Store:
             if n := int((~np.isin(np.unique(ids_of(idx) // per_panel), catalogue)).sum()):
                 problems.append(f"{name} holds {n} panels the catalogue does not")
         known = self._registered_files()
-        for fname, _ in registered:
-            f = self.path / "embeddings" / fname
-            if f.exists() and "evidence_offset" in pq.read_schema(f).names:
-                t = pq.read_table(f, columns=["evidence_offset", "thumb_bytes", "keypoint_bytes"])
-                end = int((t.column("evidence_offset").to_numpy() + t.column("thumb_bytes").to_numpy()
-                           + t.column("keypoint_bytes").to_numpy()).max(initial=0))
-                ev = _evidence_file(f)
-                if not ev.exists() or ev.stat().st_size < end:
-                    problems.append(f"evidence file {ev.name} missing or short: its panels' thumbnails and "
-                                    "keypoints are lost (their pairs are reported 'not verified')")
         leftovers = [f.name for f in (self.path / "embeddings").iterdir() if f.name not in known]
         docs = dict(self.db.execute("SELECT status, COUNT(*) FROM documents GROUP BY status").fetchall())
         return {"store": str(self.path), "documents": docs.get("ok", 0), "skipped": docs.get("skipped", 0),

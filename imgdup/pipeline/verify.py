@@ -277,30 +277,38 @@ def pack_keypoints(thumb: np.ndarray) -> bytes:
 def unpack_keypoints(thumb: np.ndarray, blob: bytes | None) -> Features:
     """``features(thumb)`` with the plain and equalised keypoints taken from ``pack_keypoints``'s
     ``blob`` (computed afresh when the blob is missing, of another version or another size)."""
-    img = _prep_image(thumb, PREP)
-    m = len(KEYPOINTS_MAGIC)
-    if not blob or blob[:m] != KEYPOINTS_MAGIC:
-        return features(thumb)
-    try:
-        blob = zlib.decompress(blob[m:])
-    except zlib.error:
-        return features(thumb)
-    if len(blob) < 16:
-        return features(thumb)
-    h, w, n1, n2 = (int(v) for v in np.frombuffer(blob, "<u4", 4))
-    if (h, w) != img.shape or len(blob) != 16 + 136 * (n1 + n2):
-        return features(thumb)
-    off = 16
-    sets = []
-    for n in (n1, n2):
-        pts = np.frombuffer(blob, "<f4", 2 * n, off).reshape(n, 2).astype(np.float32)
-        desc = _dequantise(np.frombuffer(blob, np.uint8, 128 * n, off + 8 * n).reshape(n, 128))
-        sets.append((pts, desc))
-        off += 136 * n
     g = _as_uint8(thumb)
+    img = _prep_image(g, PREP)
+    sets = _unpacked_sets(blob, img.shape)
+    if sets is None:        # computed afresh, as ``features`` would
+        return Features(img, g.shape, *_describe(img))
     f = Features(img, g.shape, *sets[0])
     f._more[False, True] = sets[1]
     return f
+
+
+def _unpacked_sets(blob: bytes | None, shape: tuple[int, int]):
+    """The (points, descriptors) of both passes in a ``pack_keypoints`` blob made for an image of
+    ``shape``, or None when the blob is missing, of another version, another size or damaged."""
+    m = len(KEYPOINTS_MAGIC)
+    if not blob or blob[:m] != KEYPOINTS_MAGIC:
+        return None
+    try:
+        body = zlib.decompress(blob[m:])
+    except zlib.error:
+        return None
+    if len(body) < 16:
+        return None
+    h, w, n1, n2 = (int(v) for v in np.frombuffer(body, "<u4", 4))
+    if (h, w) != shape or len(body) != 16 + 136 * (n1 + n2):
+        return None
+    off, sets = 16, []
+    for n in (n1, n2):
+        pts = np.frombuffer(body, "<f4", 2 * n, off).reshape(n, 2).astype(np.float32)
+        desc = _dequantise(np.frombuffer(body, np.uint8, 128 * n, off + 8 * n).reshape(n, 128))
+        sets.append((pts, desc))
+        off += 136 * n
+    return sets
 
 
 def attach_evidence(res) -> None:
