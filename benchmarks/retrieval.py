@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs" / "retrieval.json"))
     args = ap.parse_args()
     from imgdup import load_model
+    from imgdup.model.api import N_TILES, QUERY_VIEWS
     from imgdup.index.search import nearest_within, pairs_against, tile_index_of, tile_pairs, whole_index_of
     from imgdup.index.store import TILE_ID_BASE
 
@@ -93,7 +94,8 @@ def main() -> None:
     for cap in (None, *CAPS):
         t = time.perf_counter()
         wq, wid, _ = pairs_against(whole, qv, 1.0) if cap is None else nearest_within(whole, qv, 1.0, cap)
-        tq, tid, _ = tile_pairs(qv, qt, whole, tile_idx, 1.0, TILE_ID_BASE, cap=cap or 20)
+        tq, tid, _ = tile_pairs(qv, qt[:, :QUERY_VIEWS], whole, tile_idx, 1.0, TILE_ID_BASE, cap=cap or 20,
+                                stored_views=N_TILES)
         secs = time.perf_counter() - t
         hit_w, cand_w = found(wq, wid)
         hit_t, _ = found(tq, tid)

@@ -19,7 +19,7 @@ from .index.report import SIDE_COLUMNS, copy_move_report, empty_report, make_rep
 from .index.search import (TILE_CAP, nearest_within, on_device, pairs_against, pairs_within, tile_index_of,
                            tile_pairs, whole_index_of)
 from .index.store import TILE_ID_BASE, PanelRow, Store, StoreError
-from .model.api import Embedder, load_model
+from .model.api import N_TILES, QUERY_VIEWS, Embedder, load_model
 from .pipeline import DocResult, ExtractOptions, Limits, extract_many, write_panels
 from . import __version__
 from .hashing import sha256_file
@@ -315,8 +315,8 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
     via = np.full(len(f), "whole", object)
     if partial and len(qvec) > 1:
         rows = np.arange(len(qvec))
-        ti, tj, tf = tile_pairs(qvec, qtiles, whole_index_of(qvec, rows), tile_index_of(qtiles, rows, TILE_ID_BASE),
-                                t, TILE_ID_BASE)
+        ti, tj, tf = tile_pairs(qvec, qtiles[:, :QUERY_VIEWS], whole_index_of(qvec, rows),
+                                tile_index_of(qtiles, rows, TILE_ID_BASE), t, TILE_ID_BASE, stored_views=N_TILES)
         lo, hi = np.minimum(ti, tj), np.maximum(ti, tj)
         i, j, f, via = _merge_pairs(i, j, f, lo[lo != hi], hi[lo != hi], tf[lo != hi])
     parts.append(make_report(qinfo, qinfo, i, j, f, via))
@@ -333,8 +333,8 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
                           else nearest_within(whole, qvec, t, max_candidates))
             via = np.full(len(f), "whole", object)
             if partial:
-                ti, tids, tf = tile_pairs(qvec, qtiles, whole, on_device(store.tile_index(), device), t, TILE_ID_BASE,
-                                          cap=max_candidates or TILE_CAP)
+                ti, tids, tf = tile_pairs(qvec, qtiles[:, :QUERY_VIEWS], whole, on_device(store.tile_index(), device), t,
+                                          TILE_ID_BASE, cap=max_candidates or TILE_CAP, stored_views=N_TILES)
                 qi, ids, f, via = _merge_pairs(qi, ids, f, ti, tids, tf)
             minfo = store.panel_table(ids)
             split |= store.split_figures(minfo.doc_sha256.unique())
@@ -437,8 +437,9 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
                 tid, tvec = store.tile_vectors(new)
                 if len(tid):
                     rows = pd.Index(ids).get_indexer(tid)
-                    ti, tm, tf = tile_pairs(vec[rows], tvec, whole, on_device(store.tile_index(), device), t,
-                                            TILE_ID_BASE, cap=max_candidates + 1 if max_candidates else TILE_CAP)
+                    ti, tm, tf = tile_pairs(vec[rows], tvec[:, :QUERY_VIEWS], whole, on_device(store.tile_index(), device),
+                                            t, TILE_ID_BASE, cap=max_candidates + 1 if max_candidates else TILE_CAP,
+                                            stored_views=N_TILES)
                     qi, mid, f, via = _merge_pairs(qi, mid, f, rows[ti], tm, tf)
             a, b = ids[qi], mid
             lo, hi = np.minimum(a, b), np.maximum(a, b)

@@ -110,19 +110,46 @@ def test_mixed_precision_within_tolerance(model):
 
 
 def test_equalised_view_makes_tone_changes_one_image(model):
-    """The sixth view (``equalised``): a gamma-changed or equalised copy of a real micrograph
+    """The equalised view (the sixth, ``equalised``): a gamma-changed or equalised copy of a real micrograph
     gives the same equalised image up to rounding, so its view embedding lands within f <= 1 of
     the original's, while another micrograph's does not."""
     import cv2
 
     from conftest import micrograph
-    from imgdup.model.api import N_TILES, equalised, tiles
+    from imgdup.model.api import N_TILES, QUERY_VIEWS, equalised, tiles
 
     a = micrograph(3, 256)
     copies = [(255 * (a / 255.0) ** 1.8).astype(np.uint8), cv2.equalizeHist(a)]
     other = micrograph(11, 256)
     views = model.embed_tiles([a, *copies, other])
-    assert views.shape[1] == N_TILES == len(tiles(a)) == 6
+    assert views.shape[1] == N_TILES == len(tiles(a)) == 11 and QUERY_VIEWS == 6
     assert np.array_equal(equalised(a), cv2.equalizeHist(a))
-    f = np.abs(views[:, -1] - views[0, -1]).sum(1)
+    assert np.array_equal(tiles(a)[5], equalised(a))
+    f = np.abs(views[:, 5] - views[0, 5]).sum(1)
     assert f[1] <= 1.0 and f[2] <= 1.0 and f[3] > 1.0, f
+
+
+def test_crop_keeping_half_is_found_through_the_75_percent_views(model):
+    """A crop keeping half of a real micrograph (71 % of its side, anywhere in it) resembles one
+    of the panel's 75 % views more than any 60 % view or the whole panel: more such crops come
+    within f <= 1 of their source's views with the 75 % views than without them."""
+    from conftest import micrograph
+
+    rng = np.random.default_rng(7)
+    crops, srcs = [], []
+    for k in range(8):
+        a = micrograph(k, 256)
+        for _ in range(2):
+            s = int(256 * 0.5 ** 0.5)
+            y, x = rng.integers(0, 256 - s + 1, 2)
+            crops.append(a[y:y + s, x:x + s])
+            srcs.append(a)
+    q = model.embed(crops)
+    whole, views = model.embed(srcs), model.embed_tiles(srcs)
+
+    def best(v: np.ndarray) -> np.ndarray:
+        return np.minimum(np.abs(whole - q).sum(1), np.abs(v - q[:, None]).sum(2).min(1))
+
+    old, new = best(views[:, :5]), best(views)
+    assert (new <= old).all()
+    assert (new <= 1.0).sum() > (old <= 1.0).sum(), (old, new)

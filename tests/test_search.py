@@ -110,6 +110,14 @@ def test_tile_pairs_knn_equals_range_then_cap():
         got = tile_pairs(qv, qt, whole, tiles, 1.0, 16, cap=cap)
         assert all(np.array_equal(a, b) for a, b in zip(got[:2], want[:2]))
         assert np.allclose(got[2], want[2])
+    # stored panels with more views than a query searches with (the 75 % views): k follows them
+    st8 = rng.random((n_store, 8, d), np.float32) * 0.12
+    tiles8 = tile_index_of(st8, ids, 16)
+    full = tile_pairs(qv, qt, whole, tiles8, 1.0, 16, cap=None)
+    for cap in (1, 7, 20):
+        want = cap_per_query(*full, cap)
+        got = tile_pairs(qv, qt, whole, tiles8, 1.0, 16, cap=cap, stored_views=8)
+        assert all(np.array_equal(a, b) for a, b in zip(got[:2], want[:2]))
 
 
 def test_nearest_within_is_the_k_nearest_of_the_range():

@@ -263,7 +263,7 @@ TILE_CAP = 20       # stored panels kept per query panel by the sub-region searc
 
 
 def tile_pairs(q_whole: np.ndarray, q_tiles: np.ndarray, whole_index: faiss.Index, tile_index: faiss.Index,
-               threshold: float, tile_base: int, cap: int | None = TILE_CAP
+               threshold: float, tile_base: int, cap: int | None = TILE_CAP, stored_views: int | None = None
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidates through sub-regions, for partial re-use: (query row, stored panel id, f).
 
@@ -272,10 +272,12 @@ def tile_pairs(q_whole: np.ndarray, q_tiles: np.ndarray, whole_index: faiss.Inde
     shifted field of view).  ``tile_index`` ids are ``panel_id * tile_base + tile``.  f is the
     smallest over the three; at most ``cap`` stored panels per query row, lowest f first, so
     the number of candidates to verify stays bounded.  With a cap, each search is a k-NN search
-    (k = cap for whole panels, cap x tiles per panel for tiles): the same result as a range
+    (k = cap for whole panels, cap x views per stored panel for tiles): the same result as a range
     search capped afterwards (a panel outside a vector's k nearest has ``cap`` panels nearer),
     at a cost that does not grow with the number of vectors within the threshold.  ``cap=None``:
-    range searches, every pair.
+    range searches, every pair.  ``q_tiles``: the views each query panel searches with;
+    ``stored_views``: the most views a panel has in ``tile_index`` (default: as many as a query
+    panel searches with), which sets k for the tile searches (cap x stored_views).
     """
     n, n_t, dim = q_tiles.shape
     flat = np.ascontiguousarray(q_tiles.reshape(-1, dim))
@@ -289,7 +291,7 @@ def tile_pairs(q_whole: np.ndarray, q_tiles: np.ndarray, whole_index: faiss.Inde
         qi, ids, f = search(whole_index, flat, cap)
         parts.append((qi // n_t, ids, f))
     if tile_index.ntotal and n:
-        k = None if cap is None else cap * n_t
+        k = None if cap is None else cap * max(n_t, stored_views or 0)
         qi, ids, f = search(tile_index, q_whole, k)
         parts.append((qi, ids // tile_base, f))
         qi, ids, f = search(tile_index, flat, k)

@@ -3,8 +3,9 @@
     catalog.sqlite        documents (also the skipped ones, with their reason), panels, shards,
                           screen runs and store metadata (model sha256) - SQLite transactions
     embeddings/part-*.parquet   panel_id + alpha-scaled vector (the source of truth) + the
-                          vectors of the panel's views ("tiles": 5 sub-regions, for partial re-use,
-                          and the panel histogram-equalised, for tone changes; 5 in older shards) +
+                          vectors of the panel's views ("tiles": 10 sub-regions at two sizes, for
+                          partial re-use, and the panel histogram-equalised, for tone changes;
+                          ``imgdup.model.api.TILE_VIEWS``; 5 or 6 in older shards) +
                           where the panel's evidence lies in the shard's evidence file
     embeddings/part-*.evidence  per panel, a PNG thumbnail (longer side 256 px, never enlarged) for
                           verification and reviewers, then its verification keypoints
@@ -597,8 +598,8 @@ class Store:
         dim = int(self.meta("dim", "128"))
         explicit = kind != "auto"
         kind = ("ivf" if n >= IVF_MIN_PANELS else "flat") if kind == "auto" else kind
-        if on_disk is None:     # panel + 6 tile vectors a panel, float32
-            on_disk = n * dim * 4 * 7 > ON_DISK_RAM_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if on_disk is None:     # panel + up to 11 view vectors a panel, float32
+            on_disk = n * dim * 4 * 12 > ON_DISK_RAM_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         on_disk = bool(on_disk and kind == "ivf" and n >= 2)
         t0 = time.time()
         info: dict = {"kind": kind, "panels": int(n), "on_disk": on_disk}

@@ -73,13 +73,20 @@ def prepare(image: Any, size: int) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(grey, dtype=np.float32), (size, size), interpolation=interp)
 
 
-# Views embedded beside each whole panel ("tiles"), searched by the sub-region index: for partial
-# re-use (a crop, a shifted field of view) the four corners and the centre, each 60 % of the
-# panel's width and height; and the whole panel histogram-equalised, for tone changes the CNN
-# does not absorb (equalisation, pasted text, gamma with a flip: benchmarks/retrieval.py).
-TILE_SIDE = 0.6
-TILE_ORIGINS = ((0.0, 0.0), (0.4, 0.0), (0.0, 0.4), (0.4, 0.4), (0.2, 0.2))
-N_TILES = len(TILE_ORIGINS) + 1
+# Views embedded beside each whole panel ("tiles"), searched by the sub-region index, in this
+# order: for partial re-use (a crop, a shifted field of view) the four corners and the centre at
+# 60 % of the panel's width and height; the whole panel histogram-equalised, for tone changes the
+# CNN does not absorb (equalisation, pasted text, gamma with a flip: benchmarks/retrieval.py);
+# then the four corners and the centre at 75 %, which a crop keeping half of a stored panel
+# resembles (its side is 71 % of the panel's) more than any 60 % view (docs/BENCHMARKS.md,
+# retrieval).  Stores written before keep their first 5 or 6 views and still work.
+TILE_VIEWS = ((0.6, ((0.0, 0.0), (0.4, 0.0), (0.0, 0.4), (0.4, 0.4), (0.2, 0.2))),          # (side, origins x, y)
+              (0.75, ((0.0, 0.0), (0.25, 0.0), (0.0, 0.25), (0.25, 0.25), (0.125, 0.125))))
+N_TILES = sum(len(origins) for _, origins in TILE_VIEWS) + 1
+# The views a query panel searches with (the first ones): the 75 % views are only searched for.
+# A query's own 75 % views would find little more (a crop is found through the stored panel's
+# views) but cost as much search again.
+QUERY_VIEWS = len(TILE_VIEWS[0][1]) + 1
 
 
 def equalised(image: Any) -> np.ndarray:
@@ -89,13 +96,17 @@ def equalised(image: Any) -> np.ndarray:
     return cv2.equalizeHist(np.ascontiguousarray(grey))
 
 
-def tiles(image: np.ndarray) -> list[np.ndarray]:
-    """The ``N_TILES`` views of a panel: its sub-regions (see ``TILE_ORIGINS``), then the whole
-    panel ``equalised``."""
+def _sub_views(image: np.ndarray, side: float, origins) -> list[np.ndarray]:
     h, w = image.shape[:2]
-    th, tw = max(1, int(h * TILE_SIDE)), max(1, int(w * TILE_SIDE))
-    subs = [image[int(y * h):int(y * h) + th, int(x * w):int(x * w) + tw] for x, y in TILE_ORIGINS]
-    return subs + [equalised(image)]
+    th, tw = max(1, int(h * side)), max(1, int(w * side))
+    return [image[int(y * h):int(y * h) + th, int(x * w):int(x * w) + tw] for x, y in origins]
+
+
+def tiles(image: np.ndarray) -> list[np.ndarray]:
+    """The ``N_TILES`` views of a panel (``TILE_VIEWS``): its 60 % sub-regions, the whole panel
+    ``equalised``, then its 75 % sub-regions."""
+    (s0, o0), (s1, o1) = TILE_VIEWS
+    return _sub_views(image, s0, o0) + [equalised(image)] + _sub_views(image, s1, o1)
 
 
 PRECISIONS = ("fp32", "amp")
