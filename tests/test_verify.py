@@ -323,3 +323,43 @@ def test_attach_evidence_never_loses_a_panel(monkeypatch):
     V.attach_evidence(doc)
     assert doc.panels[1].thumb and doc.panels[1].keypoints == b""
     assert doc.panels[0].keypoints.startswith(V.KEYPOINTS_MAGIC)      # already had them: untouched
+
+
+def _clinsci_charts() -> dict[str, np.ndarray]:
+    """Thumbnails of the bar charts and chemical structures on page 4 of a real CC BY paper."""
+    from conftest import PDFS, need_shared
+    from imgdup.pipeline import extract_document
+
+    need_shared(PDFS / "clinsci-2014-126-305.pdf")
+    res = extract_document(PDFS / "clinsci-2014-126-305.pdf")
+    return {p.panel_id: V.thumbnail(V._as_uint8(p.pixels)) for p in res.panels if p.page == 4}
+
+
+def test_line_art_is_charts_and_drawings_not_micrographs_or_blots():
+    """Charts and drawings on white are line art; real micrographs (exactly black backgrounds
+    included) and blot scans are not."""
+    from conftest import SHARED
+
+    charts = _clinsci_charts()
+    assert len(charts) >= 15 and all(V.line_art(g) for g in charts.values())
+    micro = [V.thumbnail(micrograph(k)) for k in range(0, 660, 6)]
+    assert not any(V.line_art(g) for g in micro)
+    blots = sorted((SHARED / "blots").rglob("*.png"))[:20] if (SHARED / "blots").exists() else []
+    for f in blots:
+        assert not V.line_art(V.thumbnail(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)))
+
+
+def test_line_art_pairs_are_findings_only_when_near_identical():
+    """Two different bar charts with the same axes and labels (the keypoints match the shared
+    text and axes at scale 1) are rejected; a rescaled, re-compressed copy of one is kept."""
+    charts = _clinsci_charts()
+    a, b = charts["p4-f3-0"], charts["p4-f11-0"]
+    small = cv2.resize(a, None, fx=0.8, fy=0.8, interpolation=cv2.INTER_AREA)
+    copy = cv2.imdecode(cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 90])[1], cv2.IMREAD_GRAYSCALE)
+    px = {"p1": a, "p2": b, "p3": copy}
+    rep = pd.DataFrame([dict(_row(query_panel="p1", match_panel="p2")._asdict()),
+                        dict(_row(query_panel="p1", match_panel="p3")._asdict())])
+    out = V.verify_report(rep, lambda side, r: px[getattr(r, f"{side}_panel")], keep_rejected=True)
+    got = dict(zip(out.match_panel, zip(out.verified, out.reject_reason, out.verify_inliers)))
+    assert got["p3"][0], got
+    assert not got["p2"][0] and got["p2"][1].startswith("line art"), got
