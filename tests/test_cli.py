@@ -100,7 +100,8 @@ def test_index_scale_benchmark_smoke(tmp_path):
     assert ooc["lists_file_gb"] > 0.9 * ooc["vectors_gb"]
     assert run["ivf"]["recall"] >= 0.99 and run["ivf_query_recall"] >= 0.95 and run["query_pairs_exact"] > 0
     tiles = run["tiles"]
-    assert tiles["tile_vectors"] == 5 * run["store_panels"] and tiles["ivf"]["recall"] >= 0.99
+    from imgdup.model.api import N_TILES
+    assert tiles["tile_vectors"] == N_TILES * run["store_panels"] and tiles["ivf"]["recall"] >= 0.99
     assert tiles["query_pairs_exact"] > 0 and tiles["ivf_query_recall"] >= 0.9 and tiles["knn_equals_range"]
 
 
