@@ -280,6 +280,16 @@ def _info_from_results(results: list[DocResult]) -> pd.DataFrame:
     return pd.DataFrame(recs, columns=SIDE_COLUMNS)
 
 
+def _copy_move_rows(info: pd.DataFrame) -> list[int]:
+    """Row positions of ``info`` (doc_sha256, figure_id, kind) that copy-move searches: every
+    panel, and every figure that was not split into panels (a single image is its own panel).
+    A split figure is searched through its panels (its whole would find the re-use between its
+    panels again, which the pair search reports)."""
+    split = set(zip(info.doc_sha256[info.kind != "figure"], info.figure_id[info.kind != "figure"]))
+    return [i for i, (doc, fig, kind) in enumerate(zip(info.doc_sha256, info.figure_id, info.kind))
+            if kind != "figure" or (doc, fig) not in split]
+
+
 def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold: float | None = None,
           out: str | Path | None = None, add: bool = False, model: Embedder | None = None,
           workers: int = 2, progress: bool = False, verify: bool = True, keep_rejected: bool = False,
@@ -367,7 +377,8 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
         report = verify_report(report, lookup, keep_rejected=keep_rejected, progress=progress, keypoints=keypoints)
     clock.lap("verify")
     if copy_move:
-        px = {i: p.pixels for i, p in enumerate(p for r in good for p in r.panels) if p.kind != "figure"}
+        items = [p for r in good for p in r.panels]
+        px = {i: items[i].pixels for i in _copy_move_rows(qinfo)}
         cm = copy_move_report(qinfo, find_copy_moves(px, progress=progress))
         if len(cm):
             report = pd.concat([cm, unverified(report)], ignore_index=True)
@@ -464,8 +475,7 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
             if copy_move:
                 th = store.thumbs(new)
                 ninfo = store.panel_table(new).reset_index(drop=True)
-                px = {i: th.get(int(pid)) for i, (pid, kind) in enumerate(zip(ninfo.panel_id, ninfo.kind))
-                      if kind != "figure"}
+                px = {i: th.get(int(ninfo.panel_id[i])) for i in _copy_move_rows(ninfo)}
                 cm = copy_move_report(ninfo, find_copy_moves(px, progress=progress))
                 if len(cm):
                     report = pd.concat([cm, unverified(report)], ignore_index=True)

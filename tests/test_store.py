@@ -231,3 +231,18 @@ def cv2_resize(im: np.ndarray, side: int) -> np.ndarray:
     import cv2
 
     return cv2.resize(im, (side, side), interpolation=cv2.INTER_CUBIC)
+
+
+def test_copy_move_searched_in_single_image_figures(model, tmp_path):
+    """A micrograph placed alone (a figure not split into panels) with a cloned block is reported
+    as copy-move by a query; the untouched micrograph beside it is not."""
+    from conftest import micrograph
+
+    a = cv2_resize(micrograph(40), 400)       # a textured one (394 keypoints at 256 px)
+    d = a.copy()
+    s = 100
+    d[400 - s - 10:390, 400 - s - 10:390] = a[10:10 + s, 10:10 + s]
+    _pdf(tmp_path / "m.pdf", [d, cv2_resize(micrograph(44), 400)])
+    rep = query([tmp_path / "m.pdf"], tmp_path / "none", model=model).report
+    cm = rep[rep.finding == "copy-move"]
+    assert list(cm.query_panel) == ["p1-f1-0"] and list(cm.query_kind) == ["figure"], rep

@@ -997,14 +997,18 @@ def _columns(m: Match | None, al: Alignment | None, conf: float, ok: bool, why: 
 def find_copy_moves(pixels: dict, progress: bool = False, threads: int | None = None) -> list[tuple[object, CopyMove]]:
     """Copy-move inside single panels: ``pixels`` maps a key to a panel's pixels; returns
     (key, CopyMove) for each panel with a duplicated region, in ``pixels`` order (panels are
-    searched by ``threads`` threads, default one per core)."""
+    searched by ``threads`` threads, default one per core).  Low-information panels and line art
+    (``line_art``) are not searched."""
     from tqdm import tqdm
 
     def one(item):
         key, px = item
         if px is None or low_information(px):
             return None
-        return copy_move(copy_move_features(thumbnail(_as_uint8(px))))
+        thumb = thumbnail(_as_uint8(px))
+        if line_art(thumb):     # repeated glyphs, ticks, bars and legend marks are drawn, not cloned
+            return None
+        return copy_move(copy_move_features(thumb))
 
     items = list(pixels.items())
     n = max(1, threads or os.cpu_count() or 1)
