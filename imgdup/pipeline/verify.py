@@ -784,7 +784,7 @@ def line_art(grey: np.ndarray) -> bool:
     a pair is a finding only when the registered overlap is the same drawing (linear correlation
     >= ``LINE_ART_MIN_CORR``: rescaled, JPEG-compressed or gamma-changed copies of a real chart
     0.995-1.00; different charts on the same axes up to 0.98).
-    Measured on the thumbnails: micrographs and blot scans of every split (949) at most 0.23,
+    Measured on the thumbnails: micrographs and blot scans of every split (909) at most 0.23,
     exactly black backgrounds of fluorescence images not counted; the bar charts and chemical
     structures of clinsci-2014-126-305.pdf 0.45-0.74 (docs/VERIFICATION.md)."""
     g = _as_uint8(grey)
