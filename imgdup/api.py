@@ -511,16 +511,18 @@ def _log_run(path: Path, record: dict) -> None:
 
 
 def reindex(index: str | Path | None = None, model: Embedder | None = None, workers: int = 2,
-            progress: bool = False, kind: str = "auto", nlist: int | None = None, on_disk: bool | None = None) -> str:
+            progress: bool = False, kind: str = "auto", nlist: int | None = None, on_disk: bool | None = None,
+            re_extract: bool = False) -> str:
     """Rebuild the FAISS index from the embeddings (``kind``: auto, flat or ivf; ``on_disk``: an
     IVF memory-mapped by readers; see ``Store.rebuild_index``); if the store was built with
-    other weights, re-extract its documents
-    from their recorded paths and re-embed them with the current model into a fresh store that
-    replaces the old one."""
+    other weights, or ``re_extract`` is asked (a store written before the current views,
+    keypoints or extraction), re-extract its documents from their recorded paths and re-embed
+    them with the current model into a fresh store that replaces the old one (documents no
+    longer at their path are then recorded as skipped, and screen history starts afresh)."""
     path = Path(index or default_index())
     model = model or load_model()
     store = Store(path, create=False)
-    if store.meta("model_sha256") in (None, model.sha256):
+    if not re_extract and store.meta("model_sha256") in (None, model.sha256):
         with store.writer():
             info = store.rebuild_index(kind, nlist, on_disk=on_disk)
         store.close()

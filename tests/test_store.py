@@ -246,3 +246,36 @@ def test_copy_move_searched_in_single_image_figures(model, tmp_path):
     rep = query([tmp_path / "m.pdf"], tmp_path / "none", model=model).report
     cm = rep[rep.finding == "copy-move"]
     assert list(cm.query_panel) == ["p1-f1-0"] and list(cm.query_kind) == ["figure"], rep
+
+
+def test_reindex_re_extract_gives_an_old_store_the_current_views(corpus, model, tmp_path):
+    """A store whose shards hold 6 views a panel (as imgdup wrote them before the 75 % views)
+    still answers queries; `reindex --re-extract` re-extracts its documents and stores every
+    panel's current views, with the same documents and panels."""
+    import pyarrow as pa
+
+    from imgdup.api import reindex
+    from imgdup.model.api import N_TILES
+
+    out, _ = corpus
+    docs = sorted((out / "corpus").glob("*.pdf"))[:2]
+    ingest(docs, tmp_path / "st", model=model)
+    for f in sorted((tmp_path / "st" / "embeddings").glob("part-*.parquet")):
+        t = pq.read_table(f)
+        v = np.asarray(t.column("tiles").combine_chunks().flatten().to_numpy(zero_copy_only=False), np.float32)
+        old = v.reshape(t.num_rows, N_TILES, -1)[:, :6].reshape(t.num_rows, -1)
+        i = t.schema.get_field_index("tiles")
+        t = t.set_column(i, "tiles", pa.FixedSizeListArray.from_arrays(pa.array(old.ravel()), old.shape[1]))
+        pq.write_table(t, f)
+    (tmp_path / "st" / "tiles.faiss").unlink()
+    st = Store(tmp_path / "st", create=False)
+    n = st.count()
+    assert st.tile_vectors()[1].shape[1] == 6 and st.tile_index().ntotal == 6 * n
+    st.close()
+    assert len(query([docs[0]], tmp_path / "st", model=model, copy_move=False).report) > 0
+    msg = reindex(tmp_path / "st", model=model, re_extract=True)
+    assert "re-embedded" in msg
+    st = Store(tmp_path / "st", create=False)
+    assert st.count() == n and st.tile_vectors()[1].shape[1] == N_TILES and st.tile_index().ntotal == N_TILES * n
+    st.close()
+    assert _check_consistent(tmp_path / "st") == n

@@ -239,11 +239,16 @@ def screen(index: str | None, out_dir: Path, all_pairs: bool, threshold: float |
 @click.option("--on-disk/--in-memory", "on_disk", default=None,
               help="IVF only: memory-map the inverted lists from disk instead of loading them "
                    "(default: when the vectors exceed a quarter of this machine's memory).")
-def reindex(index: str | None, workers: int, kind: str, nlist: int | None, on_disk: bool | None) -> None:
+@click.option("--re-extract", is_flag=True,
+              help="Re-extract and re-embed every document from its recorded path (stores written by an "
+                   "older imgdup: e.g. the 75 % views of session 10); done anyway when the weights differ.")
+def reindex(index: str | None, workers: int, kind: str, nlist: int | None, on_disk: bool | None,
+            re_extract: bool) -> None:
     """Rebuild the FAISS index; re-embed every document if the store used other weights."""
     from ..api import reindex as run
 
-    click.echo(run(index, workers=workers, progress=_progress(), kind=kind, nlist=nlist, on_disk=on_disk))
+    click.echo(run(index, workers=workers, progress=_progress(), kind=kind, nlist=nlist, on_disk=on_disk,
+                   re_extract=re_extract))
 
 
 @cli.command()
