@@ -22,12 +22,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def _views(im: np.ndarray, side: float, origins) -> list[np.ndarray]:
-    h, w = im.shape[:2]
-    th, tw = max(1, int(h * side)), max(1, int(w * side))
-    return [im[int(y * h):int(y * h) + th, int(x * w):int(x * w) + tw] for x, y in origins]
-
-
 def _c5(s: float) -> list[tuple[float, float]]:
     return [(0.0, 0.0), (1 - s, 0.0), (0.0, 1 - s), (1 - s, 1 - s), ((1 - s) / 2, (1 - s) / 2)]
 
@@ -55,7 +49,7 @@ def main() -> None:
     from quality import _crop, _overlap, load_images
 
     from imgdup import load_model
-    from imgdup.model.api import equalised
+    from imgdup.model.api import equalised, sub_views
 
     model = load_model()
     imgs, _ = load_images(False, args.split)
@@ -69,8 +63,8 @@ def main() -> None:
 
     def best_f(a, b, stored, query) -> float:
         va, vb = model.embed([a]), model.embed([b])
-        sa = model.embed([v for side, o in stored for v in _views(a, side, o)] + [equalised(a)])
-        qb = model.embed([v for side, o in query for v in _views(b, side, o)] + [equalised(b)])
+        sa = model.embed([v for side, o in stored for v in sub_views(a, side, o)] + [equalised(a)])
+        qb = model.embed([v for side, o in query for v in sub_views(b, side, o)] + [equalised(b)])
         return float(min(np.abs(va - vb).sum(), np.abs(sa - vb).sum(1).min(), np.abs(qb - va).sum(1).min(),
                          np.abs(qb[:, None] - sa[None]).sum(2).min()))
 

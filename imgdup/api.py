@@ -290,6 +290,14 @@ def _copy_move_rows(info: pd.DataFrame) -> list[int]:
             if kind != "figure" or (doc, fig) not in split]
 
 
+def _view_pairs(q_whole: np.ndarray, q_views: np.ndarray, whole_index, tile_index, threshold: float,
+                cap: int | None = TILE_CAP):
+    """``tile_pairs`` with the shipped views: a query panel searches with its first
+    ``QUERY_VIEWS`` views; stored panels hold up to ``N_TILES`` (k of the capped searches)."""
+    return tile_pairs(q_whole, q_views[:, :QUERY_VIEWS], whole_index, tile_index, threshold, TILE_ID_BASE,
+                      cap=cap, stored_views=N_TILES)
+
+
 def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold: float | None = None,
           out: str | Path | None = None, add: bool = False, model: Embedder | None = None,
           workers: int = 2, progress: bool = False, verify: bool = True, keep_rejected: bool = False,
@@ -325,8 +333,7 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
     via = np.full(len(f), "whole", object)
     if partial and len(qvec) > 1:
         rows = np.arange(len(qvec))
-        ti, tj, tf = tile_pairs(qvec, qtiles[:, :QUERY_VIEWS], whole_index_of(qvec, rows),
-                                tile_index_of(qtiles, rows, TILE_ID_BASE), t, TILE_ID_BASE, stored_views=N_TILES)
+        ti, tj, tf = _view_pairs(qvec, qtiles, whole_index_of(qvec, rows), tile_index_of(qtiles, rows, TILE_ID_BASE), t)
         lo, hi = np.minimum(ti, tj), np.maximum(ti, tj)
         i, j, f, via = _merge_pairs(i, j, f, lo[lo != hi], hi[lo != hi], tf[lo != hi])
     parts.append(make_report(qinfo, qinfo, i, j, f, via))
@@ -343,8 +350,8 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
                           else nearest_within(whole, qvec, t, max_candidates))
             via = np.full(len(f), "whole", object)
             if partial:
-                ti, tids, tf = tile_pairs(qvec, qtiles[:, :QUERY_VIEWS], whole, on_device(store.tile_index(), device), t,
-                                          TILE_ID_BASE, cap=max_candidates or TILE_CAP, stored_views=N_TILES)
+                ti, tids, tf = _view_pairs(qvec, qtiles, whole, on_device(store.tile_index(), device), t,
+                                           cap=max_candidates or TILE_CAP)
                 qi, ids, f, via = _merge_pairs(qi, ids, f, ti, tids, tf)
             minfo = store.panel_table(ids)
             split |= store.split_figures(minfo.doc_sha256.unique())
@@ -377,8 +384,7 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
         report = verify_report(report, lookup, keep_rejected=keep_rejected, progress=progress, keypoints=keypoints)
     clock.lap("verify")
     if copy_move:
-        items = [p for r in good for p in r.panels]
-        px = {i: items[i].pixels for i in _copy_move_rows(qinfo)}
+        px = {i: qpix[i] for i in _copy_move_rows(qinfo)}
         cm = copy_move_report(qinfo, find_copy_moves(px, progress=progress))
         if len(cm):
             report = pd.concat([cm, unverified(report)], ignore_index=True)
@@ -448,9 +454,8 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
                 tid, tvec = store.tile_vectors(new)
                 if len(tid):
                     rows = pd.Index(ids).get_indexer(tid)
-                    ti, tm, tf = tile_pairs(vec[rows], tvec[:, :QUERY_VIEWS], whole, on_device(store.tile_index(), device),
-                                            t, TILE_ID_BASE, cap=max_candidates + 1 if max_candidates else TILE_CAP,
-                                            stored_views=N_TILES)
+                    ti, tm, tf = _view_pairs(vec[rows], tvec, whole, on_device(store.tile_index(), device), t,
+                                             cap=max_candidates + 1 if max_candidates else TILE_CAP)
                     qi, mid, f, via = _merge_pairs(qi, mid, f, rows[ti], tm, tf)
             a, b = ids[qi], mid
             lo, hi = np.minimum(a, b), np.maximum(a, b)

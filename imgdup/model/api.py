@@ -96,7 +96,8 @@ def equalised(image: Any) -> np.ndarray:
     return cv2.equalizeHist(np.ascontiguousarray(grey))
 
 
-def _sub_views(image: np.ndarray, side: float, origins) -> list[np.ndarray]:
+def sub_views(image: np.ndarray, side: float, origins) -> list[np.ndarray]:
+    """Sub-regions of ``side`` x the panel's width and height at ``origins`` ((x, y) fractions)."""
     h, w = image.shape[:2]
     th, tw = max(1, int(h * side)), max(1, int(w * side))
     return [image[int(y * h):int(y * h) + th, int(x * w):int(x * w) + tw] for x, y in origins]
@@ -106,7 +107,7 @@ def tiles(image: np.ndarray) -> list[np.ndarray]:
     """The ``N_TILES`` views of a panel (``TILE_VIEWS``): its 60 % sub-regions, the whole panel
     ``equalised``, then its 75 % sub-regions."""
     (s0, o0), (s1, o1) = TILE_VIEWS
-    return _sub_views(image, s0, o0) + [equalised(image)] + _sub_views(image, s1, o1)
+    return sub_views(image, s0, o0) + [equalised(image)] + sub_views(image, s1, o1)
 
 
 PRECISIONS = ("fp32", "amp")
