@@ -279,3 +279,17 @@ def test_reindex_re_extract_gives_an_old_store_the_current_views(corpus, model, 
     assert st.count() == n and st.tile_vectors()[1].shape[1] == N_TILES and st.tile_index().ntotal == N_TILES * n
     st.close()
     assert _check_consistent(tmp_path / "st") == n
+
+
+def test_real_papers_front_matter_badges_not_reported(model, tmp_path):
+    """Two real CC BY papers of two publishers: their CrossMark badges (36 x 47 pt and 32 x 32 pt
+    on page 1) are not a finding; the superimposed 2-D gels inside one of them still are."""
+    from conftest import PDFS
+
+    docs = [PDFS / "plosone-0115884.pdf", PDFS / "rsos-PMC4632522.pdf"]
+    need_shared(docs[1])
+    ingest(docs, tmp_path / "idx", model=model)
+    rep = screen(tmp_path / "idx", tmp_path / "out", all_pairs=True).report
+    assert not ((rep.query_page == 1) & (rep.match_page == 1)).any(), rep
+    gels = rep[(rep.query_page == 6) & (rep.match_page == 6)]
+    assert len(gels) >= 1 and gels.verified.all()

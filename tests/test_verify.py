@@ -105,6 +105,11 @@ def test_trivial_reasons():
     mid = dict(query_bbox=[300, 400, 450, 550], match_bbox=[301, 400, 450, 551])
     assert V.trivial_reason(_row(same_content=True, **mid), a, a) == ""
     assert "icon" in V.trivial_reason(_row(query_bbox=[0, 0, 30, 20], match_bbox=[0, 0, 20, 20]), a, a)
+    # the CrossMark badges of plosone-0115884.pdf and rsos-PMC4632522.pdf: two sizes, two places
+    badges = dict(query_bbox=[36.8, 224.8, 73.1, 271.3], match_bbox=[149.9, 111.5, 182.3, 143.7])
+    assert "badge" in V.trivial_reason(_row(query_page=1, match_page=1, **badges), a, a)
+    assert V.trivial_reason(_row(query_page=1, match_page=2, **badges), a, a) == ""
+    assert V.trivial_reason(_row(query_page=1, match_page=1), a, a) == ""     # 200-pt panels on page 1
     logo = np.full((64, 64), 255, np.uint8)
     logo[20:40, 20:40] = 0
     assert "low-information" in V.trivial_reason(_row(), logo, a)

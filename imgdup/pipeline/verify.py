@@ -745,6 +745,7 @@ def verify(fa: Features, fb: Features, f: float = float("nan"), a_thumb: np.ndar
 FURNITURE_PT = 3.0      # same image within this many points of the same page place: furniture
 MARGIN_PT = (40.0, 60.0)  # furniture starts this close to the page's left / top edge (header, margin)
 ICON_PT = 40.0          # placements smaller than this on both sides are icons, not figures
+BADGE_PT = 72.0         # placements smaller than this on the first page of both documents are badges
 
 
 def in_margin(bbox) -> bool:
@@ -804,6 +805,10 @@ def trivial_reason(row, a: np.ndarray | None, b: np.ndarray | None,
         return "publisher furniture: identical image at the same place in the header or margin of both documents"
     if max(qb[2] - qb[0], qb[3] - qb[1]) < ICON_PT and max(mb[2] - mb[0], mb[3] - mb[1]) < ICON_PT:
         return f"icon-sized placements (< {ICON_PT:.0f} pt on both sides)"
+    if (getattr(row, "query_page", None) == 1 and getattr(row, "match_page", None) == 1
+            and max(qb[2] - qb[0], qb[3] - qb[1]) < BADGE_PT and max(mb[2] - mb[0], mb[3] - mb[1]) < BADGE_PT):
+        return (f"front-matter badge or logo (under {BADGE_PT:.0f} pt on the first page of both documents: "
+                f"CrossMark, open-access and publisher marks are drawn there at each publisher's size)")
     if low is None:
         low = tuple(px is not None and low_information(px) for px in (a, b))
     if any(low):
@@ -815,7 +820,8 @@ def _poly_list(p) -> list[list[float]]:
     return [[float(x), float(y)] for x, y in p]
 
 
-_ROW_FIELDS = ("distance", "same_xref", "same_content", "same_doc", "query_bbox", "match_bbox")
+_ROW_FIELDS = ("distance", "same_xref", "same_content", "same_doc", "query_bbox", "match_bbox", "query_page",
+               "match_page")
 
 
 def _key(side: str, row) -> tuple:
@@ -945,7 +951,7 @@ def verify_report(report, lookup, keep_rejected: bool = False, threshold: float 
                 thumbs[k] = None if px is None else thumbnail(_as_uint8(px))
                 packed[k] = keypoints(side, row) if keypoints is not None and px is not None else None
         rows.append((_key("query", row), _key("match", row),
-                     SimpleNamespace(**{f: getattr(row, f) for f in _ROW_FIELDS})))
+                     SimpleNamespace(**{f: getattr(row, f, None) for f in _ROW_FIELDS})))
     results: list[dict] = []
     cache = _PanelCache(thumbs, packed)
     chunks = [rows[k0:k0 + 64] for k0 in range(0, len(rows), 64)]
