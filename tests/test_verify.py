@@ -181,6 +181,16 @@ def test_phash_similarity_whole_copies_only():
     assert max(others) <= 0.3
 
 
+def test_orientation_hashes_equal_hashes_of_turned_images():
+    """The 8 hashes from one 32 x 32 reduction are the hashes of the 8 turned panels, bit for bit
+    (real micrographs, square and not)."""
+    for k in range(0, 600, 40):
+        im = V.thumbnail(micrograph(k))
+        for x in (im, np.ascontiguousarray(im[:, : im.shape[1] * 2 // 3]), np.ascontiguousarray(im[3:, 5:])):
+            ref = np.stack([V._phash(np.ascontiguousarray(turn(x))) for turn in V._ORIENT.values()])
+            assert np.array_equal(V.orientation_hashes(x), ref)
+
+
 def _opencv_ratio_matches(da, db, ratio, skip_self):
     """The reference: OpenCV's brute-force k-NN and the ratio test on its DMatch lists."""
     out = []

@@ -81,8 +81,12 @@ PHASH_SCALE = 12    # Hamming distance at which the similarity reaches 0 (unrela
 
 def orientation_hashes(img: np.ndarray) -> np.ndarray:
     """(8, 64) perceptual hashes of the image in the 8 quarter turns / flips (``_ORIENT`` order,
-    identity first), computed once per panel and shared by its pairs."""
-    return np.stack([_phash(np.ascontiguousarray(turn(img))) for turn in _ORIENT.values()])
+    identity first), computed once per panel and shared by its pairs.  The image is reduced to
+    32 x 32 once and the small image turned (area averaging commutes with quarter turns and
+    flips; the same bits as ``_phash`` of each turned image, tested), not each turn resized."""
+    small = cv2.resize(np.asarray(img, np.float32), (32, 32), interpolation=cv2.INTER_AREA)
+    low = np.stack([cv2.dct(np.ascontiguousarray(turn(small)))[:8, :8].ravel() for turn in _ORIENT.values()])
+    return low > np.median(low, axis=1, keepdims=True)
 
 
 def phash_similarity(a: np.ndarray, b: np.ndarray, hashes_a: np.ndarray | None = None,
