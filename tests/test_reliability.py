@@ -123,3 +123,27 @@ def test_no_code_path_evaluates_data(path):
             assert isinstance(w, ast.Constant) and w.value is True, f"{path.name}:{node.lineno}: torch.load needs weights_only=True"
         if isinstance(f, ast.Attribute) and f.attr == "system" and isinstance(f.value, ast.Name) and f.value.id == "os":
             raise AssertionError(f"{path.name}:{node.lineno} calls os.system")
+
+
+def test_atomic_write_keeps_the_old_file_on_failure_and_fsyncs(tmp_path, monkeypatch):
+    """A write that fails half-way leaves the previous file whole and no temp file; a write that
+    succeeds is flushed (file and directory fsynced) before and after its rename."""
+    import os
+
+    from imgdup.index import files
+
+    dst = tmp_path / "report.parquet"
+    files.atomic_write(dst, lambda tmp: tmp.write_bytes(b"old report"))
+
+    def half(tmp: Path) -> None:
+        tmp.write_bytes(b"half a rep")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        files.atomic_write(dst, half)
+    assert dst.read_bytes() == b"old report" and [p.name for p in tmp_path.iterdir()] == ["report.parquet"]
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(files.os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    files.atomic_write(dst, lambda tmp: tmp.write_bytes(b"new report"))
+    assert dst.read_bytes() == b"new report" and len(synced) == 2

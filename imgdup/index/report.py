@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import __version__
+from .files import atomic_write
 
 SIDE_COLUMNS = ["doc_path", "doc_sha256", "page", "x0", "y0", "x1", "y1", "panel_key", "figure_id",
                 "kind", "content_hash", "xrefs", "panel_id"]
@@ -151,7 +151,7 @@ def copy_move_report(info: pd.DataFrame, found: list) -> pd.DataFrame:
 def write_report(df: pd.DataFrame, path: str | Path, model_sha256: str, threshold: float,
                  extra: dict[str, str] | None = None) -> Path:
     """Parquet with key-value metadata (model sha256, imgdup version, threshold, run time);
-    written to a temp file and renamed, so a reader never sees half a report."""
+    written to a temp file, fsynced and renamed, so a reader never sees half a report."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     schema = pa.schema([
@@ -171,13 +171,7 @@ def write_report(df: pd.DataFrame, path: str | Path, model_sha256: str, threshol
     df = unverified(df)
     table = pa.Table.from_pandas(df[REPORT_COLUMNS + VERIFY_COLUMNS], schema=schema, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **{k.encode(): v.encode() for k, v in meta.items()}})
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
     return path
 
 

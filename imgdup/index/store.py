@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 
 from .. import __version__
 from .errors import StoreError
+from .files import atomic_write
 from .search import (Chunks, DeltaIndex, add_tiles, build_ivf, choose_nprobe, faiss_notices_to_stderr, ids_of,
                      ivf_of, tile_ids)
 
@@ -133,22 +134,8 @@ def _evidence_file(shard_file: str | Path) -> Path:
     return p.with_name(p.stem + ".evidence")
 
 
-def _atomic_write(dst: Path, write) -> None:
-    """``write(tmp)`` fills a temp file beside ``dst``; it is fsynced and renamed onto ``dst``
-    (removed on any failure, so a reader sees the old file or the whole new one)."""
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _write_parts(parts: list[bytes]):
-    """A ``_atomic_write`` writer of these byte strings, one after another."""
+    """A ``atomic_write`` writer of these byte strings, one after another."""
     def write(path: Path) -> None:
         with open(path, "wb") as fh:
             fh.writelines(parts)
@@ -273,9 +260,9 @@ class Store:
                 cols["tiles"] = pa.FixedSizeListArray.from_arrays(pa.array(tv.ravel()), tv.shape[1] * tv.shape[2])
             table = pa.table(cols)
             try:
-                _atomic_write(_evidence_file(self.path / "embeddings" / fname),
+                atomic_write(_evidence_file(self.path / "embeddings" / fname),
                               _write_parts([b for pair in zip(thumbs, keypoints) for b in pair]))
-                _atomic_write(self.path / "embeddings" / fname, lambda tmp: pq.write_table(table, tmp))
+                atomic_write(self.path / "embeddings" / fname, lambda tmp: pq.write_table(table, tmp))
             except OSError as exc:
                 _evidence_file(self.path / "embeddings" / fname).unlink(missing_ok=True)
                 raise self._write_failed(exc) from exc
@@ -554,14 +541,13 @@ class Store:
         for index, name in ((idx, "index.faiss"), (self.tile_index(), "tiles.faiss")):
             if isinstance(index, DeltaIndex):
                 continue    # the mapped file is left as written; its delta is rebuilt from the shards
-            tmp = self.path / f".{name}.tmp"
-            try:
+            def write(tmp: Path, index=index, name=name) -> None:
                 faiss.write_index(index, str(tmp))
                 # named before the rename: a reader never takes an on-disk index for a mapped one
                 self._set_meta({self._lists_meta(name): _lists_file_name(index)})
-                os.replace(tmp, self.path / name)
+            try:
+                atomic_write(self.path / name, write)
             except (OSError, RuntimeError) as exc:   # faiss reports a failed write as RuntimeError
-                tmp.unlink(missing_ok=True)
                 raise self._write_failed(exc) from exc
         self._remove_unused_lists()
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image
 
+from ..index.files import atomic_write
 from .extract import DocResult
 
 
@@ -33,7 +33,5 @@ def write_panels(results: list[DocResult], out_dir: str | Path) -> pd.DataFrame:
             Image.fromarray(p.pixels).save(png)
             rows.append({**p.meta(), "png": str(png.relative_to(out))})
     df = pd.DataFrame(rows)
-    tmp = out / ".panels.parquet.tmp"
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, out / "panels.parquet")
+    atomic_write(out / "panels.parquet", lambda tmp: df.to_parquet(tmp, index=False))
     return df
