@@ -106,8 +106,9 @@ def bench_tiles(tile_base: np.ndarray, size: int, q: np.ndarray, whole: dict, sa
     searches with ``QUERY_VIEWS``, as shipped.  ``exact=False``: the IVF alone (a flat copy of
     10^7 and more tile vectors does not fit in this machine's memory beside it); the IVF's
     recall of tile pairs is then only the nprobe choice's."""
-    from imgdup.index.search import cap_per_query, ivf_of, tile_ids, tile_index_of, tile_pairs
-    from imgdup.index.store import TILE_ID_BASE
+    from imgdup.index.search import (array_chunks, cap_per_query, choose_knn_nprobe, ivf_of, probes, tile_ids,
+                                     tile_index_of, tile_pairs)
+    from imgdup.index.store import PAIR_RADIUS, PAIR_RECALL, TILE_ID_BASE, TILE_RECALL_QUERIES
     from imgdup.model.api import N_TILES, QUERY_VIEWS
 
     n_t = N_TILES
@@ -118,15 +119,24 @@ def bench_tiles(tile_base: np.ndarray, size: int, q: np.ndarray, whole: dict, sa
     flat = tile_index_of(tv.reshape(size, n_t, -1), np.arange(size), TILE_ID_BASE) if exact else None
     ivf, choice = timed_ivf(tv, tid, sample_queries, out)
     out["ivf"] = {"nlist": int(ivf_of(ivf).nlist), **{k: choice[k] for k in ("nprobe", "recall", "truth_pairs")}}
+    # the nprobe the store measures for its capped searches (Store.tile_knn_nprobe), as it does
+    t = time.perf_counter()
+    knn = choose_knn_nprobe(ivf, array_chunks(tv, tid), len(tid), PAIR_RADIUS, CAP * n_t, PAIR_RECALL,
+                            queries=TILE_RECALL_QUERIES, max_nprobe=choice["nprobe"], group=TILE_ID_BASE, cap=CAP)
+    out["ivf_knn_nprobe_choice_seconds"] = time.perf_counter() - t
+    out["ivf_capped"] = {k: knn[k] for k in ("nprobe", "recall", "k", "truth_pairs", "queries", "curve")}
     del tv
     pairs = {}
     # "range": every pair within f <= 1, then the per-panel cap (the pre-k-NN way); "flat" / "ivf":
-    # tile_pairs as shipped (k-NN per vector, same capped result)
-    runs = (("range", flat, None), ("flat", flat, CAP), ("ivf", ivf, CAP)) if exact else (("ivf", ivf, CAP),)
+    # tile_pairs as shipped (k-NN per vector, same capped result); "ivf_capped": the IVF searched
+    # with the nprobe measured for capped searches, as query and screen search the store's
+    runs = ((("range", flat, None), ("flat", flat, CAP)) if exact else ()) + \
+        (("ivf", ivf, CAP), ("ivf_capped", ivf, CAP))
     for name, tidx, cap in runs:
         t = time.perf_counter()
-        qi, mid, f = tile_pairs(q, q_tiles, whole["flat" if name == "range" else name], tidx, 1.0, TILE_ID_BASE, cap=cap,
-                                stored_views=n_t)
+        with probes(tidx, knn["nprobe"] if name == "ivf_capped" else None):
+            qi, mid, f = tile_pairs(q, q_tiles, whole["ivf" if name == "ivf_capped" else "flat" if name == "range" else name],
+                                    tidx, 1.0, TILE_ID_BASE, cap=cap, stored_views=n_t)
         if cap is None:
             out["range_pairs_before_cap"] = int(len(qi))
             qi, mid, f = cap_per_query(qi, mid, f, CAP)
@@ -137,6 +147,8 @@ def bench_tiles(tile_base: np.ndarray, size: int, q: np.ndarray, whole: dict, sa
         out["query_pairs_exact"] = len(pairs["range"])
         out["knn_equals_range"] = pairs["flat"] == pairs["range"]
         out["ivf_query_recall"] = len(pairs["ivf"] & pairs["range"]) / max(1, len(pairs["range"]))
+        out["ivf_capped_query_recall"] = len(pairs["ivf_capped"] & pairs["range"]) / max(1, len(pairs["range"]))
+    out["ivf_capped_vs_ivf_pairs"] = len(pairs["ivf_capped"] & pairs["ivf"]) / max(1, len(pairs["ivf"]))
     return out
 
 

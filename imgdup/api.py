@@ -16,8 +16,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from .index.report import SIDE_COLUMNS, copy_move_report, empty_report, make_report, unverified, write_report
-from .index.search import (TILE_CAP, nearest_within, on_device, pairs_against, pairs_within, tile_index_of,
-                           tile_pairs, whole_index_of)
+from .index.search import (TILE_CAP, nearest_within, on_device, pairs_against, pairs_within, probes,
+                           tile_index_of, tile_pairs, whole_index_of)
 from .index.store import TILE_ID_BASE, PanelRow, Store, StoreError
 from .model.api import N_TILES, QUERY_VIEWS, Embedder, load_model
 from .pipeline import DocResult, ExtractOptions, Limits, extract_many, write_panels
@@ -298,6 +298,15 @@ def _view_pairs(q_whole: np.ndarray, q_views: np.ndarray, whole_index, tile_inde
                       cap=cap, stored_views=N_TILES)
 
 
+def _store_view_pairs(store: Store, q_whole: np.ndarray, q_views: np.ndarray, whole_index, threshold: float,
+                      cap: int, device: str = "auto"):
+    """``_view_pairs`` against a store: its sub-region index searched capped, with the nprobe
+    measured for capped searches when it is an IVF (``Store.tile_knn_nprobe``)."""
+    tiles = on_device(store.tile_index(), device)
+    with probes(tiles, store.tile_knn_nprobe(cap * N_TILES)):
+        return _view_pairs(q_whole, q_views, whole_index, tiles, threshold, cap=cap)
+
+
 def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold: float | None = None,
           out: str | Path | None = None, add: bool = False, model: Embedder | None = None,
           workers: int = 2, progress: bool = False, verify: bool = True, keep_rejected: bool = False,
@@ -350,8 +359,7 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
                           else nearest_within(whole, qvec, t, max_candidates))
             via = np.full(len(f), "whole", object)
             if partial:
-                ti, tids, tf = _view_pairs(qvec, qtiles, whole, on_device(store.tile_index(), device), t,
-                                           cap=max_candidates or TILE_CAP)
+                ti, tids, tf = _store_view_pairs(store, qvec, qtiles, whole, t, max_candidates or TILE_CAP, device)
                 qi, ids, f, via = _merge_pairs(qi, ids, f, ti, tids, tf)
             minfo = store.panel_table(ids)
             split |= store.split_figures(minfo.doc_sha256.unique())
@@ -454,8 +462,8 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
                 tid, tvec = store.tile_vectors(new)
                 if len(tid):
                     rows = pd.Index(ids).get_indexer(tid)
-                    ti, tm, tf = _view_pairs(vec[rows], tvec, whole, on_device(store.tile_index(), device), t,
-                                             cap=max_candidates + 1 if max_candidates else TILE_CAP)
+                    ti, tm, tf = _store_view_pairs(store, vec[rows], tvec, whole, t,
+                                                   max_candidates + 1 if max_candidates else TILE_CAP, device)
                     qi, mid, f, via = _merge_pairs(qi, mid, f, rows[ti], tm, tf)
             a, b = ids[qi], mid
             lo, hi = np.minimum(a, b), np.maximum(a, b)

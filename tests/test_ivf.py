@@ -163,6 +163,11 @@ def test_tile_index_switches_to_ivf_on_its_own_threshold(tmp_path, monkeypatch):
         assert store.index_kind() == "flat" and ivf_of(store.index()) is None
         assert ivf_of(store.tile_index()) is not None and float(store.meta("tiles_recall")) >= 0.99
         assert store.tile_index().ntotal == 1200 * 5
+        # the capped searches' nprobe, measured for k = TILE_CAP x 5 views, no more than the range one
+        k = int(store.meta("tiles_knn_k"))
+        assert k == st.TILE_CAP * 5 and float(store.meta("tiles_knn_recall")) >= 0.99
+        assert store.tile_knn_nprobe(k) == int(store.meta("tiles_knn_nprobe")) <= int(store.meta("tiles_nprobe"))
+        assert store.tile_knn_nprobe(k + 1) is None
     store.close()
 
 
@@ -232,6 +237,31 @@ def test_nprobe_ground_truth_in_slices_is_the_same(monkeypatch):
     sliced = se.choose_nprobe(se.new_ivf_index(vec, ids, nlist=24), se.array_chunks(vec, ids), len(ids), 1.0,
                               queries=200)
     assert one["truth_pairs"] > 1000 and one == sliced
+
+
+def test_capped_search_nprobe_measured_against_exact_capped_search(monkeypatch):
+    """choose_knn_nprobe: at the nprobe it picks, the IVF's k nearest within the threshold are
+    >= 99 % of the exact ones (checked here by brute force); its slice-by-slice ground truth is
+    the one-go one; the index keeps its own nprobe; a range search needs at least as many lists."""
+    import imgdup.index.search as se
+
+    centres = np.random.default_rng(42).normal(0, 0.05, (60, 128)).astype(np.float32)
+    vec = _clustered(6000, 43, centres)
+    ids = np.arange(6000, dtype=np.int64) * 7 + 1
+    idx = se.new_ivf_index(vec, ids, nlist=32)
+    ivf_of(idx).nprobe = 5
+    one = se.choose_knn_nprobe(idx, se.array_chunks(vec, ids), len(ids), 1.0, k=20, queries=200)
+    assert ivf_of(idx).nprobe == 5 and one["truth_pairs"] == 200 * 20
+    monkeypatch.setattr(se, "EXACT_SLICE", 997)
+    assert se.choose_knn_nprobe(idx, se.array_chunks(vec, ids), len(ids), 1.0, k=20, queries=200) == one
+    q = se.sample_vectors(se.array_chunks(vec, ids), len(ids), 200, 0)
+    d = np.abs(q[:, None, :] - vec[None]).sum(2)
+    truth = {(i, int(ids[j])) for i in range(len(q)) for j in np.argsort(d[i], kind="stable")[:20] if d[i, j] <= 1.0}
+    with se.probes(idx, one["nprobe"]):
+        qi, mid, _ = se.nearest_within(idx, q, 1.0, 20)
+    assert ivf_of(idx).nprobe == 5
+    assert len(truth & set(zip(qi.tolist(), mid.tolist()))) >= 0.99 * len(truth)
+    assert one["nprobe"] <= se.choose_nprobe(idx, se.array_chunks(vec, ids), len(ids), 1.0, queries=200)["nprobe"]
 
 
 def test_out_of_core_ivf_build_equals_the_in_memory_one(tmp_path, monkeypatch):

@@ -498,3 +498,68 @@ def choose_nprobe(index: faiss.Index, chunks: Chunks, n: int, threshold: float,
     ivf.nprobe = hi
     return {"nprobe": hi, "recall": curve[hi], "truth_pairs": len(truth), "queries": len(q),
             "curve": dict(sorted(curve.items()))}
+
+
+def choose_knn_nprobe(index: faiss.Index, chunks: Chunks, n: int, threshold: float, k: int,
+                      target: float = 0.99, queries: int = 1000, seed: int = 0, max_nprobe: int | None = None,
+                      group: int = 1, cap: int | None = None) -> dict:
+    """The smallest nprobe at which the IVF's capped search (``nearest_within`` with ``k``, as
+    query and screen search the sub-region index) returns at least ``target`` of the pairs that
+    the exact search returns, measured like ``choose_nprobe`` (stored vectors as queries, exact
+    search slice by slice).  A pair is (query, stored id // ``group``), at most ``cap`` of them a
+    query, nearest first (``group`` = TILE_ID_BASE, ``cap`` = TILE_CAP: the panels a sub-region
+    search keeps; default: the k nearest ids).  The nearest neighbours sit in the lists nearest
+    to the query, so this needs fewer lists than a range search when the cap binds.  Searched up
+    to ``max_nprobe`` (default: all lists); the index's own nprobe is left as it was.  Returns the
+    nprobe, its recall and the curve."""
+    ivf = ivf_of(index)
+    own = ivf.nprobe
+    cap = int(cap or k)
+    q = sample_vectors(chunks, n, queries, seed)
+
+    def capped(qi: np.ndarray, ids: np.ndarray, f: np.ndarray) -> set[tuple[int, int]]:
+        qi, g, _ = cap_per_query(qi, ids // group, f, cap)
+        return set(zip(qi.tolist(), g.tolist()))
+
+    parts = []
+    for ids, v in rechunked(chunks, EXACT_SLICE):
+        exact = faiss.IndexIDMap2(faiss.IndexFlat(index.d, faiss.METRIC_L1))
+        exact.add_with_ids(v, ids)
+        parts.append(nearest_within(exact, q, threshold, k))
+    truth = capped(*(np.concatenate([p[i] for p in parts]) for i in range(3)))
+    top = min(int(max_nprobe or ivf.nlist), ivf.nlist)
+    curve: dict[int, float] = {}
+
+    def recall_at(nprobe: int) -> float:
+        if nprobe not in curve:
+            ivf.nprobe = nprobe
+            curve[nprobe] = len(truth & capped(*nearest_within(index, q, threshold, k))) / len(truth) if truth else 1.0
+        return curve[nprobe]
+
+    try:
+        lo, hi = 0, 1
+        while recall_at(hi) < target and hi < top:
+            lo, hi = hi, min(2 * hi, top)
+        while hi - lo > max(1, hi // 8):
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if recall_at(mid) >= target else (mid, hi)
+    finally:
+        ivf.nprobe = own
+    return {"nprobe": hi, "recall": curve[hi], "k": int(k), "cap": cap, "group": int(group), "truth_pairs": len(truth),
+            "queries": len(q), "curve": dict(sorted(curve.items()))}
+
+
+@contextmanager
+def probes(index, nprobe: int | None):
+    """Search ``index`` with ``nprobe`` inside the block when it is an IVF and nprobe is given
+    (restored after); as is otherwise."""
+    ivf = ivf_of(index) if nprobe else None
+    if ivf is None:
+        yield index
+        return
+    own = ivf.nprobe
+    ivf.nprobe = int(nprobe)
+    try:
+        yield index
+    finally:
+        ivf.nprobe = own

@@ -49,8 +49,8 @@ import pyarrow.parquet as pq
 from .. import __version__
 from .errors import StoreError
 from .files import atomic_write
-from .search import (Chunks, DeltaIndex, add_tiles, build_ivf, choose_nprobe, faiss_notices_to_stderr, ids_of,
-                     ivf_of, tile_ids)
+from .search import (TILE_CAP, Chunks, DeltaIndex, add_tiles, build_ivf, choose_knn_nprobe, choose_nprobe,
+                     faiss_notices_to_stderr, ids_of, ivf_of, tile_ids)
 
 log = logging.getLogger(__name__)
 
@@ -443,6 +443,14 @@ class Store:
         self._tile_index = idx
         return idx
 
+    def tile_knn_nprobe(self, k: int) -> int | None:
+        """The nprobe measured for the sub-region IVF's capped searches (``choose_knn_nprobe``),
+        when the store has one and it was measured for at least ``k`` neighbours; else None (the
+        index's range nprobe applies)."""
+        if self.meta("tiles_kind") != "ivf" or self.meta("tiles_knn_nprobe") is None:
+            return None
+        return int(self.meta("tiles_knn_nprobe")) if k <= int(self.meta("tiles_knn_k", "0")) else None
+
     def index(self) -> faiss.Index:
         """The FAISS index, loaded and caught up with the catalogue on first use."""
         if self._index is not None:
@@ -643,8 +651,14 @@ class Store:
             chunks, n = self._chunks("tiles")
             info = choose_nprobe(idx, chunks, n, PAIR_RADIUS, PAIR_RECALL, queries=TILE_RECALL_QUERIES)
             info = {"nlist": int(ivf_of(idx).nlist), **{k: info[k] for k in ("nprobe", "recall", "truth_pairs", "queries")}}
+            # the capped searches of query and screen: k = TILE_CAP x the most views a panel has
+            k = TILE_CAP * int(ids_of(idx).max() % TILE_ID_BASE + 1)
+            knn = choose_knn_nprobe(idx, chunks, n, PAIR_RADIUS, k, PAIR_RECALL, queries=TILE_RECALL_QUERIES,
+                                    max_nprobe=info["nprobe"], group=TILE_ID_BASE, cap=TILE_CAP)
+            info["capped"] = {key: knn[key] for key in ("nprobe", "recall", "k", "truth_pairs")}
             self._set_meta({"tiles_kind": "ivf", "tiles_nlist": str(info["nlist"]), "tiles_nprobe": str(info["nprobe"]),
-                            "tiles_recall": f"{info['recall']:.4f}"})
+                            "tiles_recall": f"{info['recall']:.4f}", "tiles_knn_k": str(k),
+                            "tiles_knn_nprobe": str(knn["nprobe"]), "tiles_knn_recall": f"{knn['recall']:.4f}"})
             self._tile_index = idx
         else:
             self._set_meta({"tiles_kind": "flat"})
