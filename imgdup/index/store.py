@@ -135,7 +135,7 @@ def _evidence_file(shard_file: str | Path) -> Path:
 
 
 def _write_parts(parts: list[bytes]):
-    """A ``atomic_write`` writer of these byte strings, one after another."""
+    """An ``atomic_write`` writer of these byte strings, one after another."""
     def write(path: Path) -> None:
         with open(path, "wb") as fh:
             fh.writelines(parts)
@@ -261,7 +261,7 @@ class Store:
             table = pa.table(cols)
             try:
                 atomic_write(_evidence_file(self.path / "embeddings" / fname),
-                              _write_parts([b for pair in zip(thumbs, keypoints) for b in pair]))
+                             _write_parts([b for pair in zip(thumbs, keypoints) for b in pair]))
                 atomic_write(self.path / "embeddings" / fname, lambda tmp: pq.write_table(table, tmp))
             except OSError as exc:
                 _evidence_file(self.path / "embeddings" / fname).unlink(missing_ok=True)
@@ -652,7 +652,7 @@ class Store:
             info = choose_nprobe(idx, chunks, n, PAIR_RADIUS, PAIR_RECALL, queries=TILE_RECALL_QUERIES)
             info = {"nlist": int(ivf_of(idx).nlist), **{k: info[k] for k in ("nprobe", "recall", "truth_pairs", "queries")}}
             # the capped searches of query and screen: k = TILE_CAP x the most views a panel has
-            k = TILE_CAP * int(ids_of(idx).max() % TILE_ID_BASE + 1)
+            k = TILE_CAP * int((ids_of(idx) % TILE_ID_BASE).max() + 1)
             knn = choose_knn_nprobe(idx, chunks, n, PAIR_RADIUS, k, PAIR_RECALL, queries=TILE_RECALL_QUERIES,
                                     max_nprobe=info["nprobe"], group=TILE_ID_BASE, cap=TILE_CAP)
             info["capped"] = {key: knn[key] for key in ("nprobe", "recall", "k", "truth_pairs")}
