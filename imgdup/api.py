@@ -544,7 +544,8 @@ def reindex(index: str | Path | None = None, model: Embedder | None = None, work
                     f"nprobe {info['nprobe']} (recall {info['recall']:.3f} of the pairs within f <= 1 "
                     f"against exact search, {info['queries']} sample queries)" + (
                         f"; tile index: {info['tiles']['nlist']} lists, nprobe {info['tiles']['nprobe']} "
-                        f"(recall {info['tiles']['recall']:.3f})" if "tiles" in info else "")
+                        f"(recall {info['tiles']['recall']:.3f}), {info['tiles']['capped']['nprobe']} for capped "
+                        f"searches (recall {info['tiles']['capped']['recall']:.3f})" if "tiles" in info else "")
                     + ("; memory-mapped from disk" if info["on_disk"] else "") + f"; {info['seconds']}s")
         return f"flat index rebuilt from embeddings: {info['panels']} vectors; {info['seconds']}s"
     paths = [r[0] for r in store.db.execute("SELECT path FROM documents WHERE status = 'ok'")]

@@ -145,7 +145,7 @@ def test_on_disk_reindex_through_the_cli(tmp_path):
 
     flat = pairs("flat.parquet")
     r = runner.invoke(cli, ["reindex", "--index-kind", "ivf", "--nlist", "8", "--on-disk"])
-    assert r.exit_code == 0 and "memory-mapped from disk" in r.output, r.output
+    assert r.exit_code == 0 and "memory-mapped from disk" in r.output and "for capped searches" in r.output, r.output
     assert pairs("ivf.parquet") == flat and flat
     mtime = (tmp_path / "ix" / "index.faiss").stat().st_mtime_ns
     assert runner.invoke(cli, ["ingest", papers[3]]).exit_code == 0
