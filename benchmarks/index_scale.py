@@ -53,8 +53,8 @@ def bench(base: np.ndarray, size: int, n_query: int = 50, screen_new: int = 1000
           tile_base: np.ndarray | None = None, exact_screen_max: int = 1000, tiles_exact: bool = True) -> dict:
     """Flat vs IVF at ``size`` panels; the flat (exact) screen runs on at most ``exact_screen_max``
     of the new panels (its seconds are for those; the IVF's screen recall is measured on them)."""
-    from imgdup.index.search import ivf_of, pairs_against
-    from imgdup.index.store import new_index
+    from imgdup.index.search import array_chunks, choose_knn_nprobe, ivf_of, pairs_against
+    from imgdup.index.store import PAIR_RADIUS, PAIR_RECALL, new_index
 
     xb = like_real(base, size, seed=1)
     ids = np.arange(size, dtype=np.int64)
@@ -72,6 +72,10 @@ def bench(base: np.ndarray, size: int, n_query: int = 50, screen_new: int = 1000
                 idx = flat = None
             idx, choice = timed_ivf(xb, ids, sample_queries, out)
             out["ivf"] = {"nlist": int(ivf_of(idx).nlist), **choice}
+            # the nprobe the store measures for capped searches of the panel IVF (Store.capped_nprobe)
+            knn = choose_knn_nprobe(idx, array_chunks(xb, ids), size, PAIR_RADIUS, CAP, PAIR_RECALL,
+                                    queries=sample_queries, max_nprobe=choice["nprobe"])
+            out["ivf_capped"] = {k: knn[k] for k in ("nprobe", "recall", "k", "truth_pairs", "curve")}
         pairs_against(idx, q[:5], 1.0)       # warm up
         t = time.perf_counter()
         qi, mid, _ = pairs_against(idx, q, 1.0)
@@ -89,7 +93,8 @@ def bench(base: np.ndarray, size: int, n_query: int = 50, screen_new: int = 1000
     ivf_on_exact = {p for p in runs["ivf"][1] if p[0] < exact_screen_max}
     out["ivf_screen_recall"] = len(ivf_on_exact & runs["flat"][1]) / max(1, len(runs["flat"][1]))
     if tile_base is not None:
-        out["tiles"] = bench_tiles(tile_base, size, q, {"flat": flat, "ivf": idx}, sample_queries, exact=tiles_exact)
+        out["tiles"] = bench_tiles(tile_base, size, q, {"flat": flat, "ivf": idx}, sample_queries, exact=tiles_exact,
+                                   whole_capped_nprobe=out["ivf_capped"]["nprobe"])
     out["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
@@ -98,7 +103,7 @@ CAP = 20    # tile_pairs' default: stored panels kept per query panel
 
 
 def bench_tiles(tile_base: np.ndarray, size: int, q: np.ndarray, whole: dict, sample_queries: int,
-                exact: bool = True) -> dict:
+                exact: bool = True, whole_capped_nprobe: int | None = None) -> dict:
     """The sub-region (tile) index of the same store, flat vs IVF: a query's three tile searches
     (``tile_pairs``: its tiles against whole panels, it against stored tiles, tiles against
     tiles; at most CAP stored panels per query panel), their seconds and the IVF's recall of the
@@ -119,7 +124,7 @@ def bench_tiles(tile_base: np.ndarray, size: int, q: np.ndarray, whole: dict, sa
     flat = tile_index_of(tv.reshape(size, n_t, -1), np.arange(size), TILE_ID_BASE) if exact else None
     ivf, choice = timed_ivf(tv, tid, sample_queries, out)
     out["ivf"] = {"nlist": int(ivf_of(ivf).nlist), **{k: choice[k] for k in ("nprobe", "recall", "truth_pairs")}}
-    # the nprobe the store measures for its capped searches (Store.tile_knn_nprobe), as it does
+    # the nprobe the store measures for its capped searches (Store.capped_nprobe), as it does
     t = time.perf_counter()
     knn = choose_knn_nprobe(ivf, array_chunks(tv, tid), len(tid), PAIR_RADIUS, CAP * n_t, PAIR_RECALL,
                             queries=TILE_RECALL_QUERIES, max_nprobe=choice["nprobe"], group=TILE_ID_BASE, cap=CAP)
@@ -128,13 +133,14 @@ def bench_tiles(tile_base: np.ndarray, size: int, q: np.ndarray, whole: dict, sa
     del tv
     pairs = {}
     # "range": every pair within f <= 1, then the per-panel cap (the pre-k-NN way); "flat" / "ivf":
-    # tile_pairs as shipped (k-NN per vector, same capped result); "ivf_capped": the IVF searched
-    # with the nprobe measured for capped searches, as query and screen search the store's
+    # tile_pairs as shipped (k-NN per vector, same capped result); "ivf_capped": both IVFs searched
+    # with the nprobes measured for capped searches, as query and screen search the store's
     runs = ((("range", flat, None), ("flat", flat, CAP)) if exact else ()) + \
         (("ivf", ivf, CAP), ("ivf_capped", ivf, CAP))
     for name, tidx, cap in runs:
         t = time.perf_counter()
-        with probes(tidx, knn["nprobe"] if name == "ivf_capped" else None):
+        capped = name == "ivf_capped"
+        with probes(tidx, knn["nprobe"] if capped else None), probes(whole["ivf"], whole_capped_nprobe if capped else None):
             qi, mid, f = tile_pairs(q, q_tiles, whole["ivf" if name == "ivf_capped" else "flat" if name == "range" else name],
                                     tidx, 1.0, TILE_ID_BASE, cap=cap, stored_views=n_t)
         if cap is None:

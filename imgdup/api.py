@@ -300,10 +300,11 @@ def _view_pairs(q_whole: np.ndarray, q_views: np.ndarray, whole_index, tile_inde
 
 def _store_view_pairs(store: Store, q_whole: np.ndarray, q_views: np.ndarray, whole_index, threshold: float,
                       cap: int, device: str = "auto"):
-    """``_view_pairs`` against a store: its sub-region index searched capped, with the nprobe
-    measured for capped searches when it is an IVF (``Store.tile_knn_nprobe``)."""
+    """``_view_pairs`` against a store, searched capped: its IVFs with the nprobe measured for
+    capped searches (``Store.capped_nprobe``)."""
     tiles = on_device(store.tile_index(), device)
-    with probes(tiles, store.tile_knn_nprobe(cap * N_TILES)):
+    with probes(whole_index, store.capped_nprobe("ivf", cap)), \
+            probes(tiles, store.capped_nprobe("tiles", cap * N_TILES)):
         return _view_pairs(q_whole, q_views, whole_index, tiles, threshold, cap=cap)
 
 
@@ -355,8 +356,9 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
         if store.count():
             store.check_model(model.sha256, model.card.name, qvec.shape[1])
             whole = on_device(store.index(), device)
-            qi, ids, f = (pairs_against(whole, qvec, t) if max_candidates is None
-                          else nearest_within(whole, qvec, t, max_candidates))
+            with probes(whole, store.capped_nprobe("ivf", max_candidates) if max_candidates else None):
+                qi, ids, f = (pairs_against(whole, qvec, t) if max_candidates is None
+                              else nearest_within(whole, qvec, t, max_candidates))
             via = np.full(len(f), "whole", object)
             if partial:
                 ti, tids, tf = _store_view_pairs(store, qvec, qtiles, whole, t, max_candidates or TILE_CAP, device)
@@ -455,8 +457,9 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
         if len(new):
             ids, vec = store.vectors(new)
             whole = on_device(store.index(), device)
-            qi, mid, f = (pairs_against(whole, vec, t) if max_candidates is None      # +1: the panel itself
-                          else nearest_within(whole, vec, t, max_candidates + 1))
+            with probes(whole, store.capped_nprobe("ivf", max_candidates + 1) if max_candidates else None):
+                qi, mid, f = (pairs_against(whole, vec, t) if max_candidates is None      # +1: the panel itself
+                              else nearest_within(whole, vec, t, max_candidates + 1))
             via = np.full(len(f), "whole", object)
             if partial:
                 tid, tvec = store.tile_vectors(new)
@@ -542,7 +545,8 @@ def reindex(index: str | Path | None = None, model: Embedder | None = None, work
         if info["kind"] == "ivf":
             return (f"IVF index rebuilt from embeddings: {info['panels']} vectors, {info['nlist']} lists, "
                     f"nprobe {info['nprobe']} (recall {info['recall']:.3f} of the pairs within f <= 1 "
-                    f"against exact search, {info['queries']} sample queries)" + (
+                    f"against exact search, {info['queries']} sample queries), {info['capped']['nprobe']} for "
+                    f"capped searches (recall {info['capped']['recall']:.3f})" + (
                         f"; tile index: {info['tiles']['nlist']} lists, nprobe {info['tiles']['nprobe']} "
                         f"(recall {info['tiles']['recall']:.3f}), {info['tiles']['capped']['nprobe']} for capped "
                         f"searches (recall {info['tiles']['capped']['recall']:.3f})" if "tiles" in info else "")

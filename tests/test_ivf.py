@@ -34,6 +34,9 @@ def test_ivf_rebuild_recall_incremental_adds_and_reopen(tmp_path):
         assert info["kind"] == "ivf" and info["nlist"] == 64
         assert info["recall"] >= 0.99 and info["truth_pairs"] > 1000
         assert info["curve"][info["nprobe"]] >= 0.99 and info["nprobe"] <= 64
+        # capped searches (k <= 20) have their own, measured nprobe; larger k or range: the range one
+        assert info["capped"]["recall"] >= 0.99 and info["capped"]["nprobe"] <= info["nprobe"]
+        assert store.capped_nprobe("ivf", 20) == info["capped"]["nprobe"] and store.capped_nprobe("ivf", 21) is None
         # queries near stored vectors: the IVF finds >= 99 % of the exact pairs, and only true ones
         ids, vec = store.vectors()
         q = _clustered(200, 3, centres)
@@ -166,8 +169,8 @@ def test_tile_index_switches_to_ivf_on_its_own_threshold(tmp_path, monkeypatch):
         # the capped searches' nprobe, measured for k = TILE_CAP x 5 views, no more than the range one
         k = int(store.meta("tiles_knn_k"))
         assert k == st.TILE_CAP * 5 and float(store.meta("tiles_knn_recall")) >= 0.99
-        assert store.tile_knn_nprobe(k) == int(store.meta("tiles_knn_nprobe")) <= int(store.meta("tiles_nprobe"))
-        assert store.tile_knn_nprobe(k + 1) is None
+        assert store.capped_nprobe("tiles", k) == int(store.meta("tiles_knn_nprobe")) <= int(store.meta("tiles_nprobe"))
+        assert store.capped_nprobe("tiles", k + 1) is None and store.capped_nprobe("ivf", 1) is None   # panels: flat
     store.close()
 
 

@@ -443,13 +443,14 @@ class Store:
         self._tile_index = idx
         return idx
 
-    def tile_knn_nprobe(self, k: int) -> int | None:
-        """The nprobe measured for the sub-region IVF's capped searches (``choose_knn_nprobe``),
-        when the store has one and it was measured for at least ``k`` neighbours; else None (the
-        index's range nprobe applies)."""
-        if self.meta("tiles_kind") != "ivf" or self.meta("tiles_knn_nprobe") is None:
+    def capped_nprobe(self, which: str, k: int) -> int | None:
+        """The nprobe measured for capped (k-NN) searches of the panel IVF (``which`` = "ivf") or
+        the sub-region IVF ("tiles") by ``choose_knn_nprobe``, when that index is an IVF and it was
+        measured for at least ``k`` neighbours; else None (the index's range nprobe applies)."""
+        kind = self.meta("index_kind") if which == "ivf" else self.meta("tiles_kind")
+        if kind != "ivf" or self.meta(f"{which}_knn_nprobe") is None:
             return None
-        return int(self.meta("tiles_knn_nprobe")) if k <= int(self.meta("tiles_knn_k", "0")) else None
+        return int(self.meta(f"{which}_knn_nprobe")) if k <= int(self.meta(f"{which}_knn_k", "0")) else None
 
     def index(self) -> faiss.Index:
         """The FAISS index, loaded and caught up with the catalogue on first use."""
@@ -601,8 +602,13 @@ class Store:
             idx = build_ivf(chunks, n, dim, nlist=nlist, lists_file=self._new_lists_file("index") if on_disk else None)
             info.update(choose_nprobe(idx, chunks, n, PAIR_RADIUS, PAIR_RECALL))
             info["nlist"] = int(ivf_of(idx).nlist)
+            # capped searches (the sub-region search's, --max-candidates): up to TILE_CAP neighbours
+            knn = choose_knn_nprobe(idx, chunks, n, PAIR_RADIUS, TILE_CAP, PAIR_RECALL, max_nprobe=info["nprobe"])
+            info["capped"] = {key: knn[key] for key in ("nprobe", "recall", "k", "truth_pairs")}
             meta = {"index_kind": "ivf", "ivf_nlist": str(info["nlist"]), "ivf_nprobe": str(info["nprobe"]),
-                    "ivf_recall": f"{info['recall']:.4f}", "ivf_built": time.strftime("%Y-%m-%d %H:%M:%S")}
+                    "ivf_recall": f"{info['recall']:.4f}", "ivf_built": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "ivf_knn_k": str(TILE_CAP), "ivf_knn_nprobe": str(knn["nprobe"]),
+                    "ivf_knn_recall": f"{knn['recall']:.4f}"}
         else:
             info["kind"] = "flat"
             idx = self._flat_index(chunks)
