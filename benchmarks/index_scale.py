@@ -50,7 +50,8 @@ def timed_ivf(vectors: np.ndarray, ids: np.ndarray, sample_queries: int, out: di
 
 
 def bench(base: np.ndarray, size: int, n_query: int = 50, screen_new: int = 1000, sample_queries: int = 300,
-          tile_base: np.ndarray | None = None, exact_screen_max: int = 1000, tiles_exact: bool = True) -> dict:
+          tile_base: np.ndarray | None = None, exact_screen_max: int = 1000, tiles_exact: bool = True,
+          screen_tiles: int = 0) -> dict:
     """Flat vs IVF at ``size`` panels; the flat (exact) screen runs on at most ``exact_screen_max``
     of the new panels (its seconds are for those; the IVF's screen recall is measured on them)."""
     from imgdup.index.search import array_chunks, choose_knn_nprobe, ivf_of, pairs_against
@@ -94,7 +95,8 @@ def bench(base: np.ndarray, size: int, n_query: int = 50, screen_new: int = 1000
     out["ivf_screen_recall"] = len(ivf_on_exact & runs["flat"][1]) / max(1, len(runs["flat"][1]))
     if tile_base is not None:
         out["tiles"] = bench_tiles(tile_base, size, q, {"flat": flat, "ivf": idx}, sample_queries, exact=tiles_exact,
-                                   whole_capped_nprobe=out["ivf_capped"]["nprobe"])
+                                   whole_capped_nprobe=out["ivf_capped"]["nprobe"],
+                                   screen=like_real(base, screen_tiles, seed=6) if screen_tiles else None)
     out["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
@@ -103,7 +105,7 @@ CAP = 20    # tile_pairs' default: stored panels kept per query panel
 
 
 def bench_tiles(tile_base: np.ndarray, size: int, q: np.ndarray, whole: dict, sample_queries: int,
-                exact: bool = True, whole_capped_nprobe: int | None = None) -> dict:
+                exact: bool = True, whole_capped_nprobe: int | None = None, screen: np.ndarray | None = None) -> dict:
     """The sub-region (tile) index of the same store, flat vs IVF: a query's three tile searches
     (``tile_pairs``: its tiles against whole panels, it against stored tiles, tiles against
     tiles; at most CAP stored panels per query panel), their seconds and the IVF's recall of the
@@ -111,8 +113,8 @@ def bench_tiles(tile_base: np.ndarray, size: int, q: np.ndarray, whole: dict, sa
     searches with ``QUERY_VIEWS``, as shipped.  ``exact=False``: the IVF alone (a flat copy of
     10^7 and more tile vectors does not fit in this machine's memory beside it); the IVF's
     recall of tile pairs is then only the nprobe choice's."""
-    from imgdup.index.search import (array_chunks, cap_per_query, choose_knn_nprobe, ivf_of, probes, tile_ids,
-                                     tile_index_of, tile_pairs)
+    from imgdup.index.search import (array_chunks, cap_per_query, choose_knn_nprobe, ivf_of, pairs_against, probes,
+                                     tile_ids, tile_index_of, tile_pairs)
     from imgdup.index.store import PAIR_RADIUS, PAIR_RECALL, TILE_ID_BASE, TILE_RECALL_QUERIES
     from imgdup.model.api import N_TILES, QUERY_VIEWS
 
@@ -155,6 +157,17 @@ def bench_tiles(tile_base: np.ndarray, size: int, q: np.ndarray, whole: dict, sa
         out["ivf_query_recall"] = len(pairs["ivf"] & pairs["range"]) / max(1, len(pairs["range"]))
         out["ivf_capped_query_recall"] = len(pairs["ivf_capped"] & pairs["range"]) / max(1, len(pairs["range"]))
     out["ivf_capped_vs_ivf_pairs"] = len(pairs["ivf_capped"] & pairs["ivf"]) / max(1, len(pairs["ivf"]))
+    if screen is not None:      # a nightly screen's searches for len(screen) new panels, as the store runs them
+        s_tiles = like_real(tile_base, len(screen) * QUERY_VIEWS, seed=7).reshape(len(screen), QUERY_VIEWS, -1)
+        t = time.perf_counter()
+        with probes(ivf, knn["nprobe"]), probes(whole["ivf"], whole_capped_nprobe):
+            qi, mid, _ = tile_pairs(screen, s_tiles, whole["ivf"], ivf, 1.0, TILE_ID_BASE, cap=CAP, stored_views=n_t)
+        tile_s = time.perf_counter() - t
+        t = time.perf_counter()
+        wi, wid, _ = pairs_against(whole["ivf"], screen, 1.0)       # the whole-panel range search, as screen runs it
+        out["screen_new"] = {"panels": int(len(screen)), "subregion_seconds": tile_s,
+                             "whole_range_seconds": time.perf_counter() - t, "subregion_pairs": int(len(qi)),
+                             "whole_range_pairs": int(len(wi))}
     return out
 
 
@@ -265,6 +278,8 @@ def main() -> None:
                     help="new panels screened by the exact flat search (the rest only by the IVF)")
     ap.add_argument("--out-of-core", type=int, nargs="*", default=[],
                     help="also these sizes with the on-disk IVF built out of core (e.g. 10000000)")
+    ap.add_argument("--screen-tiles", type=int, default=0,
+                    help="also time a nightly screen's searches (panels and sub-regions, capped) for this many new panels")
     ap.add_argument("--out", default=DEFAULT_OUT)
     args = ap.parse_args()
     real, base, tile_base = real_embeddings(args.smoke)
@@ -275,6 +290,7 @@ def main() -> None:
                                                               + f" --tiles-max {args.tiles_max}"
                                                               f" --tiles-exact-max {args.tiles_exact_max}"
                                                               f" --exact-screen-max {args.exact_screen_max}"
+                                                              + (f" --screen-tiles {args.screen_tiles}" if args.screen_tiles else "")
                                                               + (" --out-of-core " + " ".join(map(str, args.out_of_core))
                                                                  if args.out_of_core else "")
                                                               + (f" --out {args.out}" if args.out != DEFAULT_OUT else "")),
@@ -284,7 +300,7 @@ def main() -> None:
                                  sample_queries=50 if args.smoke else 300,
                                  tile_base=tile_base if n <= args.tiles_max else None,
                                  exact_screen_max=args.exact_screen_max,
-                                 tiles_exact=n <= args.tiles_exact_max))
+                                 tiles_exact=n <= args.tiles_exact_max, screen_tiles=args.screen_tiles))
         print(json.dumps(out["runs"][-1]), flush=True)
     ooc = [(20_000, 6_000)] if args.smoke else [(n, 1_000_000) for n in args.out_of_core]
     if ooc:
