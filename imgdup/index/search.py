@@ -489,15 +489,23 @@ def choose_nprobe(index: faiss.Index, chunks: Chunks, n: int, threshold: float,
             curve[nprobe] = found / len(truth) if truth else 1.0
         return curve[nprobe]
 
-    lo, hi = 0, 1              # powers of two up to the first that reaches the target ...
-    while recall_at(hi) < target and hi < ivf.nlist:
-        lo, hi = hi, min(2 * hi, ivf.nlist)
-    while hi - lo > max(1, hi // 8):   # ... then bisect between it and the one before
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if recall_at(mid) >= target else (mid, hi)
+    hi = _smallest_nprobe(recall_at, target, ivf.nlist)
     ivf.nprobe = hi
     return {"nprobe": hi, "recall": curve[hi], "truth_pairs": len(truth), "queries": len(q),
             "curve": dict(sorted(curve.items()))}
+
+
+def _smallest_nprobe(recall_at: Callable[[int], float], target: float, top: int) -> int:
+    """The nprobe ``choose_nprobe`` and ``choose_knn_nprobe`` pick: powers of two up to the first
+    whose recall reaches ``target`` (at most ``top``), then bisection between it and the one
+    before, to within 1/8."""
+    lo, hi = 0, 1
+    while recall_at(hi) < target and hi < top:
+        lo, hi = hi, min(2 * hi, top)
+    while hi - lo > max(1, hi // 8):
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if recall_at(mid) >= target else (mid, hi)
+    return hi
 
 
 def choose_knn_nprobe(index: faiss.Index, chunks: Chunks, n: int, threshold: float, k: int,
@@ -537,12 +545,7 @@ def choose_knn_nprobe(index: faiss.Index, chunks: Chunks, n: int, threshold: flo
         return curve[nprobe]
 
     try:
-        lo, hi = 0, 1
-        while recall_at(hi) < target and hi < top:
-            lo, hi = hi, min(2 * hi, top)
-        while hi - lo > max(1, hi // 8):
-            mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if recall_at(mid) >= target else (mid, hi)
+        hi = _smallest_nprobe(recall_at, target, top)
     finally:
         ivf.nprobe = own
     return {"nprobe": hi, "recall": curve[hi], "k": int(k), "cap": cap, "group": int(group), "truth_pairs": len(truth),

@@ -68,12 +68,21 @@ class Alignment:
     phash: float = 0.0  # perceptual-hash similarity, best orientation (``phash_similarity``)
 
 
-def _phash(img: np.ndarray) -> np.ndarray:
-    """64-bit perceptual hash: the signs of the 8 x 8 lowest DCT frequencies of the 32 x 32
-    image against their median (robust to tone curves, noise, blur and re-compression)."""
-    small = cv2.resize(np.asarray(img, np.float32), (32, 32), interpolation=cv2.INTER_AREA)
-    low = cv2.dct(small)[:8, :8]
+def _reduced(img: np.ndarray) -> np.ndarray:
+    """The image averaged down to 32 x 32 (float32): what the perceptual hash sees."""
+    return cv2.resize(np.asarray(img, np.float32), (32, 32), interpolation=cv2.INTER_AREA)
+
+
+def _dct_bits(small: np.ndarray) -> np.ndarray:
+    """The signs of the 8 x 8 lowest DCT frequencies of a 32 x 32 image against their median."""
+    low = cv2.dct(np.ascontiguousarray(small))[:8, :8]
     return (low > np.median(low)).ravel()
+
+
+def _phash(img: np.ndarray) -> np.ndarray:
+    """64-bit perceptual hash: ``_dct_bits`` of the image reduced to 32 x 32 (robust to tone
+    curves, noise, blur and re-compression)."""
+    return _dct_bits(_reduced(img))
 
 
 PHASH_SCALE = 12    # Hamming distance at which the similarity reaches 0 (unrelated images: ~32; docs/VERIFICATION.md)
@@ -84,9 +93,8 @@ def orientation_hashes(img: np.ndarray) -> np.ndarray:
     identity first), computed once per panel and shared by its pairs.  The image is reduced to
     32 x 32 once and the small image turned (area averaging commutes with quarter turns and
     flips; the same bits as ``_phash`` of each turned image, tested), not each turn resized."""
-    small = cv2.resize(np.asarray(img, np.float32), (32, 32), interpolation=cv2.INTER_AREA)
-    low = np.stack([cv2.dct(np.ascontiguousarray(turn(small)))[:8, :8].ravel() for turn in _ORIENT.values()])
-    return low > np.median(low, axis=1, keepdims=True)
+    small = _reduced(img)
+    return np.stack([_dct_bits(turn(small)) for turn in _ORIENT.values()])
 
 
 def phash_similarity(a: np.ndarray, b: np.ndarray, hashes_a: np.ndarray | None = None,
@@ -809,12 +817,13 @@ def trivial_reason(row, a: np.ndarray | None, b: np.ndarray | None,
     if row.same_xref:
         return "same stored image placed twice in the document"
     qb, mb = np.asarray(row.query_bbox, float), np.asarray(row.match_bbox, float)
+    q_side, m_side = max(qb[2] - qb[0], qb[3] - qb[1]), max(mb[2] - mb[0], mb[3] - mb[1])   # longer sides, pt
     if row.same_content and not row.same_doc and np.abs(qb - mb).max() <= FURNITURE_PT and in_margin(qb):
         return "publisher furniture: identical image at the same place in the header or margin of both documents"
-    if max(qb[2] - qb[0], qb[3] - qb[1]) < ICON_PT and max(mb[2] - mb[0], mb[3] - mb[1]) < ICON_PT:
+    if q_side < ICON_PT and m_side < ICON_PT:
         return f"icon-sized placements (< {ICON_PT:.0f} pt on both sides)"
-    if (getattr(row, "query_page", None) == 1 and getattr(row, "match_page", None) == 1
-            and max(qb[2] - qb[0], qb[3] - qb[1]) < BADGE_PT and max(mb[2] - mb[0], mb[3] - mb[1]) < BADGE_PT):
+    if getattr(row, "query_page", None) == 1 and getattr(row, "match_page", None) == 1 \
+            and q_side < BADGE_PT and m_side < BADGE_PT:
         return (f"front-matter badge or logo (under {BADGE_PT:.0f} pt on the first page of both documents: "
                 f"CrossMark, open-access and publisher marks are drawn there at each publisher's size)")
     if low is None:
