@@ -91,6 +91,17 @@ def test_gpu_index_matches_cpu():
     assert set(zip(a[0].tolist(), a[1].tolist())) == set(zip(b[0].tolist(), b[1].tolist()))
 
 
+def test_gpu_index_is_never_an_ivf():
+    """query / screen wrap every search in ``probes(index, nprobe)``: a flat index copied to the
+    GPU must pass through it untouched (no faiss call on the Python wrapper)."""
+    from imgdup.index.search import GpuIndex, ivf_of, probes
+
+    gpu = object.__new__(GpuIndex)          # built without a GPU: only its type matters here
+    assert ivf_of(gpu) is None
+    with probes(gpu, 32) as idx:
+        assert idx is gpu
+
+
 def test_tile_pairs_knn_equals_range_then_cap():
     """The capped tile search (k-NN per vector) keeps exactly the pairs that a full range search
     capped afterwards keeps, on data where most queries have far more than ``cap`` panels within

@@ -336,9 +336,11 @@ def whole_index_of(vectors: np.ndarray, ids: np.ndarray) -> faiss.Index:
 
 # ------------------------------------------------------------------------------------ IVF
 
-def ivf_of(index: "faiss.Index | DeltaIndex"):
+def ivf_of(index: "faiss.Index | DeltaIndex | GpuIndex"):
     """The IndexIVF inside ``index`` (through an IndexIDMap2 or a ``DeltaIndex``), or None for a
-    flat index."""
+    flat index (a ``GpuIndex`` is always one)."""
+    if isinstance(index, GpuIndex):
+        return None
     return faiss.try_extract_index_ivf(index.main if isinstance(index, DeltaIndex) else index)
 
 
