@@ -364,9 +364,14 @@ def test_line_art_is_charts_and_drawings_not_micrographs_or_blots():
         assert not V.line_art(V.thumbnail(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)))
 
 
-def test_line_art_pairs_are_findings_only_when_near_identical():
+@pytest.mark.parametrize("text_aware", [True, False])
+def test_line_art_pairs_are_findings_only_when_near_identical(text_aware, monkeypatch):
     """Two different bar charts with the same axes and labels (the keypoints match the shared
-    text and axes at scale 1) are rejected; a rescaled, re-compressed copy of one is kept."""
+    text and axes at scale 1) are rejected; a rescaled, re-compressed copy of one is kept.  The
+    detail correlations leave their shared text out, so the confidence already rejects them;
+    without that, the line-art rule does."""
+    if not text_aware:
+        monkeypatch.setattr(V, "_shared_text", lambda a, b: np.zeros(a.shape, bool))
     charts = _clinsci_charts()
     a, b = charts["p4-f3-0"], charts["p4-f11-0"]
     small = cv2.resize(a, None, fx=0.8, fy=0.8, interpolation=cv2.INTER_AREA)
@@ -377,4 +382,31 @@ def test_line_art_pairs_are_findings_only_when_near_identical():
     out = V.verify_report(rep, lambda side, r: px[getattr(r, f"{side}_panel")], keep_rejected=True)
     got = dict(zip(out.match_panel, zip(out.verified, out.reject_reason, out.verify_inliers)))
     assert got["p3"][0], got
-    assert not got["p2"][0] and got["p2"][1].startswith("line art"), got
+    assert not got["p2"][0] and got["p2"][1].startswith("confidence" if text_aware else "line art"), got
+
+
+def _labelled(im: np.ndarray, ink: int = 255) -> np.ndarray:
+    """``im`` with lane / condition names printed on it, as blot figures of one study carry."""
+    out = im.copy()
+    for k, word in enumerate(["MOCK", "NT_siRNA", "FLG_siRNA"]):
+        cv2.putText(out, word, (20, 40 + 34 * k), cv2.FONT_HERSHEY_DUPLEX, 1.0, ink, 2, cv2.LINE_AA)
+    return out
+
+
+def test_printed_text_blocks_found_and_grain_left_alone():
+    im = V.features(textured(20)).img
+    plain = V._text_blocks(im)
+    assert plain.mean() < 0.02                               # a micrograph's grain and nuclei: hardly any
+    labelled = V._text_blocks(_labelled(im)) & ~plain
+    assert labelled[:8].sum() >= 10 and not labelled[10:].any()   # the label rows (y < ~130 px) only
+
+
+def test_shared_labels_are_not_detail_evidence():
+    """Two different fields printed with the same labels: the keypoints match the text, but
+    the fine-detail correlations leave the shared text out; a copy keeps its detail evidence."""
+    a, b = _labelled(textured(20)), _labelled(textured(60))
+    m = V.match(V.features(a), V.features(b))
+    assert m.inliers >= V.MIN_INLIERS                      # the text alone registers them
+    assert not np.nanmax([m.detail_ncc, m.detail_raw]) > 0.3
+    copy = V.match(V.features(a), V.features(np.clip(a.astype(int) * 1.2, 0, 255).astype(np.uint8)))
+    assert copy.detail_ncc > 0.8 and copy.detail_raw > 0.8

@@ -491,6 +491,42 @@ def _block_corr(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
     return float(np.median((bx * by).sum(1)[ok] / den[ok]))
 
 
+TEXT_CONTRAST = 80      # a printed-text block: grey-level spread (5th-95th percentile) at least this,
+TEXT_TWO_TONE = 0.8     # ... this share of its pixels near its darkest or its lightest tone,
+TEXT_CROSSINGS = 0.5    # ... and ink / paper changes along its rows and along its columns (per line)
+
+
+def _text_blocks(img: np.ndarray) -> np.ndarray:
+    """Per BLOCK x BLOCK block (as ``_block_corr`` tiles), whether it looks like printed text or
+    line art: high contrast, two-tone (ink and paper, few tones between), and strokes crossed
+    both along rows and along columns - unlike the grain and gradients of a photograph or a
+    micrograph, and unlike a blot's band, which a row inside it never crosses."""
+    h, w = (np.array(img.shape) // BLOCK) * BLOCK
+    b = img[:h, :w].astype(np.float32).reshape(h // BLOCK, BLOCK, w // BLOCK, BLOCK).swapaxes(1, 2)
+    b = b.reshape(h // BLOCK, w // BLOCK, BLOCK, BLOCK)
+    lo = np.percentile(b, 5, axis=(2, 3), keepdims=True)
+    hi = np.percentile(b, 95, axis=(2, 3), keepdims=True)
+    near = 0.2 * (hi - lo)
+    two_tone = ((b - lo <= near) | (hi - b <= near)).mean((2, 3))
+    ink = b > (lo + hi) / 2
+    rows = (ink[..., :, 1:] != ink[..., :, :-1]).sum(3).mean(2)       # changes along each row
+    cols = (ink[..., 1:, :] != ink[..., :-1, :]).sum(2).mean(2)       # ... along each column
+    return ((hi - lo)[..., 0, 0] >= TEXT_CONTRAST) & (two_tone >= TEXT_TWO_TONE) & \
+        (rows >= TEXT_CROSSINGS) & (cols >= TEXT_CROSSINGS)
+
+
+def _shared_text(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pixel mask of the blocks where both registered panels show text-like content, grown by one
+    block (the band-pass filter spreads strong edges into the next block).  Two different blots
+    of one study printed with the same lane labels agree there and nowhere else, so the detail
+    correlations leave these blocks out."""
+    shared = (_text_blocks(a) & _text_blocks(b)).astype(np.uint8)
+    shared = cv2.dilate(shared, np.ones((3, 3), np.uint8)) > 0
+    out = np.zeros(a.shape, bool)
+    out[:shared.shape[0] * BLOCK, :shared.shape[1] * BLOCK] = np.kron(shared, np.ones((BLOCK, BLOCK), bool))
+    return out
+
+
 def _poly_area(p: np.ndarray) -> float:
     return float(cv2.contourArea(p.astype(np.float32))) if len(p) >= 3 else 0.0
 
@@ -623,7 +659,7 @@ def match(fa: Features, fb: Features) -> Match:
             ncc = _rank_ncc(sa, sb)
             pearson = float(np.corrcoef(sa.astype(np.float64), sb.astype(np.float64))[0, 1]) \
                 if sa.std() > 0 and sb.std() > 0 else float("nan")
-            inner = cv2.erode(mask, np.ones((9, 9), np.uint8)) > 0
+            inner = (cv2.erode(mask, np.ones((9, 9), np.uint8)) > 0) & ~_shared_text(fa.img, warped)
             if inner.sum() >= 400:
                 detail_raw = _block_corr(_band(fa.img), _band(warped), inner)
                 detail = _block_corr(_band(_equalise(fa.img, mask)), _band(_equalise(warped, mask)), inner)
