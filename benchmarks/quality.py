@@ -6,6 +6,9 @@ copy, one family at a time.  Negatives (shared by all families): other fields of
 experiment, neighbouring non-overlapping crops of one image, other blots, random images.
 Pair families (overlap 70/50/33 %) are two crops of one image sharing that share of their area.
 Copy-move (a region cloned inside one image) is scored separately: detection and false-alarm rate.
+"Colour to grey": every colour micrograph of ../shared is in the training split, so this family
+uses the colour images of the CC BY PDFs in ../shared/data/pdfs (figures, photographs, charts),
+as imgdup reads them (BT.601 luma) against the same image desaturated by another tool's formula.
 
 Scorers (higher = more likely the same), all on the same pairs:
   cnn          -f, the shipped CNN's weighted-L1 distance
@@ -179,6 +182,68 @@ def family_pairs(imgs, per: int, rng) -> dict[str, list]:
     for fam, fn in PAIR_FAMILIES.items():
         pick = rng.choice(len(imgs), size=min(per, len(imgs)), replace=False)
         out[fam] = [fn(imgs[i], rng) for i in pick]
+    return out
+
+
+# how other tools turn colour into grey: channel mean, HSL lightness, BT.709 luma, the green channel
+GREY_FORMULAS = {
+    "mean": lambda c: c.mean(2),
+    "lightness": lambda c: (c.max(2) + c.min(2)) / 2,
+    "bt709": lambda c: c @ np.array([0.2126, 0.7152, 0.0722]),
+    "green": lambda c: c[..., 1],
+}
+
+
+def colour_images(min_side: int = 100) -> list[np.ndarray]:
+    """The distinct colour images (RGB, uint8, longer side at most 512 px) stored in the CC BY
+    PDFs of ../shared/data/pdfs, read with PyMuPDF through an RGB pixmap."""
+    import hashlib
+
+    import pymupdf
+
+    from imgdup.model.train import SHARED_DATA
+
+    out, seen = [], set()
+    for path in sorted((SHARED_DATA / "pdfs").glob("*.pdf")):
+        try:
+            doc = pymupdf.open(path)
+        except Exception:           # the corrupt test file
+            continue
+        for page in doc:
+            for info in page.get_images(full=True):
+                try:
+                    pix = pymupdf.Pixmap(doc, info[0])
+                    if pix.colorspace is None:
+                        continue
+                    if pix.colorspace.n != 3 or pix.n - pix.alpha != 3:
+                        pix = pymupdf.Pixmap(pymupdf.csRGB, pix)
+                except Exception:
+                    continue
+                a = np.frombuffer(pix.samples, np.uint8).reshape(pix.height, pix.width, pix.n)[..., :3]
+                c = a.astype(np.int16)
+                colourful = np.abs(c[..., 0] - c[..., 1]).mean() + np.abs(c[..., 1] - c[..., 2]).mean() > 6
+                key = hashlib.sha1(a.tobytes()).hexdigest()
+                if not colourful or min(a.shape[:2]) < min_side or key in seen:
+                    continue
+                seen.add(key)
+                s = min(1.0, 512 / max(a.shape[:2]))
+                out.append(np.ascontiguousarray(a) if s == 1 else
+                           cv2.resize(a, None, fx=s, fy=s, interpolation=cv2.INTER_AREA))
+    return out
+
+
+def colour_to_grey_pairs(per: int, rng) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``per`` pairs: a colour image as imgdup reads it (BT.601 luma, as the extraction converts
+    PDF images) and the same image turned grey by one of ``GREY_FORMULAS`` (cycled)."""
+    imgs = colour_images()
+    order = rng.permutation(len(imgs))
+    names = list(GREY_FORMULAS)
+    out = []
+    for k in range(min(per, len(imgs) * len(names))):
+        c = imgs[order[k % len(imgs)]].astype(np.float64)
+        ours = np.clip(c @ np.array([0.299, 0.587, 0.114]) + 0.5, 0, 255).astype(np.uint8)
+        other = np.clip(GREY_FORMULAS[names[(k // len(imgs)) % len(names)]](c) + 0.5, 0, 255).astype(np.uint8)
+        out.append((ours, other))
     return out
 
 
@@ -377,6 +442,12 @@ def main() -> None:
         dump.update({f"pos_features/{fam}": sc.last_features, **{f"pos_{k}/{fam}": v for k, v in pos.items()}})
         table[fam] = {name: metrics(pos[name], neg_scores[name]) for name in pos}
         retrieval[fam] = float(np.mean(pos["cnn"] >= -1.0))     # a whole-panel candidate at f <= 1
+    # after the others, from its own generator: every other family's pairs stay as they were
+    fam = "colour to grey (PDF images)"
+    pos = sc.score(colour_to_grey_pairs(per, np.random.default_rng(5)))
+    dump.update({f"pos_features/{fam}": sc.last_features, **{f"pos_{k}/{fam}": v for k, v in pos.items()}})
+    table[fam] = {name: metrics(pos[name], neg_scores[name]) for name in pos}
+    retrieval[fam] = float(np.mean(pos["cnn"] >= -1.0))
     copy_move = copy_move_rates(imgs, per, rng)
     names = list(neg_scores)
     mean = {n: float(np.mean([table[f][n]["tpr@0.001"] for f in table])) for n in names}
