@@ -110,6 +110,7 @@ def test_quality_and_end_to_end_benchmarks_smoke(tmp_path):
         data = _smoke(script, tmp_path)
         if script == "quality.py":
             assert set(data["mean_tpr@0.001"]) >= {"cnn", "imgdup", "phash", "sift"}
+            assert "colour to grey (PDF images)" in data["families"]
         else:
             assert data["screen_verified"]["pairs"] > 0 and 0 <= data["screen_verified"]["recall"] <= 1
 
