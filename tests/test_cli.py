@@ -115,6 +115,21 @@ def test_quality_and_end_to_end_benchmarks_smoke(tmp_path):
             assert data["screen_verified"]["pairs"] > 0 and 0 <= data["screen_verified"]["recall"] <= 1
 
 
+def test_scaling_plot_reads_the_benchmark_results():
+    """benchmarks/plot_scaling.py draws only what docs/*.json hold: every series has its points
+    in store-size order, queries and screens alike."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from plot_scaling import series
+
+    data = series()
+    assert set(data) == {"query", "screen"}
+    for lines in data.values():
+        assert len(lines) >= 5
+        for pts in lines.values():
+            sizes = [n for n, _ in pts]
+            assert sizes == sorted(sizes) and all(sec > 0 for _, sec in pts)
+
+
 def test_on_disk_benchmark_smoke(tmp_path):
     data = _smoke("on_disk.py", tmp_path)
     assert data["same_pairs"] and data["mapped"]["whole_pairs"] > 0
