@@ -362,3 +362,29 @@ def test_shards_with_five_and_six_views_read_together(tmp_path):
                                                                                 tv[np.isin(pid, new)][:, 0])
         store.save_index()
     store.close()
+
+
+def test_auto_reindex_of_a_small_store_still_switches_to_ivf_later(tmp_path, monkeypatch):
+    """``imgdup reindex`` (kind auto) of a store below the IVF sizes must not pin it flat: the
+    switch to IVF still happens when it grows past them; only an explicit kind is kept."""
+    import imgdup.index.store as st
+
+    monkeypatch.setattr(st, "IVF_MIN_PANELS", 3000)
+    monkeypatch.setattr(st, "TILE_IVF_MIN_PANELS", 2500)
+    rng = np.random.default_rng(9)
+    centres = rng.normal(0, 0.05, (50, 128)).astype(np.float32)
+
+    def add(store, n, seed, doc):
+        return _add(store, _clustered(n, seed, centres), doc,
+                    tiles=rng.normal(0, 0.05, (n, 5, 128)).astype(np.float32))
+
+    store = Store(tmp_path / "s")
+    with store.writer():
+        store.check_model("0" * 64, "synthetic", 128)
+        add(store, 2000, 6, "a")
+        info = store.rebuild_index("auto")
+        assert info["kind"] == "flat" and store.index_kind() == "flat"
+        add(store, 1500, 7, "b")
+        store.save_index()
+        assert store.index_kind() == "ivf" and store.meta("tiles_kind") == "ivf"
+    store.close()

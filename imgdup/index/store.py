@@ -612,12 +612,13 @@ class Store:
         else:
             info["kind"] = "flat"
             idx = self._flat_index(chunks)
-            meta = {"index_kind": "flat"}
+            # an automatic flat is no choice: left unrecorded, the switch to IVF stays armed
+            meta = {"index_kind": "flat" if explicit else None}
         meta["ivf_on_disk"] = "1" if on_disk else "0"
         self._set_meta(meta)
         self._index = idx
         tiles = self._rebuild_tile_index(kind if explicit else ("ivf" if n >= TILE_IVF_MIN_PANELS else "flat"),
-                                         on_disk)
+                                         on_disk, chosen=explicit)
         if tiles:
             info["tiles"] = tiles
         self.save_index()
@@ -631,10 +632,14 @@ class Store:
         reader may still map the previous one)."""
         return self.path / f"{stem}-{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}-{time.monotonic_ns()}.ivfdata"
 
-    def _set_meta(self, meta: dict[str, str]) -> None:
+    def _set_meta(self, meta: dict[str, str | None]) -> None:
+        """Set these keys in one transaction (None: remove the key)."""
         self.db.execute("BEGIN IMMEDIATE")
         for k, v in meta.items():
-            self.set_meta(k, v)
+            if v is None:
+                self.db.execute("DELETE FROM meta WHERE key=?", (k,))
+            else:
+                self.set_meta(k, v)
         self.db.execute("COMMIT")
 
     def _tile_ivf(self, nlist: int | None = None, lists_file: Path | None = None) -> faiss.Index | None:
@@ -645,11 +650,13 @@ class Store:
             return None
         return build_ivf(chunks, n, int(self.meta("dim", "128")), nlist=nlist, lists_file=lists_file)
 
-    def _rebuild_tile_index(self, kind: str, on_disk: bool = False) -> dict | None:
+    def _rebuild_tile_index(self, kind: str, on_disk: bool = False, chosen: bool = True) -> dict | None:
         """Rebuild the sub-region index from the shards as ``flat`` or ``ivf`` (its own lists, on
         disk when ``on_disk``, nprobe chosen for PAIR_RECALL of the tile pairs within PAIR_RADIUS,
-        recorded); the caller saves it.  A store without tile vectors records flat.  Returns the
-        IVF's numbers, or None."""
+        recorded); the caller saves it.  Flat is recorded when ``chosen`` (an explicit kind) or
+        when an IVF was asked for but the store has no tile vectors; an automatic flat is not, so
+        that ``save_index`` still switches to IVF when the store grows.  Returns the IVF's
+        numbers, or None."""
         idx = self._tile_ivf(lists_file=self._new_lists_file("tiles") if on_disk else None) if kind == "ivf" else None
         info = None
         self._tile_index = None                      # flat: rebuilt from the shards when needed
@@ -667,7 +674,7 @@ class Store:
                             "tiles_knn_nprobe": str(knn["nprobe"]), "tiles_knn_recall": f"{knn['recall']:.4f}"})
             self._tile_index = idx
         else:
-            self._set_meta({"tiles_kind": "flat"})
+            self._set_meta({"tiles_kind": "flat" if chosen or kind == "ivf" else None})
         (self.path / "tiles.faiss").unlink(missing_ok=True)
         return info
 
