@@ -298,6 +298,16 @@ def _view_pairs(q_whole: np.ndarray, q_views: np.ndarray, whole_index, tile_inde
                       cap=cap, stored_views=N_TILES)
 
 
+def _store_whole_pairs(store: Store, whole_index, vectors: np.ndarray, threshold: float, k: int | None):
+    """Whole-panel candidates against a store: every pair within the threshold (``k`` None, the
+    range nprobe of an IVF) or the ``k`` nearest (its IVF with the nprobe measured for capped
+    searches, ``Store.capped_nprobe``)."""
+    if k is None:
+        return pairs_against(whole_index, vectors, threshold)
+    with probes(whole_index, store.capped_nprobe("ivf", k)):
+        return nearest_within(whole_index, vectors, threshold, k)
+
+
 def _store_view_pairs(store: Store, q_whole: np.ndarray, q_views: np.ndarray, whole_index, threshold: float,
                       cap: int, device: str = "auto"):
     """``_view_pairs`` against a store, searched capped: its IVFs with the nprobe measured for
@@ -356,9 +366,7 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
         if store.count():
             store.check_model(model.sha256, model.card.name, qvec.shape[1])
             whole = on_device(store.index(), device)
-            with probes(whole, store.capped_nprobe("ivf", max_candidates) if max_candidates else None):
-                qi, ids, f = (pairs_against(whole, qvec, t) if max_candidates is None
-                              else nearest_within(whole, qvec, t, max_candidates))
+            qi, ids, f = _store_whole_pairs(store, whole, qvec, t, max_candidates)
             via = np.full(len(f), "whole", object)
             if partial:
                 ti, tids, tf = _store_view_pairs(store, qvec, qtiles, whole, t, max_candidates or TILE_CAP, device)
@@ -457,9 +465,8 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
         if len(new):
             ids, vec = store.vectors(new)
             whole = on_device(store.index(), device)
-            with probes(whole, store.capped_nprobe("ivf", max_candidates + 1) if max_candidates else None):
-                qi, mid, f = (pairs_against(whole, vec, t) if max_candidates is None      # +1: the panel itself
-                              else nearest_within(whole, vec, t, max_candidates + 1))
+            qi, mid, f = _store_whole_pairs(store, whole, vec, t,        # +1: the panel itself
+                                            None if max_candidates is None else max_candidates + 1)
             via = np.full(len(f), "whole", object)
             if partial:
                 tid, tvec = store.tile_vectors(new)
