@@ -371,7 +371,7 @@ def test_line_art_pairs_are_findings_only_when_near_identical(text_aware, monkey
     detail correlations leave their shared text out, so the confidence already rejects them;
     without that, the line-art rule does."""
     if not text_aware:
-        monkeypatch.setattr(V, "_shared_text", lambda a, b: np.zeros(a.shape, bool))
+        monkeypatch.setattr(V, "_shared_text", lambda text_a, b: np.zeros(b.shape, bool))
     charts = _clinsci_charts()
     a, b = charts["p4-f3-0"], charts["p4-f11-0"]
     small = cv2.resize(a, None, fx=0.8, fy=0.8, interpolation=cv2.INTER_AREA)

@@ -258,6 +258,13 @@ class Features:
     desc: np.ndarray
     dense: bool = False
     _more: dict[tuple[bool, bool], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+    _text: np.ndarray | None = field(default=None, repr=False)
+
+    def text_blocks(self) -> np.ndarray:
+        """``_text_blocks`` of ``img``, computed on first use (a query panel meets many stored ones)."""
+        if self._text is None:
+            self._text = _text_blocks(self.img)
+        return self._text
 
     def keypoints(self, mirrored: bool = False, equalised: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(points, descriptors) of the image as is or left-right mirrored (in the mirrored
@@ -465,23 +472,25 @@ def _equalise(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
 BLOCK = 16
 
 
+def _blocks(a: np.ndarray) -> np.ndarray:
+    """The whole BLOCK x BLOCK blocks of ``a`` (rows, then columns), one row of BLOCK^2 values each;
+    reshape to (a.shape[0] // BLOCK, a.shape[1] // BLOCK, -1) for the grid."""
+    gh, gw = a.shape[0] // BLOCK, a.shape[1] // BLOCK
+    return a[:gh * BLOCK, :gw * BLOCK].reshape(gh, BLOCK, gw, BLOCK).swapaxes(1, 2).reshape(-1, BLOCK * BLOCK)
+
+
 def _block_corr(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
     """Median over the BLOCK x BLOCK blocks inside ``mask`` of the correlation of x and y.
 
     A median over blocks, not one correlation over the overlap: a copy agrees everywhere, while
     two different blots that carry the same printed lane labels agree only where the text is
     (a global correlation is dominated by the text's strong edges)."""
-    h, w = (np.array(mask.shape) // BLOCK) * BLOCK
-    if h == 0 or w == 0:
+    if mask.shape[0] < BLOCK or mask.shape[1] < BLOCK:
         return float("nan")
-
-    def blocks(a: np.ndarray) -> np.ndarray:
-        return a[:h, :w].reshape(h // BLOCK, BLOCK, w // BLOCK, BLOCK).swapaxes(1, 2).reshape(-1, BLOCK * BLOCK)
-
-    inside = blocks(mask.astype(np.float32)).mean(1) >= 0.99
+    inside = _blocks(mask.astype(np.float32)).mean(1) >= 0.99
     if inside.sum() < 2:
         return float("nan")
-    bx, by = blocks(x.astype(np.float64))[inside], blocks(y.astype(np.float64))[inside]
+    bx, by = _blocks(x.astype(np.float64))[inside], _blocks(y.astype(np.float64))[inside]
     bx -= bx.mean(1, keepdims=True)
     by -= by.mean(1, keepdims=True)
     den = np.sqrt((bx * bx).sum(1) * (by * by).sum(1))
@@ -502,8 +511,7 @@ def _text_blocks(img: np.ndarray) -> np.ndarray:
     both along rows and along columns - unlike the grain and gradients of a photograph or a
     micrograph, and unlike a blot's band, which a row inside it never crosses."""
     gh, gw = img.shape[0] // BLOCK, img.shape[1] // BLOCK
-    u = np.ascontiguousarray(np.asarray(img, np.uint8)[:gh * BLOCK, :gw * BLOCK]
-                             .reshape(gh, BLOCK, gw, BLOCK).swapaxes(1, 2)).reshape(gh, gw, BLOCK * BLOCK)
+    u = _blocks(np.asarray(img, np.uint8)).reshape(gh, gw, BLOCK * BLOCK)     # (reshape copies: contiguous)
     ranked = np.sort(u, axis=2, kind="stable").astype(np.float32)     # a radix sort for 8-bit values
 
     def percentile(q: float) -> np.ndarray:        # as np.percentile's default (linear) method
@@ -522,14 +530,15 @@ def _text_blocks(img: np.ndarray) -> np.ndarray:
         (rows >= TEXT_CROSSINGS) & (cols >= TEXT_CROSSINGS)
 
 
-def _shared_text(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pixel mask of the blocks where both registered panels show text-like content, grown by one
-    block (the band-pass filter spreads strong edges into the next block).  Two different blots
-    of one study printed with the same lane labels agree there and nowhere else, so the detail
+def _shared_text(text_a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pixel mask of the blocks where both registered panels show text-like content (``text_a``:
+    ``_text_blocks`` of the first; ``b``: the second, registered onto it), grown by one block
+    (the band-pass filter spreads strong edges into the next block).  Two different blots of one
+    study printed with the same lane labels agree there and nowhere else, so the detail
     correlations leave these blocks out."""
-    shared = (_text_blocks(a) & _text_blocks(b)).astype(np.uint8)
+    shared = (text_a & _text_blocks(b)).astype(np.uint8)
     shared = cv2.dilate(shared, np.ones((3, 3), np.uint8)) > 0
-    out = np.zeros(a.shape, bool)
+    out = np.zeros(b.shape, bool)
     out[:shared.shape[0] * BLOCK, :shared.shape[1] * BLOCK] = np.kron(shared, np.ones((BLOCK, BLOCK), bool))
     return out
 
@@ -666,7 +675,7 @@ def match(fa: Features, fb: Features) -> Match:
             ncc = _rank_ncc(sa, sb)
             pearson = float(np.corrcoef(sa.astype(np.float64), sb.astype(np.float64))[0, 1]) \
                 if sa.std() > 0 and sb.std() > 0 else float("nan")
-            inner = (cv2.erode(mask, np.ones((9, 9), np.uint8)) > 0) & ~_shared_text(fa.img, warped)
+            inner = (cv2.erode(mask, np.ones((9, 9), np.uint8)) > 0) & ~_shared_text(fa.text_blocks(), warped)
             if inner.sum() >= 400:
                 detail_raw = _block_corr(_band(fa.img), _band(warped), inner)
                 detail = _block_corr(_band(_equalise(fa.img, mask)), _band(_equalise(warped, mask)), inner)
