@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -196,10 +195,6 @@ class Report:
         print(f"[{time.strftime('%H:%M:%S')}] {key}: {json.dumps(value, default=float)[:600]}", flush=True)
 
 
-def pair_set(qi: np.ndarray, ids: np.ndarray) -> set:
-    return set(zip(qi.tolist(), ids.tolist()))
-
-
 def timed(fn, *args, **kw):
     t = time.perf_counter()
     out = fn(*args, **kw)
@@ -213,6 +208,7 @@ def bench_whole(base: np.ndarray, size: int, screen_new: int, n_query: int, cpu_
     import faiss
 
     from imgdup.index.search import GpuIndex, nearest_within, pairs_against, whole_index_of
+    from index_scale import pair_set
     from speed import like_real
 
     xb = like_real(base, size, seed=1)
@@ -254,6 +250,7 @@ def bench_tiles(tile_base: np.ndarray, base: np.ndarray, size: int, whole_cpu, w
                                      tile_ids, tile_index_of, tile_pairs)
     from imgdup.index.store import PAIR_RADIUS, PAIR_RECALL, TILE_ID_BASE, TILE_RECALL_QUERIES
     from imgdup.model.api import N_TILES, QUERY_VIEWS
+    from index_scale import pair_set
     from speed import like_real
 
     cap = 20
@@ -310,20 +307,15 @@ def bench_tiles(tile_base: np.ndarray, base: np.ndarray, size: int, whole_cpu, w
 
 def bench(args) -> None:
     import faiss
-    import torch
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from imgdup.index.search import gpu_available
+    from speed import machine
 
     t_start = time.time()
     rep = Report(Path(args.out))
-    gpu_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    rep.put("machine", {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "gpu": gpu_name, "cores": os.cpu_count(),
-                        "cpu": next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                                     if ln.startswith("model name")), platform.machine()),
-                        "faiss": faiss.__version__, "faiss_file": faiss.__file__,
-                        "faiss_gpus": faiss.get_num_gpus(), "torch": torch.__version__,
-                        "python": platform.python_version()})
+    rep.put("machine", {"date": time.strftime("%Y-%m-%d %H:%M:%S"), **machine(), "faiss_file": faiss.__file__,
+                        "faiss_gpus": faiss.get_num_gpus()})
     if not gpu_available():
         import ctypes
 
