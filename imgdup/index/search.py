@@ -523,7 +523,6 @@ def choose_knn_nprobe(index: faiss.Index, chunks: Chunks, n: int, threshold: flo
     to ``max_nprobe`` (default: all lists); the index's own nprobe is left as it was.  Returns the
     nprobe, its recall and the curve."""
     ivf = ivf_of(index)
-    own = ivf.nprobe
     cap = int(cap or k)
     q = sample_vectors(chunks, n, queries, seed)
 
@@ -546,10 +545,8 @@ def choose_knn_nprobe(index: faiss.Index, chunks: Chunks, n: int, threshold: flo
             curve[nprobe] = len(truth & capped(*nearest_within(index, q, threshold, k))) / len(truth) if truth else 1.0
         return curve[nprobe]
 
-    try:
+    with probes(index, ivf.nprobe):          # (restores the index's own nprobe after the search)
         hi = _smallest_nprobe(recall_at, target, top)
-    finally:
-        ivf.nprobe = own
     return {"nprobe": hi, "recall": curve[hi], "k": int(k), "cap": cap, "group": int(group), "truth_pairs": len(truth),
             "queries": len(q), "curve": dict(sorted(curve.items()))}
 
