@@ -233,15 +233,17 @@ def colour_images(min_side: int = 100) -> list[np.ndarray]:
 
 
 def colour_to_grey_pairs(per: int, rng) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``per`` pairs: a colour image as imgdup reads it (BT.601 luma, as the extraction converts
-    PDF images) and the same image turned grey by one of ``GREY_FORMULAS`` (cycled)."""
+    """``per`` pairs: a colour image as imgdup reads it (``rgb_to_grey``, what the extraction does
+    to PDF images) and the same image turned grey by one of ``GREY_FORMULAS`` (cycled)."""
+    from imgdup.pipeline.extract import rgb_to_grey
+
     imgs = colour_images()
     order = rng.permutation(len(imgs))
     names = list(GREY_FORMULAS)
     out = []
     for k in range(min(per, len(imgs) * len(names))):
         c = imgs[order[k % len(imgs)]].astype(np.float64)
-        ours = np.clip(c @ np.array([0.299, 0.587, 0.114]) + 0.5, 0, 255).astype(np.uint8)
+        ours = rgb_to_grey(c)
         other = np.clip(GREY_FORMULAS[names[(k // len(imgs)) % len(names)]](c) + 0.5, 0, 255).astype(np.uint8)
         out.append((ours, other))
     return out

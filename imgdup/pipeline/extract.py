@@ -120,6 +120,12 @@ def content_hash(grey: np.ndarray) -> str:
 
 # ------------------------------------------------------------------------------------- decoding
 
+def rgb_to_grey(colour: np.ndarray) -> np.ndarray:
+    """H x W x 3 RGB values (0-255) -> uint8 grey, BT.601 luma, rounded: how imgdup reads colour."""
+    grey = np.asarray(colour, np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.clip(grey + 0.5, 0, 255).astype(np.uint8)
+
+
 def pixmap_to_grey(pix: pymupdf.Pixmap) -> np.ndarray:
     """Any Pixmap -> uint8 greyscale: colour spaces other than DeviceGray/RGB go through RGB,
     alpha is flattened on white."""
@@ -134,10 +140,8 @@ def pixmap_to_grey(pix: pymupdf.Pixmap) -> np.ndarray:
         a = arr[..., -1:].astype(np.float32) / 255.0
         colour = colour * a + 255.0 * (1.0 - a)
     if colour.shape[2] == 3:
-        grey = colour @ np.array([0.299, 0.587, 0.114], np.float32)
-    else:
-        grey = colour[..., 0]
-    return np.clip(grey + 0.5, 0, 255).astype(np.uint8)
+        return rgb_to_grey(colour)
+    return np.clip(colour[..., 0] + 0.5, 0, 255).astype(np.uint8)
 
 
 def decode_xref(doc: pymupdf.Document, xref: int, smask: int) -> np.ndarray:
