@@ -74,6 +74,30 @@ def pad(index: Path, n: int, base: np.ndarray, tile_base: np.ndarray, thumbs: li
     return time.perf_counter() - t
 
 
+def build_store(work: Path, size: int, smoke: bool, model) -> tuple[dict, "object"]:
+    """The end-to-end corpus (``--papers 6 --seed 11``; 2 papers for a smoke run) ingested into
+    ``work``/index and padded to ``size`` panels (``pad``); returns (facts for the JSON, the
+    corpus's planted truth)."""
+    from imgdup import ingest
+    from imgdup.demo.generate import build_corpus, shared_test_images
+    from imgdup.index.store import Store
+
+    truth = build_corpus(shared_test_images(splits=("test", "val")), work, n_papers=2 if smoke else 6, seed=11)
+    index = work / "index"
+    out: dict = {}
+    t = time.perf_counter()
+    ingest(sorted((work / "corpus").glob("*.pdf")), index, model=model)
+    out["ingest_corpus_seconds"] = time.perf_counter() - t
+    real_panels = Store(index, create=False).count()
+    _, base, tile_base = real_embeddings(smoke)
+    tile_base = tile_base.reshape(len(base), -1, base.shape[1])
+    pool = thumb_pool(200 if smoke else 2000)
+    out["pad_seconds"] = pad(index, size - real_panels, base, tile_base, pool, model)
+    out["store"] = {"panels": size, "real_panels": real_panels, "padding_thumbnails": len(pool),
+                    "bytes_on_disk": sum(f.stat().st_size for f in index.rglob("*") if f.is_file())}
+    return out, truth
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--store", type=int, default=100_000, help="panels in the store, padding included")
@@ -82,9 +106,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs" / "query_scale.json"))
     ap.add_argument("--keep", default=None, help="build the store and corpus in this (new) folder and keep them")
     args = ap.parse_args()
-    from imgdup import ingest, load_model, query
+    from imgdup import load_model, query
     from imgdup.demo.generate import build_corpus, score_report, shared_test_images
-    from imgdup.index.store import Store
 
     model = load_model()
     size, caps = (3000, [0, 10]) if args.smoke else (args.store, args.caps)
@@ -94,19 +117,9 @@ def main() -> None:
     with (nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory(prefix="imgdup-qs-")) as tmp:
         work = Path(tmp)
         work.mkdir(parents=True, exist_ok=not args.keep)
-        truth = build_corpus(shared_test_images(splits=("test", "val")), work, n_papers=2 if args.smoke else 6,
-                             seed=11)
+        built, truth = build_store(work, size, args.smoke, model)
+        out.update(built)
         index = work / "index"
-        t = time.perf_counter()
-        ingest(sorted((work / "corpus").glob("*.pdf")), index, model=model)
-        out["ingest_corpus_seconds"] = time.perf_counter() - t
-        real_panels = Store(index, create=False).count()
-        _, base, tile_base = real_embeddings(args.smoke)
-        tile_base = tile_base.reshape(len(base), -1, base.shape[1])
-        pool = thumb_pool(200 if args.smoke else 2000)
-        out["pad_seconds"] = pad(index, size - real_panels, base, tile_base, pool, model)
-        out["store"] = {"panels": size, "real_panels": real_panels, "padding_thumbnails": len(pool),
-                        "bytes_on_disk": sum(f.stat().st_size for f in index.rglob("*") if f.is_file())}
         # the scored manuscript, and a bigger submission: 4 more generated papers from the same
         # image pool (so with real re-use of stored panels; not scored), queried together
         build_corpus(shared_test_images(splits=("test", "val")), work / "big", n_papers=1 if args.smoke else 4,

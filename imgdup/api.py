@@ -433,6 +433,41 @@ class ScreenResult:
     path: Path | None
     run_id: str
     seconds: float
+    stages: dict[str, float] = field(default_factory=dict)   # seconds: search, verify, copy_move
+    candidates: int = 0     # candidate pairs found by the searches (before verification)
+
+
+SCREEN_BATCH = 8192     # candidate pairs a screen verifies at a time (bounds its memory)
+
+
+def _verify_in_batches(report: pd.DataFrame, reader, keep_rejected: bool, progress: bool, engine: str,
+                       address: str | None, batch: int | None = None) -> pd.DataFrame:
+    """``verify_report`` (or ``ray_verify``) of a screen's candidate pairs, ``batch`` pairs at a
+    time grouped by their first panel, each batch reading only its own panels' evidence through
+    ``reader`` (``Store.evidence_reader``).  All at once, a screen held every candidate panel's
+    thumbnail, keypoints and unpacked descriptors: about 1.5 GB per 1,000 new panels at
+    ``--max-candidates 20``.  The verdicts do not depend on the batches: the same report."""
+    batch = batch or SCREEN_BATCH
+    order = report.reset_index(drop=True).assign(_screen_row=np.arange(len(report)))
+    order = order.sort_values(["query_panel_id", "match_panel_id"], kind="stable")
+    parts = []
+    with tqdm(total=len(order), desc="verify", unit="pair", disable=not progress) as bar:
+        for s in range(0, len(order), batch):
+            sub = order.iloc[s:s + batch]
+            th, kp = reader(np.union1d(sub.query_panel_id, sub.match_panel_id))
+            if engine == "ray":
+                from .pipeline.distributed import ray_verify
+
+                parts.append(ray_verify(sub, th, keep_rejected=True, address=address, keypoints=kp))
+            else:
+                parts.append(verify_report(
+                    sub, lambda side, row: th.get(int(getattr(row, f"{side}_panel_id"))), keep_rejected=True,
+                    keypoints=lambda side, row: kp.get(int(getattr(row, f"{side}_panel_id")))))
+            bar.update(len(sub))
+    out = pd.concat(parts).sort_values("_screen_row").drop(columns="_screen_row")     # the report's order
+    if not keep_rejected:
+        out = out[out.verified]
+    return out.sort_values(["verified", "confidence"], ascending=False, kind="stable").reset_index(drop=True)
 
 
 def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-reports", all_pairs: bool = False,
@@ -452,6 +487,7 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
     if engine not in ("local", "ray"):
         raise ValueError(f"unknown engine {engine!r} (local or ray)")
     t0 = time.time()
+    clock = _Clock()
     store = Store(index or default_index(), create=False)
     with store.writer():
         sha = store.meta("model_sha256") or ""
@@ -462,6 +498,7 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
         new = np.array([r[0] for r in store.db.execute(f"SELECT panel_id FROM panels {where}")], np.int64)
         run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         report = empty_report()
+        candidates = 0
         if len(new):
             ids, vec = store.vectors(new)
             whole = on_device(store.index(), device)
@@ -485,16 +522,12 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
             report = make_report(info, info, pos.get_indexer(pairs.lo), pos.get_indexer(pairs.hi),
                                  pairs.f.to_numpy(), pairs.via.to_numpy())
             report = _drop_split_figure_tiles(report, store.split_figures(info.doc_sha256.unique()))
+            clock.lap("search")
+            candidates = len(report)
             if verify and len(report):
-                th, kp = store.evidence(np.union1d(report.query_panel_id, report.match_panel_id))
-                if engine == "ray":
-                    from .pipeline.distributed import ray_verify
-
-                    report = ray_verify(report, th, keep_rejected=keep_rejected, address=address, keypoints=kp)
-                else:
-                    report = verify_report(report, lambda side, row: th.get(int(getattr(row, f"{side}_panel_id"))),
-                                           keep_rejected=keep_rejected, progress=progress,
-                                           keypoints=lambda side, row: kp.get(int(getattr(row, f"{side}_panel_id"))))
+                reader = store.evidence_reader(np.union1d(report.query_panel_id, report.match_panel_id))
+                report = _verify_in_batches(report, reader, keep_rejected, progress, engine, address)
+                clock.lap("verify")
             if copy_move:
                 th = store.thumbs(new)
                 ninfo = store.panel_table(new).reset_index(drop=True)
@@ -502,6 +535,7 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
                 cm = copy_move_report(ninfo, find_copy_moves(px, progress=progress))
                 if len(cm):
                     report = pd.concat([cm, unverified(report)], ignore_index=True)
+                clock.lap("copy_move")
         day = run_id[:4] + "-" + run_id[4:6] + "-" + run_id[6:8]
         path = Path(out_dir) / f"date={day}" / f"screen-{run_id}.parquet"
         write_report(report, path, sha, t, {"command": "screen", "run_id": run_id,
@@ -514,11 +548,12 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
                          (run_id, t0, time.time(), int(len(new)), int(len(report)), str(path)))
         store.db.execute("COMMIT")
     store.close()
-    result = ScreenResult(report, int(len(new)), path, run_id, time.time() - t0)
+    result = ScreenResult(report, int(len(new)), path, run_id, time.time() - t0, clock.laps, candidates)
     _log_run(Path(out_dir) / "screen-runs.jsonl", {
         "run_id": run_id, "started": dt.datetime.fromtimestamp(t0, dt.timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(result.seconds, 1), "mode": "all" if all_pairs else "new", "store": str(store.path),
-        "panels_screened": result.panels, "pairs": int(len(report)),
+        "seconds": round(result.seconds, 1), "stages": result.stages, "mode": "all" if all_pairs else "new",
+        "store": str(store.path),
+        "panels_screened": result.panels, "candidates": candidates, "pairs": int(len(report)),
         "verified": int(report["verified"].sum()) if "verified" in report and len(report) else 0,
         "report": str(path), "model_sha256": sha, "imgdup": __version__})
     return result

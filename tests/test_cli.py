@@ -181,3 +181,11 @@ def test_query_scale_and_retrieval_benchmarks_smoke(tmp_path):
     ret = _smoke("retrieval.py", tmp_path)
     assert ret["store"]["panels"] == 3000 and ret["runs"]["no cap"]["found"] >= 0.7
     assert ret["runs"]["cap 5"]["candidates_per_query_panel"] <= ret["runs"]["cap 50"]["candidates_per_query_panel"]
+
+
+def test_nightly_screen_benchmark_smoke(tmp_path):
+    data = _smoke("nightly_screen.py", tmp_path)
+    run = data["runs"][0]
+    assert data["store"]["panels"] == 3000 and run["new_panels"] == 300 and run["max_candidates"] == 5
+    assert 0 < run["candidate_pairs"] <= 300 * 2 * (5 + 1) and set(run["stages"]) == {"search", "verify"}
+    assert run["peak_rss_gb"] > 0

@@ -126,6 +126,44 @@ def test_query_and_screen_find_planted_pairs(corpus, model, tmp_path):
     assert runs[1]["panels_screened"] == 0 and runs[0]["report"] == str(sc.path)
 
 
+def test_screen_verifies_in_batches_with_the_same_report(corpus, model, tmp_path, monkeypatch):
+    """A screen verifies its candidate pairs a batch at a time (bounded memory), each batch
+    reading only its own panels' evidence: the report is the one a single batch gives, row for
+    row, rejected pairs included; the run log and the result carry seconds per stage."""
+    import pandas as pd
+
+    import imgdup.api as api
+    from imgdup.index.report import VERIFY_FIELDS
+
+    out, _ = corpus
+    ingest(sorted((out / "corpus").glob("*.pdf"))[:3], tmp_path / "st", model=model)
+    one = screen(tmp_path / "st", tmp_path / "r1", all_pairs=True, keep_rejected=True)
+    assert set(one.stages) == {"search", "verify"} and one.stages["verify"] > 0 and one.candidates == len(one.report)
+    assert json.loads((tmp_path / "r1" / "screen-runs.jsonl").read_text())["stages"] == one.stages
+    asked: list[int] = []
+    located = Store.evidence_reader
+
+    def counting(self, ids):
+        reader = located(self, ids)
+
+        def read(sub, keypoints=True):
+            asked.append(len(np.unique(sub)))
+            return reader(sub, keypoints)
+        return read
+
+    monkeypatch.setattr(api, "SCREEN_BATCH", 7)
+    monkeypatch.setattr(Store, "evidence_reader", counting)
+    batched = screen(tmp_path / "st", tmp_path / "r2", all_pairs=True, keep_rejected=True)
+    n = len(one.report)
+    assert n > 20 and one.report.verified.any() and (~one.report.verified).any()
+    assert len(asked) == -(-n // 7) and max(asked) <= 14
+    cols = ["query_panel_id", "match_panel_id", "distance", "via"] + [
+        c for c in VERIFY_FIELDS if c not in ("overlap_query", "overlap_match", "points_query", "points_match")]
+    pd.testing.assert_frame_equal(one.report[cols], batched.report[cols])
+    assert [list(map(list, x)) for x in one.report.overlap_query] == \
+        [list(map(list, x)) for x in batched.report.overlap_query]
+
+
 def test_query_add_then_idempotent(corpus, model, tmp_path):
     out, _ = corpus
     ms = out / "manuscript" / "manuscript.pdf"

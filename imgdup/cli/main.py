@@ -226,8 +226,9 @@ def screen(index: str | None, out_dir: Path, all_pairs: bool, threshold: float |
               verify=not no_verify, keep_rejected=keep_rejected, copy_move=copy_move, progress=_progress(),
               partial=not no_partial, device=device, engine=engine, address=address, max_candidates=max_candidates)
     click.echo(format_table(res.report, top))
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in res.stages.items())
     click.echo(f"screen {res.run_id}: {res.panels} panels screened, {len(res.report)} pairs, "
-               f"{res.seconds:.1f}s; report: {res.path}")
+               f"{res.seconds:.1f}s{f' ({stages})' if stages else ''}; report: {res.path}")
 
 
 @cli.command()

@@ -134,6 +134,38 @@ def _evidence_file(shard_file: str | Path) -> Path:
     return p.with_name(p.stem + ".evidence")
 
 
+class EvidenceReader:
+    """Reads stored thumbnails and packed keypoints of panels located by ``Store.evidence_reader``."""
+
+    def __init__(self, located: list[tuple[np.ndarray, Path, np.ndarray]], inline: dict[int, bytes]) -> None:
+        self._located = located
+        self._inline = inline
+
+    def __call__(self, ids: np.ndarray, keypoints: bool = True) -> tuple[dict[int, np.ndarray], dict[int, bytes]]:
+        """(thumbnails, packed keypoints) of those of ``ids`` that were located (others: absent)."""
+        import cv2
+
+        want = np.unique(np.asarray(ids, np.int64).ravel())
+        thumbs: dict[int, np.ndarray] = {}
+        packed: dict[int, bytes] = {}
+        for pid, path, where in self._located:
+            rows = np.flatnonzero(np.isin(pid, want))
+            if not len(rows):
+                continue
+            with open(path, "rb") as fh:
+                fd = fh.fileno()
+                for p, (o, a, b) in zip(pid[rows].tolist(), where[rows].tolist()):
+                    blob = os.pread(fd, a + (b if keypoints else 0), o)
+                    if a:
+                        thumbs[p] = cv2.imdecode(np.frombuffer(blob, np.uint8, a), cv2.IMREAD_GRAYSCALE)
+                    if keypoints and b:
+                        packed[p] = blob[a:]
+        for p in want.tolist():
+            if p in self._inline:
+                thumbs[p] = cv2.imdecode(np.frombuffer(self._inline[p], np.uint8), cv2.IMREAD_GRAYSCALE)
+        return thumbs, packed
+
+
 def _write_parts(parts: list[bytes]):
     """An ``atomic_write`` writer of these byte strings, one after another."""
     def write(path: Path) -> None:
@@ -320,33 +352,29 @@ class Store:
         """Stored thumbnails (uint8 greyscale) and packed verification keypoints of the given
         panels (a panel without stored keypoints has none: verification computes them).  Only
         the panels' own bytes are read from the evidence files."""
-        import cv2
+        return self.evidence_reader(ids)(ids, keypoints)
 
-        thumbs: dict[int, np.ndarray] = {}
-        packed: dict[int, bytes] = {}
+    def evidence_reader(self, ids: np.ndarray) -> "EvidenceReader":
+        """Where the evidence of the given panels lies, found in one pass over their shards; the
+        reader then reads the evidence of any subset of them (a large screen verifies its pairs
+        in batches, each reading only its own panels' bytes)."""
         want = np.unique(np.asarray(ids, np.int64).ravel())
         wanted = set(want.tolist())
+        located: list[tuple[np.ndarray, Path, np.ndarray]] = []   # (panel ids, evidence file, offsets)
+        inline: dict[int, bytes] = {}
         for f in self._shard_files(want):
             pf = pq.ParquetFile(f)
             if "evidence_offset" not in pf.schema_arrow.names:     # an older shard: thumbnails inline, no keypoints
                 t = pf.read(columns=["panel_id", "thumb"])
-                for pid, png in zip(t.column("panel_id").to_pylist(), t.column("thumb").to_pylist()):
-                    if png and pid in wanted:
-                        thumbs[pid] = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
+                inline.update((pid, png) for pid, png in zip(t.column("panel_id").to_pylist(),
+                                                             t.column("thumb").to_pylist()) if png and pid in wanted)
                 continue
             t = pf.read(columns=["panel_id", *EVIDENCE_COLUMNS])
             pid = t.column("panel_id").to_numpy()
             rows = np.flatnonzero(np.isin(pid, want))
-            off, tl, kl = (t.column(c).to_numpy()[rows] for c in EVIDENCE_COLUMNS)
-            with open(_evidence_file(f), "rb") as fh:
-                fd = fh.fileno()
-                for p, o, a, b in zip(pid[rows].tolist(), off.tolist(), tl.tolist(), kl.tolist()):
-                    blob = os.pread(fd, a + (b if keypoints else 0), o)
-                    if a:
-                        thumbs[p] = cv2.imdecode(np.frombuffer(blob, np.uint8, a), cv2.IMREAD_GRAYSCALE)
-                    if keypoints and b:
-                        packed[p] = blob[a:]
-        return thumbs, packed
+            located.append((pid[rows], _evidence_file(f),
+                            np.column_stack([t.column(c).to_numpy()[rows] for c in EVIDENCE_COLUMNS])))
+        return EvidenceReader(located, inline)
 
     def vectors(self, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) from the Parquet shards (all, or those with the given ids)."""

@@ -1,0 +1,102 @@
+"""The nightly job at scale: `imgdup screen --max-candidates N` of 10,000 new panels against a
+store of 100,000, every candidate pair verified on real pixels; seconds per stage, candidate
+pairs, verified pairs and peak memory.
+
+    python benchmarks/nightly_screen.py [--store-dir DIR] [--new 10000] [--caps 20 5] [--smoke]
+
+The store is the one of ``benchmarks/query_scale.py`` (the end-to-end corpus, ingested, padded
+to 100,000 panels with synthetic vectors and real thumbnails and keypoints: 5.6 GB): reused from
+``--store-dir`` when that folder holds one (``query_scale.py --keep DIR`` builds it), otherwise
+built there (or in a temporary folder).  For each cap, ``--new`` panels drawn at random (seed 0,
+the same for every cap) are marked unscreened and the rest screened, and ``imgdup.screen`` runs
+in a fresh process (its peak memory is its own).  Writes docs/nightly_screen.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sqlite3
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from speed import machine  # noqa: E402
+
+
+def mark_new(index: Path, n: int, seed: int = 0) -> int:
+    """Mark ``n`` random panels unscreened and every other panel screened; returns n."""
+    db = sqlite3.connect(index / "catalog.sqlite")
+    ids = np.array([r[0] for r in db.execute("SELECT panel_id FROM panels")], np.int64)
+    new = np.random.default_rng(seed).choice(ids, min(n, len(ids)), replace=False)
+    with db:
+        db.execute("UPDATE panels SET screened = 1")
+        db.executemany("UPDATE panels SET screened = 0 WHERE panel_id = ?", [(int(i),) for i in new])
+    db.close()
+    return len(new)
+
+
+def one_screen(index: str, out_dir: str, cap: int) -> dict:
+    """``imgdup.screen`` of the unscreened panels (run in its own process)."""
+    from imgdup import screen
+
+    t = time.perf_counter()
+    res = screen(index, out_dir, max_candidates=cap or None)
+    total = time.perf_counter() - t
+    return {"max_candidates": cap or None, "new_panels": res.panels, "seconds": round(total, 1),
+            "stages": res.stages, "candidate_pairs": res.candidates, "pairs_reported": int(len(res.report)),
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--store-dir", default=None, help="a query_scale.py --keep folder (built here when empty)")
+    ap.add_argument("--store", type=int, default=100_000, help="panels in the store when it is built here")
+    ap.add_argument("--new", type=int, default=10_000)
+    ap.add_argument("--caps", type=int, nargs="+", default=[20, 5], help="max_candidates; 0: no cap")
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "nightly_screen.json"))
+    args = ap.parse_args()
+    size, new, caps = (3000, 300, [5]) if args.smoke else (args.store, args.new, args.caps)
+    out: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
+                 "command": "python benchmarks/nightly_screen.py " + ("--smoke" if args.smoke else
+                                                                      f"--new {new} --caps {' '.join(map(str, caps))}")}
+    with (nullcontext(args.store_dir) if args.store_dir else tempfile.TemporaryDirectory(prefix="imgdup-ns-")) as tmp:
+        work = Path(tmp)
+        index = work / "index"
+        if (index / "catalog.sqlite").exists():
+            from imgdup.index.store import Store
+
+            out["store"] = {"panels": Store(index, create=False).count(), "reused": str(work)}
+        else:
+            from query_scale import build_store
+
+            from imgdup import load_model
+
+            work.mkdir(parents=True, exist_ok=True)
+            out.update(build_store(work, size, args.smoke, load_model())[0])
+        out["runs"] = []
+        for cap in caps:
+            mark_new(index, new)
+            reports = work / f"screens-cap{cap}"
+            with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+                run = pool.submit(one_screen, str(index), str(reports), cap).result()
+            out["runs"].append(run)
+            print(json.dumps(run), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
