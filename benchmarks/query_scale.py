@@ -9,7 +9,8 @@ to ``--store`` panels with synthetic panels: a vector and 6 view ("tile") vector
 like real embeddings (as in benchmarks/speed.py; each view like its own real ones), and a real
 thumbnail each (random crops of training-split images, which the queries never use), so that
 every candidate pair is verified on real pixels.
-Padding documents hold 100 panels each; one Parquet shard per 1,000 panels.
+Padding documents hold 100 panels each, placed as figure panels (page 2, inside the text block,
+each its own content hash); one Parquet shard per 1,000 panels.
 
 Then the corpus's manuscript is queried with ``max_candidates`` = each of ``--caps`` (0: no
 cap), after one warm-up query: per stage seconds (``QueryResult.seconds``), candidate pairs,
@@ -62,8 +63,12 @@ def pad(index: Path, n: int, base: np.ndarray, tile_base: np.ndarray, thumbs: li
             k = min(1000, n - s)
             docs = [{"sha256": f"pad-{s + d:09d}", "path": f"padding/{s + d}.pdf", "status": "ok"}
                     for d in range(0, k, 100)]
-            rows = [PanelRow(f"pad-{s + i - i % 100:09d}", 1, "p1-f1", f"p1-f1-{i % 100}", "panel",
-                             (0.0, 0.0, 200.0, 200.0), 256, 256, "", "1", "xref", 0, False) for i in range(k)]
+            # placed like a figure panel (page 2, inside the text block) with its own content hash:
+            # with an empty hash and a box at the page's corner, every pair of padding panels
+            # looked like the same publisher logo in two documents and was set aside unverified
+            rows = [PanelRow(f"pad-{s + i - i % 100:09d}", 2, "p2-f1", f"p2-f1-{i % 100}", "panel",
+                             (100.0, 150.0, 300.0, 350.0), 256, 256, f"pad-{s + i:09d}", "1", "xref", 0, False)
+                    for i in range(k)]
             tiles = np.stack([like_real(tile_base[:, v], k, seed=10_000_000 + 10 * s + v)
                               for v in range(tile_base.shape[1])], axis=1)   # each view like its real ones
             ev = [thumbs[(s + i) % len(thumbs)] for i in range(k)]

@@ -36,7 +36,8 @@ import os
 import shutil
 import sqlite3
 import time
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -146,7 +147,7 @@ class EvidenceReader:
         import cv2
 
         want = np.unique(np.asarray(ids, np.int64).ravel())
-        thumbs: dict[int, np.ndarray] = {}
+        pngs: dict[int, bytes] = {}
         packed: dict[int, bytes] = {}
         for pid, path, where in self._located:
             rows = np.flatnonzero(np.isin(pid, want))
@@ -157,12 +158,19 @@ class EvidenceReader:
                 for p, (o, a, b) in zip(pid[rows].tolist(), where[rows].tolist()):
                     blob = os.pread(fd, a + (b if keypoints else 0), o)
                     if a:
-                        thumbs[p] = cv2.imdecode(np.frombuffer(blob, np.uint8, a), cv2.IMREAD_GRAYSCALE)
+                        pngs[p] = blob[:a]
                     if keypoints and b:
                         packed[p] = blob[a:]
-        for p in want.tolist():
-            if p in self._inline:
-                thumbs[p] = cv2.imdecode(np.frombuffer(self._inline[p], np.uint8), cv2.IMREAD_GRAYSCALE)
+        pngs.update((p, self._inline[p]) for p in want.tolist() if p in self._inline)
+
+        def decode(png: bytes) -> np.ndarray:
+            return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
+
+        # PNG decoding is most of the time here; OpenCV releases the GIL while it decodes
+        n = min(len(pngs) // 64, os.cpu_count() or 1)
+        with ThreadPoolExecutor(n) if n > 1 else nullcontext() as pool:
+            pixels = (pool.map if pool else map)(decode, pngs.values())
+            thumbs = dict(zip(pngs, pixels))
         return thumbs, packed
 
 

@@ -94,7 +94,8 @@ def orientation_hashes(img: np.ndarray) -> np.ndarray:
     32 x 32 once and the small image turned (area averaging commutes with quarter turns and
     flips; the same bits as ``_phash`` of each turned image, tested), not each turn resized."""
     small = _reduced(img)
-    return np.stack([_dct_bits(turn(small)) for turn in _ORIENT.values()])
+    low = np.stack([cv2.dct(np.ascontiguousarray(turn(small)))[:8, :8].ravel() for turn in _ORIENT.values()])
+    return low > np.median(low, axis=1, keepdims=True)      # ``_dct_bits`` of each turn, one median call
 
 
 def phash_similarity(a: np.ndarray, b: np.ndarray, hashes_a: np.ndarray | None = None,
