@@ -16,8 +16,9 @@ Then the corpus's manuscript is queried with ``max_candidates`` = each of ``--ca
 cap), after one warm-up query: per stage seconds (``QueryResult.seconds``), candidate pairs,
 verified pairs, and panel-level recall / precision of the pairs that involve the manuscript
 (``score_report``); and a bigger submission (4 more generated papers from the same image pool,
-about 50 panels, queried together; not scored) with each non-zero cap.  Writes
-docs/query_scale.json.
+about 50 panels, queried together; not scored) with each non-zero cap, and searched only (no
+verification or copy-move, with and without the sub-region search: the query as the store issue
+defines it).  ``--keep DIR`` reuses a store built there before.  Writes docs/query_scale.json.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def pad(index: Path, n: int, base: np.ndarray, tile_base: np.ndarray, thumbs: li
     return time.perf_counter() - t
 
 
-def build_store(work: Path, size: int, smoke: bool, model) -> tuple[dict, "object"]:
+def build_store(work: Path, size: int, smoke: bool, model) -> tuple[dict, pd.DataFrame]:
     """The end-to-end corpus (``--papers 6 --seed 11``; 2 papers for a smoke run) ingested into
     ``work``/index and padded to ``size`` panels (``pad``); returns (facts for the JSON, the
     corpus's planted truth)."""

@@ -445,8 +445,9 @@ def _verify_in_batches(report: pd.DataFrame, reader, keep_rejected: bool, progre
     """``verify_report`` (or ``ray_verify``) of a screen's candidate pairs, ``batch`` pairs at a
     time grouped by their first panel, each batch reading only its own panels' evidence through
     ``reader`` (``Store.evidence_reader``).  All at once, a screen held every candidate panel's
-    thumbnail, keypoints and unpacked descriptors: about 1.5 GB per 1,000 new panels at
-    ``--max-candidates 20``.  The verdicts do not depend on the batches: the same report."""
+    thumbnail, keypoints and unpacked descriptors to the end: 10,000 new panels against 100,000
+    at ``--max-candidates 5`` were killed by the OOM killer at 24 GB (5.3 GB in batches;
+    docs/BENCHMARKS.md).  The verdicts do not depend on the batches: the same report."""
     batch = batch or SCREEN_BATCH
     order = report.reset_index(drop=True).assign(_screen_row=np.arange(len(report)))
     order = order.sort_values(["query_panel_id", "match_panel_id"], kind="stable")
