@@ -31,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from query_scale import kept_or_built_store  # noqa: E402
 from speed import machine  # noqa: E402
 
 
@@ -74,17 +75,7 @@ def main() -> None:
     with (nullcontext(args.store_dir) if args.store_dir else tempfile.TemporaryDirectory(prefix="imgdup-ns-")) as tmp:
         work = Path(tmp)
         index = work / "index"
-        if (index / "catalog.sqlite").exists():
-            from imgdup.index.store import Store
-
-            out["store"] = {"panels": Store(index, create=False).count(), "reused": str(work)}
-        else:
-            from query_scale import build_store
-
-            from imgdup import load_model
-
-            work.mkdir(parents=True, exist_ok=True)
-            out.update(build_store(work, size, args.smoke, load_model())[0])
+        out.update(kept_or_built_store(work, size, args.smoke)[0])
         out["runs"] = []
         for cap in caps:
             mark_new(index, new)

@@ -105,6 +105,21 @@ def build_store(work: Path, size: int, smoke: bool, model) -> tuple[dict, pd.Dat
     return out, truth
 
 
+def kept_or_built_store(work: Path, size: int, smoke: bool, model=None) -> tuple[dict, pd.DataFrame]:
+    """The store of an earlier run in ``work`` (its facts: panels, and where it was reused from;
+    the truth it wrote), or ``build_store`` there (``model``: loaded when None)."""
+    index = work / "index"
+    if (index / "catalog.sqlite").exists():
+        from imgdup.index.store import Store
+
+        facts = {"store": {"panels": Store(index, create=False).count(), "reused": str(work)}}
+        return facts, pd.read_json(work / "truth.json", orient="records")
+    from imgdup import load_model
+
+    work.mkdir(parents=True, exist_ok=True)
+    return build_store(work, size, smoke, model or load_model())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--store", type=int, default=100_000, help="panels in the store, padding included")
@@ -125,15 +140,8 @@ def main() -> None:
     with (nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory(prefix="imgdup-qs-")) as tmp:
         work = Path(tmp)
         index = work / "index"
-        if args.keep and (index / "catalog.sqlite").exists():
-            from imgdup.index.store import Store
-
-            out["store"] = {"panels": Store(index, create=False).count(), "reused": str(work)}
-            truth = pd.read_json(work / "truth.json", orient="records")
-        else:
-            work.mkdir(parents=True, exist_ok=True)
-            built, truth = build_store(work, size, args.smoke, model)
-            out.update(built)
+        built, truth = kept_or_built_store(work, size, args.smoke, model)
+        out.update(built)
         # the scored manuscript, and a bigger submission: 4 more generated papers from the same
         # image pool (so with real re-use of stored panels; not scored), queried together
         if not (work / "big" / "corpus").exists():
