@@ -63,6 +63,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--store-dir", default=None, help="a query_scale.py --keep folder (built here when empty)")
     ap.add_argument("--store", type=int, default=100_000, help="panels in the store when it is built here")
+    ap.add_argument("--link-evidence", action="store_true",
+                    help="hard-link the padding's repeated evidence files (a 10^6 store on a small disk)")
     ap.add_argument("--new", type=int, default=10_000)
     ap.add_argument("--caps", type=int, nargs="+", default=[20, 5], help="max_candidates; 0: no cap")
     ap.add_argument("--smoke", action="store_true")
@@ -71,11 +73,14 @@ def main() -> None:
     size, new, caps = (3000, 300, [5]) if args.smoke else (args.store, args.new, args.caps)
     out: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
                  "command": "python benchmarks/nightly_screen.py " + ("--smoke" if args.smoke else
-                                                                      f"--new {new} --caps {' '.join(map(str, caps))}")}
+                                                                      f"--store {size} --new {new} --caps {' '.join(map(str, caps))}"
+                                                                      + (" --link-evidence" if args.link_evidence else ""))}
     with (nullcontext(args.store_dir) if args.store_dir else tempfile.TemporaryDirectory(prefix="imgdup-ns-")) as tmp:
         work = Path(tmp)
         index = work / "index"
-        out.update(kept_or_built_store(work, size, args.smoke)[0])
+        t = time.perf_counter()
+        out.update(kept_or_built_store(work, size, args.smoke, link_evidence=args.link_evidence)[0])
+        out["store_seconds"] = round(time.perf_counter() - t, 1)
         out["runs"] = []
         for cap in caps:
             mark_new(index, new)

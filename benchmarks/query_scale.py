@@ -53,12 +53,19 @@ def thumb_pool(n: int, seed: int = 0) -> list[tuple[bytes, bytes]]:
 
 
 def pad(index: Path, n: int, base: np.ndarray, tile_base: np.ndarray, thumbs: list[tuple[bytes, bytes]],
-        model) -> float:
-    """Add ``n`` synthetic panels (100 per document, 1,000 per shard) to the store; seconds."""
-    from imgdup.index.store import PanelRow, Store
+        model, link_evidence: bool = False) -> float:
+    """Add ``n`` synthetic panels (100 per document, 1,000 per shard) to the store; seconds.
+    ``link_evidence``: a shard whose evidence file is byte for byte that of an earlier one (the
+    thumbnail pool repeats every ``len(thumbs)`` panels) gets a hard link to it instead of a
+    copy, so that 10^6 panels fit on this machine's disk (46 KB of evidence a panel); its reads
+    then come from the page cache (the cold-read cost is measured apart: docs/BENCHMARKS.md)."""
+    import os
+
+    from imgdup.index.store import PanelRow, Store, _evidence_file
 
     store = Store(index)
     t = time.perf_counter()
+    linked: dict[int, Path] = {}
     with store.writer():
         store.check_model(model.sha256, model.card.name, base.shape[1])
         for s in range(0, n, 1000):
@@ -76,12 +83,19 @@ def pad(index: Path, n: int, base: np.ndarray, tile_base: np.ndarray, thumbs: li
             ev = [thumbs[(s + i) % len(thumbs)] for i in range(k)]
             store.add_batch(docs, rows, like_real(base, k, seed=s), [t for t, _ in ev], tiles=tiles,
                             keypoints=[kp for _, kp in ev])
+            if link_evidence and k == 1000 and len(thumbs) % 1000 == 0:
+                shard = store.db.execute("SELECT file FROM shards ORDER BY shard DESC LIMIT 1").fetchone()[0]
+                ev_file = _evidence_file(index / "embeddings" / shard)
+                first = linked.setdefault(s % len(thumbs), ev_file)
+                if first != ev_file:
+                    os.link(first, ev_file.with_suffix(".link"))
+                    os.replace(ev_file.with_suffix(".link"), ev_file)
         store.save_index()
     store.close()
     return time.perf_counter() - t
 
 
-def build_store(work: Path, size: int, smoke: bool, model) -> tuple[dict, pd.DataFrame]:
+def build_store(work: Path, size: int, smoke: bool, model, link_evidence: bool = False) -> tuple[dict, pd.DataFrame]:
     """The end-to-end corpus (``--papers 6 --seed 11``; 2 papers for a smoke run) ingested into
     ``work``/index and padded to ``size`` panels (``pad``); returns (facts for the JSON, the
     corpus's planted truth)."""
@@ -99,13 +113,15 @@ def build_store(work: Path, size: int, smoke: bool, model) -> tuple[dict, pd.Dat
     _, base, tile_base = real_embeddings(smoke)
     tile_base = tile_base.reshape(len(base), -1, base.shape[1])
     pool = thumb_pool(200 if smoke else 2000)
-    out["pad_seconds"] = pad(index, size - real_panels, base, tile_base, pool, model)
+    out["pad_seconds"] = pad(index, size - real_panels, base, tile_base, pool, model, link_evidence)
     out["store"] = {"panels": size, "real_panels": real_panels, "padding_thumbnails": len(pool),
+                    "evidence_hard_linked": link_evidence,
                     "bytes_on_disk": sum(f.stat().st_size for f in index.rglob("*") if f.is_file())}
     return out, truth
 
 
-def kept_or_built_store(work: Path, size: int, smoke: bool, model=None) -> tuple[dict, pd.DataFrame]:
+def kept_or_built_store(work: Path, size: int, smoke: bool, model=None,
+                        link_evidence: bool = False) -> tuple[dict, pd.DataFrame]:
     """The store of an earlier run in ``work`` (its facts: panels, and where it was reused from;
     the truth it wrote), or ``build_store`` there (``model``: loaded when None)."""
     index = work / "index"
@@ -117,7 +133,7 @@ def kept_or_built_store(work: Path, size: int, smoke: bool, model=None) -> tuple
     from imgdup import load_model
 
     work.mkdir(parents=True, exist_ok=True)
-    return build_store(work, size, smoke, model or load_model())
+    return build_store(work, size, smoke, model or load_model(), link_evidence)
 
 
 def main() -> None:

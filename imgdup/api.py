@@ -359,7 +359,7 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
     parts.append(make_report(qinfo, qinfo, i, j, f, via))
     split = _split_figures(qinfo)
     store_path = Path(index or default_index())
-    stored_thumbs: dict[int, np.ndarray] = {}
+    stored_thumbs: dict[int, Callable[[], np.ndarray]] = {}
     stored_kp: dict[int, bytes] = {}
     if store_path.exists():
         store = Store(store_path, create=False)
@@ -379,7 +379,7 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
             pos = minfo.index.get_indexer(ids)
             parts.append(make_report(qinfo, minfo.reset_index(drop=True), qi, pos, f, via))
             if verify and len(ids):
-                stored_thumbs, stored_kp = store.evidence(np.unique(ids))
+                stored_thumbs, stored_kp = store.evidence(np.unique(ids), lazy=True)
         store.close()
     report = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else parts[0]
     report = _drop_split_figure_tiles(report, split)
@@ -455,7 +455,7 @@ def _verify_in_batches(report: pd.DataFrame, reader, keep_rejected: bool, progre
     with tqdm(total=len(order), desc="verify", unit="pair", disable=not progress) as bar:
         for s in range(0, len(order), batch):
             sub = order.iloc[s:s + batch]
-            th, kp = reader(np.union1d(sub.query_panel_id, sub.match_panel_id))
+            th, kp = reader(np.union1d(sub.query_panel_id, sub.match_panel_id), lazy=engine != "ray")
             if engine == "ray":
                 from .pipeline.distributed import ray_verify
 

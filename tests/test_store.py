@@ -129,15 +129,28 @@ def test_query_and_screen_find_planted_pairs(corpus, model, tmp_path):
 def test_screen_verifies_in_batches_with_the_same_report(corpus, model, tmp_path, monkeypatch):
     """A screen verifies its candidate pairs a batch at a time (bounded memory), each batch
     reading only its own panels' evidence: the report is the one a single batch gives, row for
-    row, rejected pairs included; the run log and the result carry seconds per stage."""
+    row, rejected pairs included; the run log and the result carry seconds per stage.  The
+    single batch decodes stored thumbnails lazily (only for pairs that compare pixels), the
+    batched run all of them up front: the same verdicts."""
     import pandas as pd
 
     import imgdup.api as api
+    import imgdup.index.store as store_module
     from imgdup.index.report import VERIFY_FIELDS
 
     out, _ = corpus
     ingest(sorted((out / "corpus").glob("*.pdf"))[:3], tmp_path / "st", model=model)
-    one = screen(tmp_path / "st", tmp_path / "r1", all_pairs=True, keep_rejected=True)
+    modes: list[bool] = []
+    read = store_module.EvidenceReader.__call__
+
+    def spy(self, ids, keypoints=True, lazy=False):
+        modes.append(lazy)
+        return read(self, ids, keypoints, lazy)
+
+    monkeypatch.setattr(store_module.EvidenceReader, "__call__", spy)
+    one = screen(tmp_path / "st", tmp_path / "r1", all_pairs=True, keep_rejected=True, copy_move=False)
+    assert modes == [True]
+    monkeypatch.undo()
     assert set(one.stages) == {"search", "verify"} and one.stages["verify"] > 0 and one.candidates == len(one.report)
     assert json.loads((tmp_path / "r1" / "screen-runs.jsonl").read_text())["stages"] == one.stages
     asked: list[int] = []
@@ -146,14 +159,14 @@ def test_screen_verifies_in_batches_with_the_same_report(corpus, model, tmp_path
     def counting(self, ids):
         reader = located(self, ids)
 
-        def read(sub, keypoints=True):
+        def read(sub, keypoints=True, lazy=False):
             asked.append(len(np.unique(sub)))
-            return reader(sub, keypoints)
+            return reader(sub, keypoints, lazy=False)
         return read
 
     monkeypatch.setattr(api, "SCREEN_BATCH", 7)
     monkeypatch.setattr(Store, "evidence_reader", counting)
-    batched = screen(tmp_path / "st", tmp_path / "r2", all_pairs=True, keep_rejected=True)
+    batched = screen(tmp_path / "st", tmp_path / "r2", all_pairs=True, keep_rejected=True, copy_move=False)
     n = len(one.report)
     assert n > 20 and one.report.verified.any() and (~one.report.verified).any()
     assert len(asked) == -(-n // 7) and max(asked) <= 14

@@ -298,6 +298,60 @@ def test_packed_keypoints_give_the_same_verdicts():
         assert np.array_equal(f.desc, fresh.desc) and np.array_equal(f.pts, fresh.pts)
 
 
+def _kp1_blob(thumb: np.ndarray) -> bytes:
+    """A blob as sessions 9-13 stored it: zlib, the keypoint image's shape first, no facts."""
+    import zlib
+
+    f = V.features(thumb)
+    pe, de = f.keypoints(equalised=True)
+    head = np.array([*f.shape, len(f.pts), len(pe)], "<u4").tobytes()
+    return b"KP1" + zlib.compress(head + f.pts.astype("<f4").tobytes() + V._quantise(f.desc).tobytes()
+                                  + pe.astype("<f4").tobytes() + V._quantise(de).tobytes(), 1)
+
+
+def test_packed_facts_and_old_blobs():
+    """The packed blob carries the panel's ``PanelFacts`` (the same as computed from its
+    thumbnail); a blob of the previous version (zlib, no facts) still gives its keypoints."""
+    b = micrograph(2)
+    blob = V.pack_keypoints(b)
+    facts, fresh = V.packed_facts(blob), V.panel_facts(b)
+    assert np.array_equal(facts.hashes, fresh.hashes) and np.array_equal(facts.hashes, V.orientation_hashes(b))
+    assert (facts.low, facts.line_art) == (fresh.low, fresh.line_art) == (V.low_information(b), V.line_art(b))
+    logo = np.full((80, 120), 255, np.uint8)
+    logo[20:60, 30:90] = 0
+    assert V.packed_facts(V.pack_keypoints(logo)).low
+    old = _kp1_blob(b)
+    assert V.packed_facts(old) is None and V.stored_features(old, lambda: b) is None
+    f_old, f_new = V.unpack_keypoints(b, old), V.features(b)
+    for eq in (False, True):
+        for x, y in zip(f_old.keypoints(equalised=eq), f_new.keypoints(equalised=eq)):
+            assert np.array_equal(x, y)
+
+
+def test_stored_features_read_pixels_only_when_a_pair_needs_them():
+    """A stored panel's features come from its blob; its thumbnail is decoded when a pair
+    compares pixels (a copy) and never for a pair whose keypoints do not match; the verdicts
+    equal those with the pixels at hand."""
+    a, other = micrograph(3), micrograph(9)
+    copy = np.ascontiguousarray(np.rot90(a))
+    reads: list[str] = []
+
+    def lazy(name: str, px: np.ndarray):
+        return lambda: reads.append(name) or px
+
+    stored = {"p2": copy, "p3": other}
+    blobs = {k: V.pack_keypoints(V.thumbnail(v)) for k, v in stored.items()}
+    rep = pd.DataFrame([dict(_row(query_panel="p1", match_panel=m)._asdict()) for m in ("p2", "p3")])
+    eager = V.verify_report(rep, lambda side, r: {"p1": a, **stored}[getattr(r, f"{side}_panel")],
+                            keep_rejected=True, keypoints=lambda side, r: blobs.get(getattr(r, f"{side}_panel")))
+    got = V.verify_report(rep, lambda side, r: a if side == "query" else lazy(r.match_panel, stored[r.match_panel]),
+                          keep_rejected=True, keypoints=lambda side, r: blobs.get(getattr(r, f"{side}_panel")))
+    assert list(got.verified) == [True, False] and got.verify_inliers[1] < V.MIN_INLIERS
+    pd.testing.assert_frame_equal(eager.drop(columns=["points_query", "points_match"]),
+                                  got.drop(columns=["points_query", "points_match"]))
+    assert reads == ["p2"]
+
+
 def test_mirrored_descriptors_derived_from_the_unmirrored_ones():
     """``MIRROR`` turns a keypoint's descriptor into that of the mirrored patch: at the points
     SIFT finds in both the image and its mirror, the derived descriptors agree with those SIFT

@@ -39,6 +39,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -142,10 +143,11 @@ class EvidenceReader:
         self._located = located
         self._inline = inline
 
-    def __call__(self, ids: np.ndarray, keypoints: bool = True) -> tuple[dict[int, np.ndarray], dict[int, bytes]]:
-        """(thumbnails, packed keypoints) of those of ``ids`` that were located (others: absent)."""
-        import cv2
-
+    def __call__(self, ids: np.ndarray, keypoints: bool = True, lazy: bool = False
+                 ) -> tuple[dict[int, np.ndarray], dict[int, bytes]]:
+        """(thumbnails, packed keypoints) of those of ``ids`` that were located (others: absent).
+        ``lazy``: each thumbnail is a function that decodes it (the bytes are read now), for
+        verification, which decodes a stored panel only for the pairs that compare its pixels."""
         want = np.unique(np.asarray(ids, np.int64).ravel())
         pngs: dict[int, bytes] = {}
         packed: dict[int, bytes] = {}
@@ -162,16 +164,20 @@ class EvidenceReader:
                     if keypoints and b:
                         packed[p] = blob[a:]
         pngs.update((p, self._inline[p]) for p in want.tolist() if p in self._inline)
-
-        def decode(png: bytes) -> np.ndarray:
-            return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
-
+        if lazy:
+            return {p: partial(_decode_png, png) for p, png in pngs.items()}, packed
         # PNG decoding is most of the time here; OpenCV releases the GIL while it decodes
         n = min(len(pngs) // 64, os.cpu_count() or 1)
         with ThreadPoolExecutor(n) if n > 1 else nullcontext() as pool:
-            pixels = (pool.map if pool else map)(decode, pngs.values())
+            pixels = (pool.map if pool else map)(_decode_png, pngs.values())
             thumbs = dict(zip(pngs, pixels))
         return thumbs, packed
+
+
+def _decode_png(png: bytes) -> np.ndarray:
+    import cv2
+
+    return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
 
 
 def _write_parts(parts: list[bytes]):
@@ -356,11 +362,12 @@ class Store:
         """Stored thumbnails (uint8 greyscale) of the given panels."""
         return self.evidence(ids, keypoints=False)[0]
 
-    def evidence(self, ids: np.ndarray, keypoints: bool = True) -> tuple[dict[int, np.ndarray], dict[int, bytes]]:
-        """Stored thumbnails (uint8 greyscale) and packed verification keypoints of the given
-        panels (a panel without stored keypoints has none: verification computes them).  Only
-        the panels' own bytes are read from the evidence files."""
-        return self.evidence_reader(ids)(ids, keypoints)
+    def evidence(self, ids: np.ndarray, keypoints: bool = True, lazy: bool = False
+                 ) -> tuple[dict[int, np.ndarray], dict[int, bytes]]:
+        """Stored thumbnails (uint8 greyscale; ``lazy``: functions that decode them) and packed
+        verification keypoints of the given panels (a panel without stored keypoints has none:
+        verification computes them).  Only the panels' own bytes are read from the evidence files."""
+        return self.evidence_reader(ids)(ids, keypoints, lazy)
 
     def evidence_reader(self, ids: np.ndarray) -> "EvidenceReader":
         """Where the evidence of the given panels lies, found in one pass over their shards; the

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -98,11 +99,11 @@ def orientation_hashes(img: np.ndarray) -> np.ndarray:
     return low > np.median(low, axis=1, keepdims=True)      # ``_dct_bits`` of each turn, one median call
 
 
-def phash_similarity(a: np.ndarray, b: np.ndarray, hashes_a: np.ndarray | None = None,
+def phash_similarity(a: np.ndarray | None, b: np.ndarray | None, hashes_a: np.ndarray | None = None,
                      hashes_b: np.ndarray | None = None) -> float:
     """1 - (smallest Hamming distance between a's hash and b's over the 8 quarter turns / flips)
     / PHASH_SCALE, floored at 0: evidence that b is a whole-image copy of a.  ``hashes_*``:
-    ``orientation_hashes`` of a and b when already known."""
+    ``orientation_hashes`` of a and b when already known (the pixels are then not needed)."""
     ha = _phash(a) if hashes_a is None else hashes_a[0]
     hb = orientation_hashes(b) if hashes_b is None else hashes_b
     d = int((hb != ha[None]).sum(axis=1).min())
@@ -237,7 +238,8 @@ def _dequantise(q: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(1e-6))
 
 
-KEYPOINTS_MAGIC = b"KP1"   # bump when keypoint detection changes: stored keypoints of another version are recomputed
+KEYPOINTS_MAGIC = b"KP2"   # bump when keypoint detection changes: stored keypoints of another version are recomputed
+_KP1_MAGIC = b"KP1"        # sessions 9-13: the same keypoints, zlib-compressed, without ``PanelFacts`` (still read)
 
 
 # The SIFT descriptor of the left-right mirrored patch, as a permutation of the original's 128
@@ -251,15 +253,34 @@ MIRROR = np.array([((3 - r) * 4 + c) * 8 + (8 - o) % 8 for r in range(4) for c i
 
 @dataclass
 class Features:
-    """A panel prepared for verification (``img`` is the panel at ``PREP`` px, uint8)."""
+    """A panel prepared for verification: its keypoints, and ``img``, the panel at ``PREP`` px
+    (uint8) - held from the start, or (a stored panel, ``stored_features``) decoded from its
+    thumbnail only when a pair first needs its pixels."""
 
-    img: np.ndarray
+    shape: tuple[int, int]          # (h, w) of ``img``
     orig_shape: tuple[int, int]
     pts: np.ndarray
     desc: np.ndarray
     dense: bool = False
+    _img: np.ndarray | None = field(default=None, repr=False)
+    _thumb: Callable[[], np.ndarray] | None = field(default=None, repr=False)
     _more: dict[tuple[bool, bool], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
     _text: np.ndarray | None = field(default=None, repr=False)
+
+    @staticmethod
+    def of(img: np.ndarray, orig_shape: tuple[int, int], pts: np.ndarray, desc: np.ndarray,
+           dense: bool = False) -> "Features":
+        return Features(img.shape[:2], orig_shape, pts, desc, dense, _img=img)
+
+    @property
+    def img(self) -> np.ndarray:
+        if self._img is None:
+            img = _prep_image(self._thumb(), PREP)
+            if img.shape != self.shape:     # a damaged store: keep the keypoints' frame
+                log.warning("stored thumbnail %s does not match its keypoints' %s", img.shape, self.shape)
+                img = cv2.resize(img, self.shape[::-1], interpolation=cv2.INTER_AREA)
+            self._img = img
+        return self._img
 
     def text_blocks(self) -> np.ndarray:
         """``_text_blocks`` of ``img``, computed on first use (a query panel meets many stored ones)."""
@@ -277,7 +298,7 @@ class Features:
         if (mirrored, equalised) not in self._more:
             if mirrored:
                 pts, desc = self.keypoints(False, equalised)
-                x = (self.img.shape[1] - 1.0) - pts[:, 0]
+                x = (self.shape[1] - 1.0) - pts[:, 0]
                 self._more[True, equalised] = (np.column_stack([x, pts[:, 1]]).astype(np.float32),
                                                np.ascontiguousarray(desc[:, MIRROR]))
             else:
@@ -285,17 +306,107 @@ class Features:
         return self._more[mirrored, equalised]
 
 
+@dataclass(frozen=True)
+class PanelFacts:
+    """What verification asks of a panel besides its keypoints, from its thumbnail: computed once
+    at ingest and stored with the keypoints, so that a stored panel's thumbnail is decoded only
+    for the pairs that get as far as comparing pixels."""
+
+    hashes: np.ndarray      # ``orientation_hashes`` (8, 64) bool
+    low: bool               # ``low_information``
+    line_art: bool          # ``line_art``
+
+
+def panel_facts(thumb: np.ndarray) -> PanelFacts:
+    g = _as_uint8(thumb)
+    return PanelFacts(orientation_hashes(g), low_information(g), line_art(g))
+
+
+@lru_cache(maxsize=1)
+def _zstd():
+    """Zstandard through pyarrow (a dependency already): 3.5x faster to decompress than zlib
+    at the same size on packed keypoints (0.07 vs 0.24 ms a panel)."""
+    import pyarrow as pa
+
+    return pa.Codec("zstd", compression_level=1)
+
+
+_KP2_HEAD = 8       # <u4: thumb h, w; keypoint image h, w; n plain, n equalised; facts flags; body bytes
+
+
 def pack_keypoints(thumb: np.ndarray) -> bytes:
-    """The keypoints that verification needs of a stored panel (CLAHE and equalised passes of
-    ``features(thumb)``), packed for the store: computed once at ingest instead of at every
-    query that retrieves the panel.  136 bytes a keypoint (2 float32 + 128 uint8), zlib-compressed
-    (level 1: 69 % of that, 2 ms a panel; unpacking 0.7 ms)."""
+    """What verification needs of a stored panel, packed for the store: the keypoints (CLAHE and
+    equalised passes of ``features(thumb)``; 136 bytes a keypoint: 2 float32 + 128 uint8,
+    zstd-compressed to ~68 %) and its ``PanelFacts``, all computed once at ingest instead of at
+    every query or screen that meets the panel.  Layout: ``KEYPOINTS_MAGIC``, a 32-byte head,
+    the 8 orientation hashes (64 bytes), the compressed keypoints."""
     f = features(thumb)
     pe, de = f.keypoints(equalised=True)
-    head = np.array([f.img.shape[0], f.img.shape[1], len(f.pts), len(pe)], "<u4").tobytes()
-    body = b"".join([head, f.pts.astype("<f4").tobytes(), _quantise(f.desc).tobytes(),
+    facts = panel_facts(thumb)
+    body = b"".join([f.pts.astype("<f4").tobytes(), _quantise(f.desc).tobytes(),
                      pe.astype("<f4").tobytes(), _quantise(de).tobytes()])
-    return KEYPOINTS_MAGIC + zlib.compress(body, 1)
+    head = np.array([*f.orig_shape, *f.shape, len(f.pts), len(pe), int(facts.low) | int(facts.line_art) << 1,
+                     len(body)], "<u4").tobytes()
+    return KEYPOINTS_MAGIC + head + np.packbits(facts.hashes).tobytes() + _zstd().compress(body, asbytes=True)
+
+
+@dataclass(frozen=True)
+class _Packed:
+    thumb_shape: tuple[int, int] | None     # None: a KP1 blob (no facts)
+    shape: tuple[int, int]                  # the keypoint image's (h, w)
+    sets: list[tuple[np.ndarray, np.ndarray]]
+    facts: PanelFacts | None
+
+
+def _kp_sets(body: bytes, off: int, counts: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    sets = []
+    for n in counts:
+        pts = np.frombuffer(body, "<f4", 2 * n, off).reshape(n, 2).astype(np.float32)
+        desc = _dequantise(np.frombuffer(body, np.uint8, 128 * n, off + 8 * n).reshape(n, 128))
+        sets.append((pts, desc))
+        off += 136 * n
+    return sets
+
+
+def packed_facts(blob: bytes | None) -> PanelFacts | None:
+    """The ``PanelFacts`` stored in a ``pack_keypoints`` blob (read from its head, nothing
+    decompressed), or None (missing, of an older version, damaged)."""
+    m = len(KEYPOINTS_MAGIC)
+    if not blob or blob[:m] != KEYPOINTS_MAGIC or len(blob) < m + 4 * _KP2_HEAD + 64:
+        return None
+    flags = int(np.frombuffer(blob, "<u4", 1, m + 24)[0])
+    hashes = np.unpackbits(np.frombuffer(blob, np.uint8, 64, m + 4 * _KP2_HEAD)).reshape(8, 64).astype(bool)
+    return PanelFacts(hashes, bool(flags & 1), bool(flags & 2))
+
+
+def _unpacked(blob: bytes | None) -> _Packed | None:
+    """A ``pack_keypoints`` blob (or a session 9-13 "KP1" one: zlib, no facts) unpacked, or None
+    when it is missing, of another version or damaged."""
+    if not blob:
+        return None
+    m = len(KEYPOINTS_MAGIC)
+    try:
+        if blob[:m] == KEYPOINTS_MAGIC:
+            if len(blob) < m + 4 * _KP2_HEAD + 64:
+                return None
+            th, tw, h, w, n1, n2, _, size = (int(v) for v in np.frombuffer(blob, "<u4", _KP2_HEAD, m))
+            if size != 136 * (n1 + n2):
+                return None
+            body = _zstd().decompress(blob[m + 4 * _KP2_HEAD + 64:], decompressed_size=size, asbytes=True)
+            if len(body) != size:
+                return None
+            return _Packed((th, tw), (h, w), _kp_sets(body, 0, (n1, n2)), packed_facts(blob))
+        if blob[:m] == _KP1_MAGIC:
+            body = zlib.decompress(blob[m:])
+            if len(body) < 16:
+                return None
+            h, w, n1, n2 = (int(v) for v in np.frombuffer(body, "<u4", 4))
+            if len(body) != 16 + 136 * (n1 + n2):
+                return None
+            return _Packed(None, (h, w), _kp_sets(body, 16, (n1, n2)), None)
+    except (zlib.error, OSError, ValueError):     # pyarrow raises OSError / ValueError on damaged input
+        return None
+    return None
 
 
 def unpack_keypoints(thumb: np.ndarray, blob: bytes | None) -> Features:
@@ -303,36 +414,24 @@ def unpack_keypoints(thumb: np.ndarray, blob: bytes | None) -> Features:
     ``blob`` (computed afresh when the blob is missing, of another version or another size)."""
     g = _as_uint8(thumb)
     img = _prep_image(g, PREP)
-    sets = _unpacked_sets(blob, img.shape)
-    if sets is None:        # computed afresh, as ``features`` would
-        return Features(img, g.shape, *_describe(img))
-    f = Features(img, g.shape, *sets[0])
-    f._more[False, True] = sets[1]
+    p = _unpacked(blob)
+    if p is None or p.shape != img.shape or p.thumb_shape not in (None, g.shape):    # computed afresh
+        return Features.of(img, g.shape, *_describe(img))
+    f = Features.of(img, g.shape, *p.sets[0])
+    f._more[False, True] = p.sets[1]
     return f
 
 
-def _unpacked_sets(blob: bytes | None, shape: tuple[int, int]):
-    """The (points, descriptors) of both passes in a ``pack_keypoints`` blob made for an image of
-    ``shape``, or None when the blob is missing, of another version, another size or damaged."""
-    m = len(KEYPOINTS_MAGIC)
-    if not blob or blob[:m] != KEYPOINTS_MAGIC:
+def stored_features(blob: bytes | None, thumb: Callable[[], np.ndarray]) -> Features | None:
+    """The features of a stored panel from its ``pack_keypoints`` blob alone, its pixels read
+    through ``thumb()`` only when first needed; None when the blob cannot say (then
+    ``unpack_keypoints``)."""
+    p = _unpacked(blob)
+    if p is None or p.thumb_shape is None:
         return None
-    try:
-        body = zlib.decompress(blob[m:])
-    except zlib.error:
-        return None
-    if len(body) < 16:
-        return None
-    h, w, n1, n2 = (int(v) for v in np.frombuffer(body, "<u4", 4))
-    if (h, w) != shape or len(body) != 16 + 136 * (n1 + n2):
-        return None
-    off, sets = 16, []
-    for n in (n1, n2):
-        pts = np.frombuffer(body, "<f4", 2 * n, off).reshape(n, 2).astype(np.float32)
-        desc = _dequantise(np.frombuffer(body, np.uint8, 128 * n, off + 8 * n).reshape(n, 128))
-        sets.append((pts, desc))
-        off += 136 * n
-    return sets
+    f = Features(p.shape, p.thumb_shape, *p.sets[0], _thumb=thumb)
+    f._more[False, True] = p.sets[1]
+    return f
 
 
 def attach_evidence(res) -> None:
@@ -369,7 +468,7 @@ def features(grey: np.ndarray, side: int = PREP, dense: bool = False) -> Feature
     g = _as_uint8(grey)
     img = _prep_image(g, side)
     pts, desc = _describe(img, dense)
-    return Features(img, g.shape, pts, desc, dense)
+    return Features.of(img, g.shape, pts, desc, dense)
 
 
 def _prep_image(grey: np.ndarray, side: int) -> np.ndarray:
@@ -648,8 +747,8 @@ def match(fa: Features, fb: Features) -> Match:
     once.  When the CLAHE keypoints give no transform, a second pass tries keypoints of the
     globally equalised panels: CLAHE maps the tones of a shifted crop differently (its tiles
     follow the panel), and small overlaps and equalised copies are then found only this way."""
-    hb, wb = fb.img.shape
-    ha, wa = fa.img.shape
+    hb, wb = fb.shape
+    ha, wa = fa.shape
     best = _best_transform(fa.keypoints, fb.keypoints(), wa, hb, wb)
     if best is None and not (fa.dense or fb.dense):
         best = _best_transform(lambda m: fa.keypoints(m, equalised=True), fb.keypoints(equalised=True), wa, hb, wb)
@@ -720,7 +819,7 @@ class CopyMove:
 
 def copy_move(f: Features, min_inliers: int = 10, min_ncc: float = 0.8) -> CopyMove | None:
     """A region of the panel repeated elsewhere in it (cloned cells, repeated bands), or None."""
-    h, w = f.img.shape
+    h, w = f.shape
     side = max(h, w)
     best: CopyMove | None = None
     for mirrored in (False, True):
@@ -900,53 +999,76 @@ def _key(side: str, row) -> tuple:
 
 class _PanelCache:
     """What verification computes once per panel, shared by its pairs and by the threads of one
-    ``verify_report`` (two threads computing the same entry at once store equal values)."""
+    ``verify_report`` (two threads computing the same entry at once store equal values).
+    ``sources`` maps a panel to its pixels, to a function that reads them, or to None
+    (unavailable); a stored panel's ``PanelFacts`` come from its packed keypoints, so its
+    thumbnail is decoded only for a pair that compares pixels."""
 
-    def __init__(self, thumbs: dict[tuple, np.ndarray | None], packed: dict[tuple, bytes | None] | None = None) -> None:
-        self.thumbs = thumbs
+    def __init__(self, sources: dict[tuple, object], packed: dict[tuple, bytes | None] | None = None) -> None:
+        self.sources = sources
         self.packed = packed or {}
+        self._thumbs: dict[tuple, np.ndarray | None] = {}
         self._features: dict[tuple, Features] = {}
+        self._facts: dict[tuple, PanelFacts | None] = {}
         self._low: dict[tuple, bool] = {}
         self._line_art: dict[tuple, bool] = {}
         self._hashes: dict[tuple, np.ndarray] = {}
 
+    def has_pixels(self, key: tuple) -> bool:
+        return self.sources.get(key) is not None
+
+    def thumb(self, key: tuple) -> np.ndarray | None:
+        if key not in self._thumbs:
+            src = self.sources.get(key)
+            px = src() if callable(src) else src
+            self._thumbs[key] = None if px is None else thumbnail(_as_uint8(px))
+        return self._thumbs[key]
+
     def features(self, key: tuple) -> Features:
         if key not in self._features:
-            self._features[key] = unpack_keypoints(self.thumbs[key], self.packed.get(key))
+            blob = self.packed.get(key)
+            f = stored_features(blob, lambda: self.thumb(key))
+            self._features[key] = f if f is not None else unpack_keypoints(self.thumb(key), blob)
         return self._features[key]
+
+    def facts(self, key: tuple) -> PanelFacts | None:
+        if key not in self._facts:
+            self._facts[key] = packed_facts(self.packed.get(key))
+        return self._facts[key]
 
     def low(self, key: tuple) -> bool:
         if key not in self._low:
-            px = self.thumbs.get(key)
-            self._low[key] = px is not None and low_information(px)
+            stored = self.facts(key)
+            self._low[key] = stored.low if stored else (self.has_pixels(key) and low_information(self.thumb(key)))
         return self._low[key]
 
     def line_art(self, key: tuple) -> bool:
         if key not in self._line_art:
-            px = self.thumbs.get(key)
-            self._line_art[key] = px is not None and line_art(px)
+            stored = self.facts(key)
+            self._line_art[key] = stored.line_art if stored else (self.has_pixels(key) and line_art(self.thumb(key)))
         return self._line_art[key]
 
     def hashes(self, key: tuple) -> np.ndarray:
         if key not in self._hashes:
-            self._hashes[key] = orientation_hashes(self.thumbs[key])
+            stored = self.facts(key)
+            self._hashes[key] = stored.hashes if stored else orientation_hashes(self.thumb(key))
         return self._hashes[key]
 
 
 def _verify_rows(rows: list[tuple[tuple, tuple, SimpleNamespace]], cache: _PanelCache, thr: float) -> list[dict]:
     """The verification columns of each (query key, match key, row fields) triple; the panels'
-    thumbnails (or None) and per-panel work are in ``cache``."""
+    pixels and per-panel work are in ``cache``."""
     out: list[dict] = []
     for ka, kb, row in rows:
-        ta, tb = cache.thumbs.get(ka), cache.thumbs.get(kb)
-        reason = trivial_reason(row, ta, tb, (cache.low(ka), cache.low(kb)))
-        if reason or ta is None or tb is None:
+        has = cache.has_pixels(ka), cache.has_pixels(kb)
+        reason = trivial_reason(row, None, None, (has[0] and cache.low(ka), has[1] and cache.low(kb)))
+        if reason or not all(has):
             out.append(_columns(None, None, float("nan"), not reason, reason or "not verified: pixels unavailable"))
             continue
         m = match(cache.features(ka), cache.features(kb))
         # the whole-panel correlation (half the cost of a pair) enters the model linearly: when
         # even its best or worst value cannot lift the pair over the threshold, skip it
-        ph = phash_similarity(ta, tb, cache.hashes(ka), cache.hashes(kb))
+        ph = phash_similarity(None, None, cache.hashes(ka), cache.hashes(kb))
         bound = max(float(confidence(feature_vector(float(row.distance), m, Alignment(c, "", 1.0, "", ph)))[0])
                     for c in (-1.0, 1.0))
         if bound < thr:
@@ -954,7 +1076,7 @@ def _verify_rows(rows: list[tuple[tuple, tuple, SimpleNamespace]], cache: _Panel
                                 f"confidence at most {bound:.2f} < {thr:.2f} ({m.inliers} keypoint inliers, overlap "
                                 f"correlation {m.aligned_ncc:.2f}, fine-detail correlation {_detail(m):.2f})"))
             continue
-        al = align_pair(ta, tb, phash=ph)
+        al = align_pair(cache.thumb(ka), cache.thumb(kb), phash=ph)
         conf = float(confidence(feature_vector(float(row.distance), m, al))[0])
         ok = conf >= thr
         why = "" if ok else (f"confidence {conf:.2f} < {thr:.2f} ({m.inliers} keypoint inliers, "
@@ -996,7 +1118,8 @@ def verify_report(report, lookup, keep_rejected: bool = False, threshold: float 
 
     ``lookup(side, row)`` returns the pixels (uint8 greyscale, any size) of side "query" or
     "match" of a report row, or None when they are unavailable: such a pair is kept, marked
-    "not verified".  ``keypoints(side, row)``, when given, returns the panel's keypoints stored
+    "not verified"; or a function returning them, called only if a pair needs the pixels (a
+    stored panel whose packed keypoints carry its ``PanelFacts``).  ``keypoints(side, row)``, when given, returns the panel's keypoints stored
     at ingest (``pack_keypoints``) or None.  Features are computed (or unpacked) once per panel;
     pairs are verified by ``threads`` threads (default: one per core; OpenCV and numpy release the GIL).  (Two worker processes
     were tried before threads: slower at 1,200 pairs, since start-up and the features of the
@@ -1010,20 +1133,19 @@ def verify_report(report, lookup, keep_rejected: bool = False, threshold: float 
     thr = float(threshold if threshold is not None else confidence_model()["threshold"])
     if report.empty:
         return report.assign(**{c: pd.Series(dtype=k) for c, (k, _) in VERIFY_FIELDS.items()})
-    thumbs: dict[tuple, np.ndarray | None] = {}
+    sources: dict[tuple, object] = {}
     packed: dict[tuple, bytes | None] = {}
     rows = []
     for row in report.itertuples(index=False):
         for side in ("query", "match"):
             k = _key(side, row)
-            if k not in thumbs:
-                px = lookup(side, row)
-                thumbs[k] = None if px is None else thumbnail(_as_uint8(px))
+            if k not in sources:
+                sources[k] = px = lookup(side, row)
                 packed[k] = keypoints(side, row) if keypoints is not None and px is not None else None
         rows.append((_key("query", row), _key("match", row),
                      SimpleNamespace(**{f: getattr(row, f, None) for f in _ROW_FIELDS})))
     results: list[dict] = []
-    cache = _PanelCache(thumbs, packed)
+    cache = _PanelCache(sources, packed)
     chunks = [rows[k0:k0 + 64] for k0 in range(0, len(rows), 64)]
     # OpenCV and numpy release the GIL in the heavy calls: threads share the per-panel cache
     n = max(1, threads or os.cpu_count() or 1)
