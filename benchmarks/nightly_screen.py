@@ -1,21 +1,26 @@
 """The nightly job at scale: `imgdup screen --max-candidates N` of 10,000 new panels against a
 store of 100,000, every candidate pair verified on real pixels; seconds per stage, candidate
-pairs, verified pairs and peak memory.
+pairs, verified pairs and peak memory (the screen's process, and the largest of its verification
+processes).
 
-    python benchmarks/nightly_screen.py [--store-dir DIR] [--new 10000] [--caps 20 5] [--smoke]
+    python benchmarks/nightly_screen.py [--store-dir DIR] [--store 100000] [--link-evidence]
+                                        [--new 10000] [--caps 20 5] [--processes 0 1] [--smoke]
 
 The store is the one of ``benchmarks/query_scale.py`` (the end-to-end corpus, ingested, padded
 to 100,000 panels with synthetic vectors and real thumbnails and keypoints: 5.6 GB): reused from
 ``--store-dir`` when that folder holds one (``query_scale.py --keep DIR`` builds it), otherwise
 built there (or in a temporary folder).  For each cap, ``--new`` panels drawn at random (seed 0,
 the same for every cap) are marked unscreened and the rest screened, and ``imgdup.screen`` runs
-in a fresh process (its peak memory is its own).  Writes docs/nightly_screen.json.
+in a fresh process (its peak memory is its own), once per ``--processes`` value.  ``--store N``
+and ``--link-evidence`` build a bigger store (``query_scale.pad``: 10^6 panels fit this disk with
+the padding's repeated evidence files hard-linked).  Writes docs/nightly_screen.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sqlite3
 import sys
@@ -47,16 +52,22 @@ def mark_new(index: Path, n: int, seed: int = 0) -> int:
     return len(new)
 
 
-def one_screen(index: str, out_dir: str, cap: int) -> dict:
-    """``imgdup.screen`` of the unscreened panels (run in its own process)."""
+def one_screen(index: str, out_dir: str, cap: int, processes: int | None = None) -> dict:
+    """``imgdup.screen`` of the unscreened panels (run in its own process; ``processes``: its
+    verification processes, ``api.SCREEN_PROCESSES``)."""
+    import imgdup.api as api
     from imgdup import screen
 
+    api.SCREEN_PROCESSES = processes
     t = time.perf_counter()
     res = screen(index, out_dir, max_candidates=cap or None)
     total = time.perf_counter() - t
-    return {"max_candidates": cap or None, "new_panels": res.panels, "seconds": round(total, 1),
+    return {"max_candidates": cap or None, "verify_processes": processes or os.cpu_count(),
+            "new_panels": res.panels, "seconds": round(total, 1),
             "stages": res.stages, "candidate_pairs": res.candidates, "pairs_reported": int(len(res.report)),
-            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+            # the verification processes' (the largest one's; they run side by side)
+            "peak_worker_rss_gb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2)}
 
 
 def main() -> None:
@@ -67,6 +78,9 @@ def main() -> None:
                     help="hard-link the padding's repeated evidence files (a 10^6 store on a small disk)")
     ap.add_argument("--new", type=int, default=10_000)
     ap.add_argument("--caps", type=int, nargs="+", default=[20, 5], help="max_candidates; 0: no cap")
+    ap.add_argument("--processes", type=int, nargs="+", default=[0],
+                    help="verification processes per screen, each value a run (0: one per core; 1: threads "
+                         "in the screen's own process)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "docs" / "nightly_screen.json"))
     args = ap.parse_args()
@@ -74,7 +88,9 @@ def main() -> None:
     out: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
                  "command": "python benchmarks/nightly_screen.py " + ("--smoke" if args.smoke else
                                                                       f"--store {size} --new {new} --caps {' '.join(map(str, caps))}"
-                                                                      + (" --link-evidence" if args.link_evidence else ""))}
+                                                                      + (" --link-evidence" if args.link_evidence else "")
+                                                                      + (f" --processes {' '.join(map(str, args.processes))}"
+                                                                         if args.processes != [0] else ""))}
     with (nullcontext(args.store_dir) if args.store_dir else tempfile.TemporaryDirectory(prefix="imgdup-ns-")) as tmp:
         work = Path(tmp)
         index = work / "index"
@@ -83,12 +99,13 @@ def main() -> None:
         out["store_seconds"] = round(time.perf_counter() - t, 1)
         out["runs"] = []
         for cap in caps:
-            mark_new(index, new)
-            reports = work / f"screens-cap{cap}"
-            with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-                run = pool.submit(one_screen, str(index), str(reports), cap).result()
-            out["runs"].append(run)
-            print(json.dumps(run), flush=True)
+            for procs in args.processes:
+                mark_new(index, new)
+                reports = work / f"screens-cap{cap}"
+                with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+                    run = pool.submit(one_screen, str(index), str(reports), cap, procs or None).result()
+                out["runs"].append(run)
+                print(json.dumps(run), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))

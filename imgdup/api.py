@@ -8,6 +8,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -438,6 +439,7 @@ class ScreenResult:
 
 
 SCREEN_BATCH = 8192     # candidate pairs a screen verifies at a time (bounds its memory)
+SCREEN_PROCESSES: int | None = None    # processes verifying a screen's batches (None: one per core)
 
 
 def _verify_in_batches(report: pd.DataFrame, reader, keep_rejected: bool, progress: bool, engine: str,
@@ -447,24 +449,38 @@ def _verify_in_batches(report: pd.DataFrame, reader, keep_rejected: bool, progre
     ``reader`` (``Store.evidence_reader``).  All at once, a screen held every candidate panel's
     thumbnail, keypoints and unpacked descriptors to the end: 10,000 new panels against 100,000
     at ``--max-candidates 5`` were killed by the OOM killer at 24 GB (5.3 GB in batches;
-    docs/BENCHMARKS.md).  The verdicts do not depend on the batches: the same report."""
+    docs/BENCHMARKS.md).  With more than one batch, the batches go to ``SCREEN_PROCESSES``
+    worker processes (threads share the GIL: 1.6-1.8x on 2 cores); one batch is verified by
+    threads here.  The verdicts do not depend on the batches or the processes: the same report."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from .pipeline.verify import init_batch_worker, verify_batch
+
     batch = batch or SCREEN_BATCH
     order = report.reset_index(drop=True).assign(_screen_row=np.arange(len(report)))
     order = order.sort_values(["query_panel_id", "match_panel_id"], kind="stable")
+    subs = [order.iloc[s:s + batch] for s in range(0, len(order), batch)]
+    procs = min(SCREEN_PROCESSES or os.cpu_count() or 1, len(subs))
     parts = []
     with tqdm(total=len(order), desc="verify", unit="pair", disable=not progress) as bar:
-        for s in range(0, len(order), batch):
-            sub = order.iloc[s:s + batch]
-            th, kp = reader(np.union1d(sub.query_panel_id, sub.match_panel_id), lazy=engine != "ray")
-            if engine == "ray":
-                from .pipeline.distributed import ray_verify
+        if engine == "ray":
+            from .pipeline.distributed import ray_verify
 
+            for sub in subs:
+                th, kp = reader(np.union1d(sub.query_panel_id, sub.match_panel_id))
                 parts.append(ray_verify(sub, th, keep_rejected=True, address=address, keypoints=kp))
-            else:
-                parts.append(verify_report(
-                    sub, lambda side, row: th.get(int(getattr(row, f"{side}_panel_id"))), keep_rejected=True,
-                    keypoints=lambda side, row: kp.get(int(getattr(row, f"{side}_panel_id")))))
-            bar.update(len(sub))
+                bar.update(len(sub))
+        elif procs > 1:
+            with ProcessPoolExecutor(procs, mp_context=get_context("spawn"), initializer=init_batch_worker,
+                                     initargs=(reader,)) as pool:
+                for sub, part in zip(subs, pool.map(partial(verify_batch, threads=1), subs)):
+                    parts.append(part)
+                    bar.update(len(sub))
+        else:
+            for sub in subs:
+                parts.append(verify_batch(sub, reader))
+                bar.update(len(sub))
     out = pd.concat(parts).sort_values("_screen_row").drop(columns="_screen_row")     # the report's order
     if not keep_rejected:
         out = out[out.verified]

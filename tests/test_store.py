@@ -131,7 +131,8 @@ def test_screen_verifies_in_batches_with_the_same_report(corpus, model, tmp_path
     reading only its own panels' evidence: the report is the one a single batch gives, row for
     row, rejected pairs included; the run log and the result carry seconds per stage.  The
     single batch decodes stored thumbnails lazily (only for pairs that compare pixels), the
-    batched run all of them up front: the same verdicts."""
+    batched run all of them up front, and batches verified by worker processes: the same
+    verdicts."""
     import pandas as pd
 
     import imgdup.api as api
@@ -165,16 +166,23 @@ def test_screen_verifies_in_batches_with_the_same_report(corpus, model, tmp_path
         return read
 
     monkeypatch.setattr(api, "SCREEN_BATCH", 7)
+    monkeypatch.setattr(api, "SCREEN_PROCESSES", 1)
     monkeypatch.setattr(Store, "evidence_reader", counting)
     batched = screen(tmp_path / "st", tmp_path / "r2", all_pairs=True, keep_rejected=True, copy_move=False)
+    monkeypatch.undo()
+    monkeypatch.setattr(api, "SCREEN_BATCH", 64)
+    monkeypatch.setattr(api, "SCREEN_PROCESSES", 2)
+    in_processes = screen(tmp_path / "st", tmp_path / "r3", all_pairs=True, keep_rejected=True, copy_move=False)
     n = len(one.report)
     assert n > 20 and one.report.verified.any() and (~one.report.verified).any()
     assert len(asked) == -(-n // 7) and max(asked) <= 14
     cols = ["query_panel_id", "match_panel_id", "distance", "via"] + [
         c for c in VERIFY_FIELDS if c not in ("overlap_query", "overlap_match", "points_query", "points_match")]
-    pd.testing.assert_frame_equal(one.report[cols], batched.report[cols])
-    assert [list(map(list, x)) for x in one.report.overlap_query] == \
-        [list(map(list, x)) for x in batched.report.overlap_query]
+    assert n > 64
+    for other in (batched, in_processes):
+        pd.testing.assert_frame_equal(one.report[cols], other.report[cols])
+        assert [list(map(list, x)) for x in one.report.overlap_query] == \
+            [list(map(list, x)) for x in other.report.overlap_query]
 
 
 def test_query_add_then_idempotent(corpus, model, tmp_path):

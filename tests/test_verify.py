@@ -350,6 +350,14 @@ def test_stored_features_read_pixels_only_when_a_pair_needs_them():
     pd.testing.assert_frame_equal(eager.drop(columns=["points_query", "points_match"]),
                                   got.drop(columns=["points_query", "points_match"]))
     assert reads == ["p2"]
+    # blobs of the previous version carry no facts: the pixels are read, the verdicts the same
+    old = {k: _kp1_blob(V.thumbnail(v)) for k, v in stored.items()}
+    reads.clear()
+    got = V.verify_report(rep, lambda side, r: a if side == "query" else lazy(r.match_panel, stored[r.match_panel]),
+                          keep_rejected=True, keypoints=lambda side, r: old.get(getattr(r, f"{side}_panel")))
+    pd.testing.assert_frame_equal(eager.drop(columns=["points_query", "points_match"]),
+                                  got.drop(columns=["points_query", "points_match"]))
+    assert sorted(reads) == ["p2", "p3"]
 
 
 def test_mirrored_descriptors_derived_from_the_unmirrored_ones():

@@ -8,11 +8,12 @@
                           ``imgdup.model.api.TILE_VIEWS``; 5 or 6 in older shards) +
                           where the panel's evidence lies in the shard's evidence file
     embeddings/part-*.evidence  per panel, a PNG thumbnail (longer side 256 px, never enlarged) for
-                          verification and reviewers, then its verification keypoints
-                          (``verify.pack_keypoints``), read by offset: a query reads the bytes of
-                          its candidates only.  (Shards written before session 9 hold the
-                          thumbnail in a "thumb" column and no keypoints: those are computed
-                          when needed.)
+                          verification and reviewers, then its verification keypoints and
+                          ``verify.PanelFacts`` (``verify.pack_keypoints``), read by offset: a
+                          query reads the bytes of its candidates only.  (Shards written before
+                          session 9 hold the thumbnail in a "thumb" column and no keypoints, and
+                          before session 14 the keypoints carry no facts: what is missing is
+                          computed when needed.)
     index.faiss           FAISS IndexIDMap2(IndexFlat, METRIC_L1) - or IVF from IVF_MIN_PANELS on -
                           rebuildable from the shards
     tiles.faiss           the sub-region vectors (L1; flat, or IVF with its own lists from

@@ -1004,9 +1004,12 @@ class _PanelCache:
     (unavailable); a stored panel's ``PanelFacts`` come from its packed keypoints, so its
     thumbnail is decoded only for a pair that compares pixels."""
 
-    def __init__(self, sources: dict[tuple, object], packed: dict[tuple, bytes | None] | None = None) -> None:
+    def __init__(self, sources: dict[tuple, object], packed: dict[tuple, bytes | None] | None = None,
+                 uses: dict[tuple, int] | None = None) -> None:
         self.sources = sources
         self.packed = packed or {}
+        self._uses = dict(uses or {})       # pairs left per panel (``done``); absent: kept to the end
+        self._lock = threading.Lock()
         self._thumbs: dict[tuple, np.ndarray | None] = {}
         self._features: dict[tuple, Features] = {}
         self._facts: dict[tuple, PanelFacts | None] = {}
@@ -1016,6 +1019,20 @@ class _PanelCache:
 
     def has_pixels(self, key: tuple) -> bool:
         return self.sources.get(key) is not None
+
+    def done(self, key: tuple) -> None:
+        """One of the panel's pairs is verified: after its last one, its pixels and features
+        (unpacked descriptors: ~0.4 MB a panel) are let go.  A screen's batch of 8,192 pairs meets
+        ~8,000 stored panels once each: kept to the batch's end, they took 3-4 GB a batch."""
+        with self._lock:
+            if key not in self._uses:
+                return
+            self._uses[key] -= 1
+            if self._uses[key] > 0:
+                return
+            del self._uses[key]
+        for d in (self._features, self._thumbs, self.packed, self.sources):
+            d.pop(key, None)
 
     def thumb(self, key: tuple) -> np.ndarray | None:
         if key not in self._thumbs:
@@ -1057,37 +1074,41 @@ class _PanelCache:
 
 def _verify_rows(rows: list[tuple[tuple, tuple, SimpleNamespace]], cache: _PanelCache, thr: float) -> list[dict]:
     """The verification columns of each (query key, match key, row fields) triple; the panels'
-    pixels and per-panel work are in ``cache``."""
+    pixels and per-panel work are in ``cache``, which lets a panel go after its last pair."""
     out: list[dict] = []
     for ka, kb, row in rows:
-        has = cache.has_pixels(ka), cache.has_pixels(kb)
-        reason = trivial_reason(row, None, None, (has[0] and cache.low(ka), has[1] and cache.low(kb)))
-        if reason or not all(has):
-            out.append(_columns(None, None, float("nan"), not reason, reason or "not verified: pixels unavailable"))
-            continue
-        m = match(cache.features(ka), cache.features(kb))
-        # the whole-panel correlation (half the cost of a pair) enters the model linearly: when
-        # even its best or worst value cannot lift the pair over the threshold, skip it
-        ph = phash_similarity(None, None, cache.hashes(ka), cache.hashes(kb))
-        bound = max(float(confidence(feature_vector(float(row.distance), m, Alignment(c, "", 1.0, "", ph)))[0])
-                    for c in (-1.0, 1.0))
-        if bound < thr:
-            out.append(_columns(m, None, bound, False,
-                                f"confidence at most {bound:.2f} < {thr:.2f} ({m.inliers} keypoint inliers, overlap "
-                                f"correlation {m.aligned_ncc:.2f}, fine-detail correlation {_detail(m):.2f})"))
-            continue
-        al = align_pair(cache.thumb(ka), cache.thumb(kb), phash=ph)
-        conf = float(confidence(feature_vector(float(row.distance), m, al))[0])
-        ok = conf >= thr
-        why = "" if ok else (f"confidence {conf:.2f} < {thr:.2f} ({m.inliers} keypoint inliers, "
-                             f"overlap correlation {m.aligned_ncc:.2f}, fine-detail correlation {_detail(m):.2f}, "
-                             f"whole-panel correlation {al.ncc:.2f})")
-        if ok and cache.line_art(ka) and cache.line_art(kb) and not (m.pearson >= LINE_ART_MIN_CORR):
-            ok, why = False, (f"line art on both sides (chart, diagram or drawing on white: shared axes, labels and "
-                              f"templates match keypoints); registered overlap correlation {m.pearson:.3f} < "
-                              f"{LINE_ART_MIN_CORR:.2f}, so not the same drawing")
-        out.append(_columns(m, al, conf, ok, why))
+        out.append(_verify_pair(ka, kb, row, cache, thr))
+        cache.done(ka)
+        cache.done(kb)
     return out
+
+
+def _verify_pair(ka: tuple, kb: tuple, row: SimpleNamespace, cache: _PanelCache, thr: float) -> dict:
+    has = cache.has_pixels(ka), cache.has_pixels(kb)
+    reason = trivial_reason(row, None, None, (has[0] and cache.low(ka), has[1] and cache.low(kb)))
+    if reason or not all(has):
+        return _columns(None, None, float("nan"), not reason, reason or "not verified: pixels unavailable")
+    m = match(cache.features(ka), cache.features(kb))
+    # the whole-panel correlation (half the cost of a pair) enters the model linearly: when
+    # even its best or worst value cannot lift the pair over the threshold, skip it
+    ph = phash_similarity(None, None, cache.hashes(ka), cache.hashes(kb))
+    bound = max(float(confidence(feature_vector(float(row.distance), m, Alignment(c, "", 1.0, "", ph)))[0])
+                for c in (-1.0, 1.0))
+    if bound < thr:
+        return _columns(m, None, bound, False,
+                        f"confidence at most {bound:.2f} < {thr:.2f} ({m.inliers} keypoint inliers, overlap "
+                        f"correlation {m.aligned_ncc:.2f}, fine-detail correlation {_detail(m):.2f})")
+    al = align_pair(cache.thumb(ka), cache.thumb(kb), phash=ph)
+    conf = float(confidence(feature_vector(float(row.distance), m, al))[0])
+    ok = conf >= thr
+    why = "" if ok else (f"confidence {conf:.2f} < {thr:.2f} ({m.inliers} keypoint inliers, "
+                         f"overlap correlation {m.aligned_ncc:.2f}, fine-detail correlation {_detail(m):.2f}, "
+                         f"whole-panel correlation {al.ncc:.2f})")
+    if ok and cache.line_art(ka) and cache.line_art(kb) and not (m.pearson >= LINE_ART_MIN_CORR):
+        ok, why = False, (f"line art on both sides (chart, diagram or drawing on white: shared axes, labels and "
+                          f"templates match keypoints); registered overlap correlation {m.pearson:.3f} < "
+                          f"{LINE_ART_MIN_CORR:.2f}, so not the same drawing")
+    return _columns(m, al, conf, ok, why)
 
 
 @contextmanager
@@ -1145,7 +1166,11 @@ def verify_report(report, lookup, keep_rejected: bool = False, threshold: float 
         rows.append((_key("query", row), _key("match", row),
                      SimpleNamespace(**{f: getattr(row, f, None) for f in _ROW_FIELDS})))
     results: list[dict] = []
-    cache = _PanelCache(sources, packed)
+    uses: dict[tuple, int] = {}
+    for ka, kb, _ in rows:
+        uses[ka] = uses.get(ka, 0) + 1
+        uses[kb] = uses.get(kb, 0) + 1
+    cache = _PanelCache(sources, packed, uses)
     chunks = [rows[k0:k0 + 64] for k0 in range(0, len(rows), 64)]
     # OpenCV and numpy release the GIL in the heavy calls: threads share the per-panel cache
     n = max(1, threads or os.cpu_count() or 1)
@@ -1190,6 +1215,29 @@ def _columns(m: Match | None, al: Alignment | None, conf: float, ok: bool, why: 
         "points_match": np.round(m.pts_b, 4).tolist() if use_kp else [],
     }
     return vals
+
+
+_BATCH_READER: list = []     # a batch worker process's evidence reader (``init_batch_worker``)
+
+
+def init_batch_worker(reader) -> None:
+    """Start a process that verifies batches of screen pairs (``verify_batch``): ``reader`` reads
+    their panels' evidence; OpenCV and BLAS run one thread each (the processes share the cores)."""
+    from threadpoolctl import threadpool_limits
+
+    cv2.setNumThreads(1)
+    _BATCH_READER[:] = [reader, threadpool_limits(1, user_api="blas")]
+
+
+def verify_batch(pairs, reader=None, threads: int | None = None):
+    """``verify_report`` of a batch of candidate pairs between stored panels, every verdict
+    kept: ``reader(panel ids, lazy=True)`` gives their (thumbnail decoders, packed keypoints) by
+    panel id (``Store.evidence_reader``; this worker's own when None)."""
+    read = reader if reader is not None else _BATCH_READER[0]
+    thumbs, packed = read(np.union1d(pairs.query_panel_id, pairs.match_panel_id), lazy=True)
+    return verify_report(pairs, lambda side, row: thumbs.get(int(getattr(row, f"{side}_panel_id"))),
+                         keep_rejected=True, threads=threads,
+                         keypoints=lambda side, row: packed.get(int(getattr(row, f"{side}_panel_id"))))
 
 
 def find_copy_moves(pixels: dict, progress: bool = False, threads: int | None = None) -> list[tuple[object, CopyMove]]:
