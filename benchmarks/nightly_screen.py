@@ -25,6 +25,7 @@ import resource
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
@@ -52,6 +53,24 @@ def mark_new(index: Path, n: int, seed: int = 0) -> int:
     return len(new)
 
 
+def _children_rss_gb() -> float:
+    """Resident memory of this process's children now (the verification workers), the largest."""
+    import glob
+
+    best = 0
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            if ppid != os.getpid():
+                continue
+            with open(stat[:-4] + "status") as fh:
+                best = max([best] + [int(x.split()[1]) for x in fh if x.startswith("VmRSS")])
+        except (OSError, ValueError, IndexError):
+            pass
+    return best / 2**20
+
+
 def one_screen(index: str, out_dir: str, cap: int, processes: int | None = None) -> dict:
     """``imgdup.screen`` of the unscreened panels (run in its own process; ``processes``: its
     verification processes, ``api.SCREEN_PROCESSES``)."""
@@ -59,15 +78,27 @@ def one_screen(index: str, out_dir: str, cap: int, processes: int | None = None)
     from imgdup import screen
 
     api.SCREEN_PROCESSES = processes
+    # sampled: getrusage(RUSAGE_CHILDREN) would report the parent's size at fork
+    worker_peak, running = [0.0], [True]
+
+    def sample() -> None:
+        while running[0]:
+            worker_peak[0] = max(worker_peak[0], _children_rss_gb())
+            time.sleep(0.5)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     t = time.perf_counter()
     res = screen(index, out_dir, max_candidates=cap or None)
     total = time.perf_counter() - t
+    running[0] = False
+    sampler.join()
     return {"max_candidates": cap or None, "verify_processes": processes or os.cpu_count(),
             "new_panels": res.panels, "seconds": round(total, 1),
             "stages": res.stages, "candidate_pairs": res.candidates, "pairs_reported": int(len(res.report)),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-            # the verification processes' (the largest one's; they run side by side)
-            "peak_worker_rss_gb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2)}
+            # the largest verification process's (they run side by side; sampled every 0.5 s)
+            "peak_worker_rss_gb": round(worker_peak[0], 2)}
 
 
 def main() -> None:

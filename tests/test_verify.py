@@ -360,6 +360,21 @@ def test_stored_features_read_pixels_only_when_a_pair_needs_them():
     assert sorted(reads) == ["p2", "p3"]
 
 
+def test_panel_cache_lets_a_panel_go_after_its_last_pair():
+    """A screen's batch meets thousands of stored panels once each: their unpacked features
+    (~0.4 MB a panel) go after their last pair instead of at the batch's end."""
+    a, b = micrograph(3), micrograph(9)
+    cache = V._PanelCache({"a": a, "b": b}, {"b": V.pack_keypoints(V.thumbnail(b))}, {"a": 2, "b": 1})
+    fa, fb = cache.features("a"), cache.features("b")
+    assert fa.desc.dtype == np.float32 and fb.desc.shape[1] == 128
+    cache.done("b")
+    assert "b" not in cache._features and not cache.has_pixels("b") and "b" not in cache.packed
+    cache.done("a")
+    assert cache.features("a") is fa       # one pair left
+    cache.done("a")
+    assert "a" not in cache._features and "a" not in cache._thumbs
+
+
 def test_mirrored_descriptors_derived_from_the_unmirrored_ones():
     """``MIRROR`` turns a keypoint's descriptor into that of the mirrored patch: at the points
     SIFT finds in both the image and its mirror, the derived descriptors agree with those SIFT
