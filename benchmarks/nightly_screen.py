@@ -44,7 +44,9 @@ from speed import machine  # noqa: E402
 def mark_new(index: Path, n: int, seed: int = 0) -> int:
     """Mark ``n`` random panels unscreened and every other panel screened; returns n."""
     db = sqlite3.connect(index / "catalog.sqlite")
-    ids = np.array([r[0] for r in db.execute("SELECT panel_id FROM panels")], np.int64)
+    # ordered: without ORDER BY, SQLite may scan the (screened, panel_id) index, and the draw
+    # would then depend on what the previous run left marked
+    ids = np.array([r[0] for r in db.execute("SELECT panel_id FROM panels ORDER BY panel_id")], np.int64)
     new = np.random.default_rng(seed).choice(ids, min(n, len(ids)), replace=False)
     with db:
         db.execute("UPDATE panels SET screened = 1")
