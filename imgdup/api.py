@@ -439,7 +439,31 @@ class ScreenResult:
 
 
 SCREEN_BATCH = 8192     # candidate pairs a screen verifies at a time (bounds its memory)
-SCREEN_PROCESSES: int | None = None    # processes verifying a screen's batches (None: one per core)
+SCREEN_PROCESSES: int | None = None    # processes verifying a screen's batches (None: one per core...
+SCREEN_WORKER_GB = 2.0     # ... and at most one per this much available memory: ~1 GB measured a worker
+
+
+def _screen_processes(batches: int) -> int:
+    """How many processes verify a screen's ``batches``: ``SCREEN_PROCESSES``, or one per core
+    as far as the available memory allows (``SCREEN_WORKER_GB`` each); never more than batches."""
+    if SCREEN_PROCESSES:
+        return max(1, min(SCREEN_PROCESSES, batches))
+    return max(1, min(os.cpu_count() or 1, int(_available_gb() // SCREEN_WORKER_GB), batches))
+
+
+def _available_gb() -> float:
+    """Memory available to new processes (Linux: MemAvailable, page cache included; else free)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (ValueError, OSError):
+        return float("inf")
 
 
 def _verify_in_batches(report: pd.DataFrame, reader, keep_rejected: bool, progress: bool, engine: str,
@@ -449,9 +473,9 @@ def _verify_in_batches(report: pd.DataFrame, reader, keep_rejected: bool, progre
     ``reader`` (``Store.evidence_reader``).  All at once, a screen held every candidate panel's
     thumbnail, keypoints and unpacked descriptors to the end: 10,000 new panels against 100,000
     at ``--max-candidates 5`` were killed by the OOM killer at 24 GB (5.3 GB in batches;
-    docs/BENCHMARKS.md).  With more than one batch, the batches go to ``SCREEN_PROCESSES``
-    worker processes (threads share the GIL: 1.6-1.8x on 2 cores); one batch is verified by
-    threads here.  The verdicts do not depend on the batches or the processes: the same report."""
+    docs/BENCHMARKS.md).  With more than one batch, the batches go to worker processes
+    (``_screen_processes``; threads share the GIL: 261 vs 228 s on 2 cores); one batch is
+    verified by threads here.  The verdicts do not depend on the batches or the processes: the same report."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
@@ -461,7 +485,7 @@ def _verify_in_batches(report: pd.DataFrame, reader, keep_rejected: bool, progre
     order = report.reset_index(drop=True).assign(_screen_row=np.arange(len(report)))
     order = order.sort_values(["query_panel_id", "match_panel_id"], kind="stable")
     subs = [order.iloc[s:s + batch] for s in range(0, len(order), batch)]
-    procs = min(SCREEN_PROCESSES or os.cpu_count() or 1, len(subs))
+    procs = _screen_processes(len(subs))
     parts = []
     with tqdm(total=len(order), desc="verify", unit="pair", disable=not progress) as bar:
         if engine == "ray":

@@ -185,6 +185,20 @@ def test_screen_verifies_in_batches_with_the_same_report(corpus, model, tmp_path
             [list(map(list, x)) for x in other.report.overlap_query]
 
 
+def test_screen_processes_bounded_by_cores_memory_and_batches(monkeypatch):
+    import imgdup.api as api
+
+    monkeypatch.setattr(api, "SCREEN_PROCESSES", None)
+    monkeypatch.setattr(api, "_available_gb", lambda: 5.0)
+    monkeypatch.setattr(api.os, "cpu_count", lambda: 16)
+    assert api._screen_processes(40) == 2          # 5 GB available, 2 GB a worker
+    assert api._screen_processes(1) == 1
+    monkeypatch.setattr(api, "_available_gb", lambda: 0.5)
+    assert api._screen_processes(40) == 1
+    monkeypatch.setattr(api, "SCREEN_PROCESSES", 3)
+    assert api._screen_processes(2) == 2 and api._screen_processes(40) == 3
+
+
 def test_query_add_then_idempotent(corpus, model, tmp_path):
     out, _ = corpus
     ms = out / "manuscript" / "manuscript.pdf"
