@@ -99,13 +99,10 @@ def ray_stream(paths: list[str], limits: Limits, opts: ExtractOptions, weights: 
 def _verify_chunk(report, thumbs: dict, threshold: float | None, packed: dict | None = None):
     """One Ray task: ``verify_report`` on a chunk of candidate pairs (every verdict, rejected
     ones included), single-threaded inside the task as the local thread pool runs each pair."""
-    from .verify import single_threaded, verify_report
+    from .verify import single_threaded, verify_stored
 
-    packed = packed or {}
     with single_threaded():
-        return verify_report(report, lambda side, row: thumbs.get(int(getattr(row, f"{side}_panel_id"))),
-                             keep_rejected=True, threshold=threshold, threads=1,
-                             keypoints=lambda side, row: packed.get(int(getattr(row, f"{side}_panel_id"))))
+        return verify_stored(report, thumbs, packed or {}, threshold, threads=1)
 
 
 def ray_verify(report, thumbs: dict, keep_rejected: bool = False, threshold: float | None = None,

@@ -355,7 +355,6 @@ class _Packed:
     thumb_shape: tuple[int, int] | None     # None: a KP1 blob (no facts)
     shape: tuple[int, int]                  # the keypoint image's (h, w)
     sets: list[tuple[np.ndarray, np.ndarray]]
-    facts: PanelFacts | None
 
 
 def _kp_sets(body: bytes, off: int, counts: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -395,7 +394,7 @@ def _unpacked(blob: bytes | None) -> _Packed | None:
             body = _zstd().decompress(blob[m + 4 * _KP2_HEAD + 64:], decompressed_size=size, asbytes=True)
             if len(body) != size:
                 return None
-            return _Packed((th, tw), (h, w), _kp_sets(body, 0, (n1, n2)), packed_facts(blob))
+            return _Packed((th, tw), (h, w), _kp_sets(body, 0, (n1, n2)))
         if blob[:m] == _KP1_MAGIC:
             body = zlib.decompress(blob[m:])
             if len(body) < 16:
@@ -403,7 +402,7 @@ def _unpacked(blob: bytes | None) -> _Packed | None:
             h, w, n1, n2 = (int(v) for v in np.frombuffer(body, "<u4", 4))
             if len(body) != 16 + 136 * (n1 + n2):
                 return None
-            return _Packed(None, (h, w), _kp_sets(body, 16, (n1, n2)), None)
+            return _Packed(None, (h, w), _kp_sets(body, 16, (n1, n2)))
     except (zlib.error, OSError, ValueError):     # pyarrow raises OSError / ValueError on damaged input
         return None
     return None
@@ -1229,15 +1228,21 @@ def init_batch_worker(reader) -> None:
     _BATCH_READER[:] = [reader, threadpool_limits(1, user_api="blas")]
 
 
+def verify_stored(pairs, thumbs: dict, packed: dict, threshold: float | None = None, threads: int | None = None):
+    """``verify_report`` of candidate pairs between stored panels, every verdict kept: their
+    thumbnails (or decoders) and packed keypoints by panel id (a screen's batches, Ray tasks)."""
+    return verify_report(pairs, lambda side, row: thumbs.get(int(getattr(row, f"{side}_panel_id"))),
+                         keep_rejected=True, threshold=threshold, threads=threads,
+                         keypoints=lambda side, row: packed.get(int(getattr(row, f"{side}_panel_id"))))
+
+
 def verify_batch(pairs, reader=None, threads: int | None = None):
-    """``verify_report`` of a batch of candidate pairs between stored panels, every verdict
-    kept: ``reader(panel ids, lazy=True)`` gives their (thumbnail decoders, packed keypoints) by
-    panel id (``Store.evidence_reader``; this worker's own when None)."""
+    """``verify_stored`` of a batch of a screen's candidate pairs: ``reader(panel ids, lazy=True)``
+    gives their (thumbnail decoders, packed keypoints) by panel id (``Store.evidence_reader``;
+    this worker's own when None)."""
     read = reader if reader is not None else _BATCH_READER[0]
     thumbs, packed = read(np.union1d(pairs.query_panel_id, pairs.match_panel_id), lazy=True)
-    return verify_report(pairs, lambda side, row: thumbs.get(int(getattr(row, f"{side}_panel_id"))),
-                         keep_rejected=True, threads=threads,
-                         keypoints=lambda side, row: packed.get(int(getattr(row, f"{side}_panel_id"))))
+    return verify_stored(pairs, thumbs, packed, threads=threads)
 
 
 def find_copy_moves(pixels: dict, progress: bool = False, threads: int | None = None) -> list[tuple[object, CopyMove]]:
