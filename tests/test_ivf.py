@@ -24,6 +24,8 @@ def _add(store: Store, vec: np.ndarray, doc: str, tiles: np.ndarray | None = Non
 
 
 def test_ivf_rebuild_recall_incremental_adds_and_reopen(tmp_path):
+    import imgdup.index.store as st
+
     centres = np.random.default_rng(0).normal(0, 0.05, (300, 128)).astype(np.float32)
     store = Store(tmp_path / "s")
     with store.writer():
@@ -34,9 +36,12 @@ def test_ivf_rebuild_recall_incremental_adds_and_reopen(tmp_path):
         assert info["kind"] == "ivf" and info["nlist"] == 64
         assert info["recall"] >= 0.99 and info["truth_pairs"] > 1000
         assert info["curve"][info["nprobe"]] >= 0.99 and info["nprobe"] <= 64
-        # capped searches (k <= 20) have their own, measured nprobe; larger k or range: the range one
+        # capped searches (k <= 21: a query's 20, a screen's 20 + itself) have their own, measured
+        # nprobe; larger k or range: the range one
         assert info["capped"]["recall"] >= 0.99 and info["capped"]["nprobe"] <= info["nprobe"]
-        assert store.capped_nprobe("ivf", 20) == info["capped"]["nprobe"] and store.capped_nprobe("ivf", 21) is None
+        assert info["capped"]["k"] == st.KNN_MEASURED_CAP == st.TILE_CAP + 1
+        assert store.capped_nprobe("ivf", st.TILE_CAP + 1) == info["capped"]["nprobe"]
+        assert store.capped_nprobe("ivf", st.TILE_CAP + 2) is None
         # queries near stored vectors: the IVF finds >= 99 % of the exact pairs, and only true ones
         ids, vec = store.vectors()
         q = _clustered(200, 3, centres)
@@ -166,9 +171,9 @@ def test_tile_index_switches_to_ivf_on_its_own_threshold(tmp_path, monkeypatch):
         assert store.index_kind() == "flat" and ivf_of(store.index()) is None
         assert ivf_of(store.tile_index()) is not None and float(store.meta("tiles_recall")) >= 0.99
         assert store.tile_index().ntotal == 1200 * 5
-        # the capped searches' nprobe, measured for k = TILE_CAP x 5 views, no more than the range one
+        # the capped searches' nprobe, measured for k = (TILE_CAP + 1) x 5 views, no more than the range one
         k = int(store.meta("tiles_knn_k"))
-        assert k == st.TILE_CAP * 5 and float(store.meta("tiles_knn_recall")) >= 0.99
+        assert k == st.KNN_MEASURED_CAP * 5 and float(store.meta("tiles_knn_recall")) >= 0.99
         assert store.capped_nprobe("tiles", k) == int(store.meta("tiles_knn_nprobe")) <= int(store.meta("tiles_nprobe"))
         assert store.capped_nprobe("tiles", k + 1) is None and store.capped_nprobe("ivf", 1) is None   # panels: flat
     store.close()
@@ -388,3 +393,36 @@ def test_auto_reindex_of_a_small_store_still_switches_to_ivf_later(tmp_path, mon
         store.save_index()
         assert store.index_kind() == "ivf" and store.meta("tiles_kind") == "ivf"
     store.close()
+
+
+def test_screen_capped_searches_use_the_measured_nprobe(tmp_path, monkeypatch):
+    """A screen with ``--max-candidates N`` asks each search for N + 1 neighbours (a new panel is
+    in the store and finds itself first).  Its k-NN searches of both IVFs must still get the
+    nprobe measured for capped searches: measured for N = TILE_CAP only, the store answered
+    None for N + 1 and the 10^6-panel screen searched with the range nprobes (4x more lists)."""
+    import imgdup.index.store as st
+    from imgdup import screen
+    from imgdup.model.api import N_TILES
+
+    centres = np.random.default_rng(20).normal(0, 0.05, (150, 128)).astype(np.float32)
+    store = Store(tmp_path / "s")
+    with store.writer():
+        store.check_model("0" * 64, "synthetic", 128)
+        for doc, n, seed in (("a", 1500, 21), ("b", 1500, 22)):
+            tiles = _clustered(n * N_TILES, seed + 10, centres).reshape(n, N_TILES, 128)
+            _add(store, _clustered(n, seed, centres), doc, tiles=tiles)
+        info = store.rebuild_index("ivf", nlist=32)
+        assert info["capped"]["k"] == st.TILE_CAP + 1 and info["tiles"]["capped"]["k"] == (st.TILE_CAP + 1) * N_TILES
+    store.close()
+    asked = []
+    measured = Store.capped_nprobe
+
+    def spy(self, which, k):
+        asked.append((which, k, measured(self, which, k)))
+        return asked[-1][2]
+
+    monkeypatch.setattr(Store, "capped_nprobe", spy)
+    res = screen(tmp_path / "s", tmp_path / "out", verify=False, max_candidates=st.TILE_CAP)
+    assert res.panels == 3000 and len(res.report) > 0
+    assert {which for which, _, _ in asked} == {"ivf", "tiles"}
+    assert all(got is not None for _, _, got in asked), asked

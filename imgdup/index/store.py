@@ -88,6 +88,10 @@ ON_DISK_RAM_SHARE = 0.25   # an IVF whose vectors exceed this share of the machi
 PAIR_RADIUS = 1.0          # the f threshold at which the IVF's pair recall is measured
 PAIR_RECALL = 0.99         # ... and the recall its nprobe must reach
 TILE_RECALL_QUERIES = 500  # stored tile vectors used as queries to measure the tile index's recall
+# The neighbours per query vector for which the capped (k-NN) searches' nprobe is measured: a
+# query keeps TILE_CAP stored panels; a screen's new panels are in the store and find themselves
+# first, so it asks for one more (below this k a search falls back to the larger range nprobe).
+KNN_MEASURED_CAP = TILE_CAP + 1
 
 
 def new_index(dim: int) -> faiss.Index:
@@ -646,12 +650,12 @@ class Store:
             idx = build_ivf(chunks, n, dim, nlist=nlist, lists_file=self._new_lists_file("index") if on_disk else None)
             info.update(choose_nprobe(idx, chunks, n, PAIR_RADIUS, PAIR_RECALL))
             info["nlist"] = int(ivf_of(idx).nlist)
-            # capped searches (the sub-region search's, --max-candidates): up to TILE_CAP neighbours
-            knn = choose_knn_nprobe(idx, chunks, n, PAIR_RADIUS, TILE_CAP, PAIR_RECALL, max_nprobe=info["nprobe"])
+            # capped searches (the sub-region search's, --max-candidates): up to KNN_MEASURED_CAP neighbours
+            knn = choose_knn_nprobe(idx, chunks, n, PAIR_RADIUS, KNN_MEASURED_CAP, PAIR_RECALL, max_nprobe=info["nprobe"])
             info["capped"] = {key: knn[key] for key in ("nprobe", "recall", "k", "truth_pairs")}
             meta = {"index_kind": "ivf", "ivf_nlist": str(info["nlist"]), "ivf_nprobe": str(info["nprobe"]),
                     "ivf_recall": f"{info['recall']:.4f}", "ivf_built": time.strftime("%Y-%m-%d %H:%M:%S"),
-                    "ivf_knn_k": str(TILE_CAP), "ivf_knn_nprobe": str(knn["nprobe"]),
+                    "ivf_knn_k": str(KNN_MEASURED_CAP), "ivf_knn_nprobe": str(knn["nprobe"]),
                     "ivf_knn_recall": f"{knn['recall']:.4f}"}
         else:
             info["kind"] = "flat"
@@ -708,10 +712,10 @@ class Store:
             chunks, n = self._chunks("tiles")
             info = choose_nprobe(idx, chunks, n, PAIR_RADIUS, PAIR_RECALL, queries=TILE_RECALL_QUERIES)
             info = {"nlist": int(ivf_of(idx).nlist), **{k: info[k] for k in ("nprobe", "recall", "truth_pairs", "queries")}}
-            # the capped searches of query and screen: k = TILE_CAP x the most views a panel has
-            k = TILE_CAP * int((ids_of(idx) % TILE_ID_BASE).max() + 1)
+            # the capped searches of query and screen: k = KNN_MEASURED_CAP x the most views a panel has
+            k = KNN_MEASURED_CAP * int((ids_of(idx) % TILE_ID_BASE).max() + 1)
             knn = choose_knn_nprobe(idx, chunks, n, PAIR_RADIUS, k, PAIR_RECALL, queries=TILE_RECALL_QUERIES,
-                                    max_nprobe=info["nprobe"], group=TILE_ID_BASE, cap=TILE_CAP)
+                                    max_nprobe=info["nprobe"], group=TILE_ID_BASE, cap=KNN_MEASURED_CAP)
             info["capped"] = {key: knn[key] for key in ("nprobe", "recall", "k", "truth_pairs")}
             self._set_meta({"tiles_kind": "ivf", "tiles_nlist": str(info["nlist"]), "tiles_nprobe": str(info["nprobe"]),
                             "tiles_recall": f"{info['recall']:.4f}", "tiles_knn_k": str(k),
