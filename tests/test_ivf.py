@@ -23,7 +23,7 @@ def _add(store: Store, vec: np.ndarray, doc: str, tiles: np.ndarray | None = Non
     return store.add_batch(docs, rows, vec, tiles=tiles)
 
 
-def test_ivf_rebuild_recall_incremental_adds_and_reopen(tmp_path):
+def test_ivf_rebuild_recall_incremental_adds_and_reopen(tmp_path, caplog):
     import imgdup.index.store as st
 
     centres = np.random.default_rng(0).normal(0, 0.05, (300, 128)).astype(np.float32)
@@ -41,7 +41,9 @@ def test_ivf_rebuild_recall_incremental_adds_and_reopen(tmp_path):
         assert info["capped"]["recall"] >= 0.99 and info["capped"]["nprobe"] <= info["nprobe"]
         assert info["capped"]["k"] == st.KNN_MEASURED_CAP == st.TILE_CAP + 1
         assert store.capped_nprobe("ivf", st.TILE_CAP + 1) == info["capped"]["nprobe"]
-        assert store.capped_nprobe("ivf", st.TILE_CAP + 2) is None
+        with caplog.at_level("WARNING", logger="imgdup.index.store"):
+            assert store.capped_nprobe("ivf", st.TILE_CAP + 2) is None
+        assert "searches with the range nprobe" in caplog.text and "imgdup reindex" in caplog.text
         # queries near stored vectors: the IVF finds >= 99 % of the exact pairs, and only true ones
         ids, vec = store.vectors()
         q = _clustered(200, 3, centres)

@@ -498,7 +498,14 @@ class Store:
         kind = self.meta("index_kind") if which == "ivf" else self.meta("tiles_kind")
         if kind != "ivf" or self.meta(f"{which}_knn_nprobe") is None:
             return None
-        return int(self.meta(f"{which}_knn_nprobe")) if k <= int(self.meta(f"{which}_knn_k", "0")) else None
+        measured = int(self.meta(f"{which}_knn_k", "0"))
+        if k <= measured:
+            return int(self.meta(f"{which}_knn_nprobe"))
+        log.warning("the %s IVF's nprobe for capped searches was measured for up to %d neighbours and this "
+                    "search asks for %d: it searches with the range nprobe (more lists, slower); `imgdup reindex` "
+                    "measures it for --max-candidates up to %d",
+                    "panel" if which == "ivf" else "sub-region", measured, k, KNN_MEASURED_CAP - 1)
+        return None
 
     def index(self) -> faiss.Index:
         """The FAISS index, loaded and caught up with the catalogue on first use."""
