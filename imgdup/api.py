@@ -541,13 +541,13 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
         report = empty_report()
         candidates = 0
         if len(new):
-            ids, vec = store.vectors(new)
+            ids, vec = store.indexed_vectors(new)        # (no shard read: new panels may be anywhere)
             whole = on_device(store.index(), device)
             qi, mid, f = _store_whole_pairs(store, whole, vec, t,        # +1: the panel itself
                                             None if max_candidates is None else max_candidates + 1)
             via = np.full(len(f), "whole", object)
             if partial:
-                tid, tvec = store.tile_vectors(new)
+                tid, tvec = store.indexed_tile_vectors(new)
                 if len(tid):
                     rows = pd.Index(ids).get_indexer(tid)
                     ti, tm, tf = _store_view_pairs(store, vec[rows], tvec, whole, t,

@@ -428,3 +428,36 @@ def test_screen_capped_searches_use_the_measured_nprobe(tmp_path, monkeypatch):
     assert res.panels == 3000 and len(res.report) > 0
     assert {which for which, _, _ in asked} == {"ivf", "tiles"}
     assert all(got is not None for _, _, got in asked), asked
+
+
+def test_vectors_read_back_from_the_indexes_equal_the_shards(tmp_path):
+    """A screen reads its new panels' vectors and views from the loaded indexes, not from the
+    shards: the same arrays as ``vectors`` / ``tile_vectors`` (ascending ids; panels of older
+    shards with 5 views padded with their first view), flat and IVF, a panel without views
+    left out."""
+    from imgdup.model.api import N_TILES
+
+    centres = np.random.default_rng(30).normal(0, 0.05, (50, 128)).astype(np.float32)
+    store = Store(tmp_path / "s")
+    with store.writer():
+        store.check_model("0" * 64, "synthetic", 128)
+        _add(store, _clustered(300, 31, centres), "old", tiles=_clustered(300 * 5, 32, centres).reshape(300, 5, 128))
+        _add(store, _clustered(200, 33, centres), "none")          # a shard without views
+        _add(store, _clustered(300, 34, centres), "new",
+             tiles=_clustered(300 * N_TILES, 35, centres).reshape(300, N_TILES, 128))
+        store.save_index()
+        ids_all = store._panel_ids()
+        pick = np.random.default_rng(36).choice(ids_all, 250, replace=False)
+        for kind in ("flat", "ivf"):
+            if kind == "ivf":
+                store.rebuild_index("ivf", nlist=16)
+                assert ivf_of(store.index()) is not None and ivf_of(store.tile_index()) is not None
+            for ids in (pick, ids_all):
+                a_ids, a = store.vectors(ids)
+                b_ids, b = store.indexed_vectors(ids[::-1])
+                assert np.array_equal(a_ids, b_ids) and np.array_equal(a, b)
+                t_ids, t = store.tile_vectors(ids)
+                u_ids, u = store.indexed_tile_vectors(ids)
+                assert np.array_equal(t_ids, u_ids) and np.array_equal(t, u) and t.shape[1] == N_TILES
+                assert len(t_ids) < len(a_ids)                      # the panels of "none" have no views
+    store.close()

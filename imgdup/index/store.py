@@ -440,6 +440,34 @@ class Store:
                np.concatenate([v, np.repeat(v[:, :1], most - v.shape[1], axis=1)], axis=1) for v in got]
         return np.concatenate(got_ids), np.concatenate(got)
 
+    def indexed_vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``vectors(ids)`` of stored panels, in ascending id order, read back from the loaded
+        panel index instead of the shards: its vectors are the shards' own float32 values (the
+        index catches up with the catalogue when loaded), so a screen of new panels spread over
+        a large store reads no shard (10^6 panels: 7 s of Parquet reads)."""
+        ids = np.unique(np.asarray(ids, np.int64))
+        if len(ids) == 0:
+            return ids, np.zeros((0, int(self.meta("dim", "128"))), np.float32)
+        return ids, self.index().reconstruct_batch(ids)
+
+    def indexed_tile_vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``tile_vectors(ids)``, in ascending id order, read back from the loaded sub-region
+        index (10^6 panels: 23 s of Parquet reads): the panels with views, each padded to the
+        most views among them with its first view, as ``tile_vectors`` does."""
+        dim = int(self.meta("dim", "128"))
+        ids = np.unique(np.asarray(ids, np.int64))
+        idx = self.tile_index()
+        slots = tile_ids(ids, TILE_ID_BASE, TILE_ID_BASE).reshape(len(ids), TILE_ID_BASE)
+        have = np.isin(slots, ids_of(idx))           # a panel's views are tiles 0 .. views - 1
+        views = have.sum(axis=1)
+        ids, slots, have, views = ids[views > 0], slots[views > 0], have[views > 0], views[views > 0]
+        if len(ids) == 0:
+            return ids, np.zeros((0, 0, dim), np.float32)
+        vec = idx.reconstruct_batch(slots[have])     # row-major: each panel's views in order
+        view = np.arange(views.max())[None, :]
+        first = np.concatenate([[0], np.cumsum(views)[:-1]])[:, None]
+        return ids, vec[first + np.where(view < views[:, None], view, 0)]
+
     def _chunks(self, column: str = "vector") -> tuple[Chunks, int]:
         """(``Chunks`` over the stored vectors, shard by shard, their number): ``vector`` (panel
         ids) or ``tiles`` (tile ids ``panel_id * TILE_ID_BASE + tile``; shards without tile vectors
