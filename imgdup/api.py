@@ -363,7 +363,7 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
     stored_thumbs: dict[int, Callable[[], np.ndarray]] = {}
     stored_kp: dict[int, bytes] = {}
     if store_path.exists():
-        store = Store(store_path, create=False)
+        store = Store(store_path, create=False, mapped=True)     # read only here (--add opens its own)
         if store.count():
             store.check_model(model.sha256, model.card.name, qvec.shape[1])
             whole = on_device(store.index(), device)
@@ -529,7 +529,7 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
         raise ValueError(f"unknown engine {engine!r} (local or ray)")
     t0 = time.time()
     clock = _Clock()
-    store = Store(index or default_index(), create=False)
+    store = Store(index or default_index(), create=False, mapped=True)     # adds nothing to the indexes
     with store.writer():
         sha = store.meta("model_sha256") or ""
         if model_sha256 and sha and model_sha256 != sha:

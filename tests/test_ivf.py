@@ -461,3 +461,44 @@ def test_vectors_read_back_from_the_indexes_equal_the_shards(tmp_path):
                 assert np.array_equal(t_ids, u_ids) and np.array_equal(t, u) and t.shape[1] == N_TILES
                 assert len(t_ids) < len(a_ids)                      # the panels of "none" have no views
     store.close()
+
+
+def test_mapped_store_searches_like_a_loaded_one_and_catches_up_in_a_delta(tmp_path):
+    """``Store(mapped=True)`` (query and screen) maps the IVF files instead of loading them:
+    the same range and k-NN results and vectors as a loaded store; panels the file lacks (a
+    writer killed before its save) are caught up in an in-memory delta and found, and the file
+    is left as it was."""
+    from imgdup.index.search import DeltaIndex, nearest_within, probes
+
+    centres = np.random.default_rng(40).normal(0, 0.05, (80, 128)).astype(np.float32)
+    store = Store(tmp_path / "s")
+    with store.writer():
+        store.check_model("0" * 64, "synthetic", 128)
+        _add(store, _clustered(4000, 41, centres), "a", tiles=_clustered(4000 * 5, 42, centres).reshape(4000, 5, 128))
+        store.rebuild_index("ivf", nlist=32)
+    store.close()
+    q = _clustered(100, 45, centres)
+    loaded, mapped = Store(tmp_path / "s", create=False), Store(tmp_path / "s", create=False, mapped=True)
+    assert not isinstance(loaded.index(), DeltaIndex)
+    assert isinstance(mapped.index(), DeltaIndex) and isinstance(mapped.tile_index(), DeltaIndex)
+    for a, b in ((loaded.index(), mapped.index()), (loaded.tile_index(), mapped.tile_index())):
+        assert all(np.array_equal(x, y) for x, y in zip(pairs_against(a, q, 1.0), pairs_against(b, q, 1.0)))
+        with probes(a, 4), probes(b, 4):
+            assert all(np.array_equal(x, y) for x, y in zip(nearest_within(a, q, 1.0, 20), nearest_within(b, q, 1.0, 20)))
+    some = np.arange(1, 4001, 7)
+    assert np.array_equal(loaded.indexed_vectors(some)[1], mapped.indexed_vectors(some)[1])
+    assert np.array_equal(loaded.indexed_tile_vectors(some)[1], mapped.indexed_tile_vectors(some)[1])
+    loaded.close(), mapped.close()
+    store = Store(tmp_path / "s", create=False)
+    with store.writer():
+        late = np.array(_add(store, q[:50], "late", tiles=np.repeat(q[:50, None], 5, axis=1)))
+    store.close()                                   # "late" is in the catalogue, not in the saved files
+    saved = (tmp_path / "s" / "index.faiss").read_bytes()
+    mapped = Store(tmp_path / "s", create=False, mapped=True)
+    assert mapped.index().ntotal == 4050 and mapped.index().delta.ntotal == 50
+    qi, ids, f = pairs_against(mapped.index(), q[:50], 1.0)
+    assert set(zip(range(50), late.tolist())) <= set(zip(qi.tolist(), ids.tolist()))
+    ti, tid, _ = pairs_against(mapped.tile_index(), q[:50], 1.0)
+    assert set(zip(range(50), late.tolist())) <= set(zip(ti.tolist(), (tid // 16).tolist()))
+    mapped.close()
+    assert (tmp_path / "s" / "index.faiss").read_bytes() == saved
