@@ -106,6 +106,25 @@ def _id_chunks(ids, size: int = 900):
         yield want[k:k + size]
 
 
+def _read_ahead(path: Path, chunk: int = 16 << 20) -> None:
+    """Read a whole file once, sequentially, so that its pages are in the page cache before a
+    mapped index faults them in one at a time (a cold 5.5-GB sub-region IVF: 64 s of random
+    faults against ~8 s read in order; from the cache the pass takes ~0.5 s).  Skipped when the
+    file would take more than half of the memory available (the pages would not stay)."""
+    try:
+        size = path.stat().st_size
+        with open("/proc/meminfo") as fh:
+            avail = next(int(ln.split()[1]) * 1024 for ln in fh if ln.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return
+    if size > avail // 2:
+        return
+    buf = bytearray(chunk)
+    with open(path, "rb", buffering=0) as fh:
+        while fh.readinto(buf):
+            pass
+
+
 def _lists_file_name(index: faiss.Index) -> str:
     """The name of the file holding an IVF's on-disk inverted lists ("" when in memory)."""
     ivf = ivf_of(index)
@@ -568,8 +587,11 @@ class Store:
     def _load_index_file(self, name: str) -> faiss.Index:
         """faiss.read_index of a store file with the flags its lists need (``_io_flags``), faiss's
         notices sent to standard error; raises what faiss raises."""
+        flags = self._io_flags(name)
+        if flags == faiss.IO_FLAG_MMAP_IFC:
+            _read_ahead(self.path / name)
         with faiss_notices_to_stderr():
-            return faiss.read_index(str(self.path / name), self._io_flags(name))
+            return faiss.read_index(str(self.path / name), flags)
 
     def _read_index_file(self, name: str) -> faiss.Index | None:
         """An index file of the store, or None when absent, unreadable or of another metric or
