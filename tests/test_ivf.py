@@ -502,3 +502,31 @@ def test_mapped_store_searches_like_a_loaded_one_and_catches_up_in_a_delta(tmp_p
     assert set(zip(range(50), late.tolist())) <= set(zip(ti.tolist(), (tid // 16).tolist()))
     mapped.close()
     assert (tmp_path / "s" / "index.faiss").read_bytes() == saved
+
+
+def test_mapped_store_loads_a_file_faiss_cannot_map(tmp_path, monkeypatch):
+    """A mapped open that faiss refuses falls back to loading the file, not to a rebuild."""
+    import faiss
+
+    import imgdup.index.store as st
+
+    centres = np.random.default_rng(50).normal(0, 0.05, (40, 128)).astype(np.float32)
+    store = Store(tmp_path / "s")
+    with store.writer():
+        store.check_model("0" * 64, "synthetic", 128)
+        _add(store, _clustered(2000, 51, centres), "a")
+        store.rebuild_index("ivf", nlist=16)
+    store.close()
+    read = faiss.read_index
+
+    def no_mapping(path, flags=0):
+        if flags == faiss.IO_FLAG_MMAP_IFC:
+            raise RuntimeError("Error: mapping refused (test)")
+        return read(path, flags)
+
+    monkeypatch.setattr(st.faiss, "read_index", no_mapping)
+    rebuilt = []
+    monkeypatch.setattr(Store, "_fresh_index", lambda self: rebuilt.append(1))
+    mapped = Store(tmp_path / "s", create=False, mapped=True)
+    assert mapped.index().ntotal == 2000 and not rebuilt
+    mapped.close()
