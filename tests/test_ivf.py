@@ -410,7 +410,7 @@ def test_screen_capped_searches_use_the_measured_nprobe(tmp_path, monkeypatch):
     store = Store(tmp_path / "s")
     with store.writer():
         store.check_model("0" * 64, "synthetic", 128)
-        for doc, n, seed in (("a", 1500, 21), ("b", 1500, 22)):
+        for doc, n, seed in (("a", 800, 21), ("b", 800, 22)):
             tiles = _clustered(n * N_TILES, seed + 10, centres).reshape(n, N_TILES, 128)
             _add(store, _clustered(n, seed, centres), doc, tiles=tiles)
         info = store.rebuild_index("ivf", nlist=32)
@@ -425,7 +425,7 @@ def test_screen_capped_searches_use_the_measured_nprobe(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Store, "capped_nprobe", spy)
     res = screen(tmp_path / "s", tmp_path / "out", verify=False, max_candidates=st.TILE_CAP)
-    assert res.panels == 3000 and len(res.report) > 0
+    assert res.panels == 1600 and len(res.report) > 0
     assert {which for which, _, _ in asked} == {"ivf", "tiles"}
     assert all(got is not None for _, _, got in asked), asked
 
