@@ -32,7 +32,7 @@ PROBE = r"""
 import hashlib, json, sys, time
 import numpy as np
 from imgdup.index.search import TILE_CAP, pairs_against, probes, tile_pairs
-from imgdup.index.store import KNN_MEASURED_CAP, TILE_ID_BASE, Store
+from imgdup.index.store import TILE_ID_BASE, Store
 from imgdup.model.api import N_TILES, QUERY_VIEWS
 
 def mem():
@@ -46,7 +46,7 @@ whole, tiles = store.index(), store.tile_index()
 opened = time.perf_counter() - t
 ids = np.random.default_rng(0).choice(store._panel_ids(), n, replace=False)
 _, vec = store.indexed_vectors(ids)
-tid, tvec = store.indexed_tile_vectors(ids)
+_, tvec = store.indexed_tile_vectors(ids)
 noise = np.random.default_rng(1)
 q = vec + noise.normal(0, 0.01, vec.shape).astype(np.float32)
 qt = tvec[:, :QUERY_VIEWS] + noise.normal(0, 0.01, tvec[:, :QUERY_VIEWS].shape).astype(np.float32)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .index.report import SIDE_COLUMNS, copy_move_report, empty_report, make_report, unverified, write_report
 from .index.search import (TILE_CAP, nearest_within, on_device, pairs_against, pairs_within, probes,
                            tile_index_of, tile_pairs, whole_index_of)
-from .index.store import TILE_ID_BASE, PanelRow, Store, StoreError
+from .index.store import TILE_ID_BASE, PanelRow, Store, StoreError, available_gb
 from .model.api import N_TILES, QUERY_VIEWS, Embedder, load_model
 from .pipeline import DocResult, ExtractOptions, Limits, extract_many, write_panels
 from . import __version__
@@ -448,22 +448,7 @@ def _screen_processes(batches: int) -> int:
     as far as the available memory allows (``SCREEN_WORKER_GB`` each); never more than batches."""
     if SCREEN_PROCESSES:
         return max(1, min(SCREEN_PROCESSES, batches))
-    return max(1, min(os.cpu_count() or 1, int(_available_gb() // SCREEN_WORKER_GB), batches))
-
-
-def _available_gb() -> float:
-    """Memory available to new processes (Linux: MemAvailable, page cache included; else free)."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
-    except (ValueError, OSError):
-        return float("inf")
+    return max(1, min(os.cpu_count() or 1, int(available_gb() // SCREEN_WORKER_GB), batches))
 
 
 def _verify_in_batches(report: pd.DataFrame, reader, keep_rejected: bool, progress: bool, engine: str,

@@ -189,11 +189,11 @@ def test_screen_processes_bounded_by_cores_memory_and_batches(monkeypatch):
     import imgdup.api as api
 
     monkeypatch.setattr(api, "SCREEN_PROCESSES", None)
-    monkeypatch.setattr(api, "_available_gb", lambda: 5.0)
+    monkeypatch.setattr(api, "available_gb", lambda: 5.0)
     monkeypatch.setattr(api.os, "cpu_count", lambda: 16)
     assert api._screen_processes(40) == 2          # 5 GB available, 2 GB a worker
     assert api._screen_processes(1) == 1
-    monkeypatch.setattr(api, "_available_gb", lambda: 0.5)
+    monkeypatch.setattr(api, "available_gb", lambda: 0.5)
     assert api._screen_processes(40) == 1
     monkeypatch.setattr(api, "SCREEN_PROCESSES", 3)
     assert api._screen_processes(2) == 2 and api._screen_processes(40) == 3

@@ -106,23 +106,35 @@ def _id_chunks(ids, size: int = 900):
         yield want[k:k + size]
 
 
+def available_gb() -> float:
+    """Memory available to new processes and the page cache (Linux: MemAvailable; else free), GB."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (ValueError, OSError):
+        return float("inf")
+
+
 def _read_ahead(path: Path, chunk: int = 16 << 20) -> None:
     """Read a whole file once, sequentially, so that its pages are in the page cache before a
     mapped index faults them in one at a time (a cold 5.5-GB sub-region IVF: 64 s of random
     faults against ~8 s read in order; from the cache the pass takes ~0.5 s).  Skipped when the
     file would take more than half of the memory available (the pages would not stay)."""
     try:
-        size = path.stat().st_size
-        with open("/proc/meminfo") as fh:
-            avail = next(int(ln.split()[1]) * 1024 for ln in fh if ln.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
+        if path.stat().st_size > available_gb() * 2**30 / 2:
+            return
+        with open(path, "rb", buffering=0) as fh:
+            buf = bytearray(chunk)
+            while fh.readinto(buf):
+                pass
+    except OSError:
         return
-    if size > avail // 2:
-        return
-    buf = bytearray(chunk)
-    with open(path, "rb", buffering=0) as fh:
-        while fh.readinto(buf):
-            pass
 
 
 def _lists_file_name(index: faiss.Index) -> str:
@@ -589,14 +601,14 @@ class Store:
         """faiss.read_index of a store file with the flags its lists need (``_io_flags``), faiss's
         notices sent to standard error; raises what faiss raises."""
         flags = self._io_flags(name)
-        if flags == faiss.IO_FLAG_MMAP_IFC:
-            _read_ahead(self.path / name)
-            try:
-                return faiss.read_index(str(self.path / name), flags)
-            except RuntimeError as exc:     # a file faiss cannot map: loaded instead, not rebuilt
-                log.info("%s not mappable (%s); loading it", name, str(exc).strip().splitlines()[0])
-                flags = 0
         with faiss_notices_to_stderr():
+            if flags == faiss.IO_FLAG_MMAP_IFC:
+                _read_ahead(self.path / name)
+                try:
+                    return faiss.read_index(str(self.path / name), flags)
+                except RuntimeError as exc:     # a file faiss cannot map: loaded instead, not rebuilt
+                    log.info("%s not mappable (%s); loading it", name, str(exc).strip().splitlines()[0])
+                    flags = 0
             return faiss.read_index(str(self.path / name), flags)
 
     def _read_index_file(self, name: str) -> faiss.Index | None:
