@@ -23,6 +23,21 @@ def _add(store: Store, vec: np.ndarray, doc: str, tiles: np.ndarray | None = Non
     return store.add_batch(docs, rows, vec, tiles=tiles)
 
 
+def _ivf_store(path, centres: np.ndarray, docs: list[tuple[str, int, int]], views: int = 0,
+               nlist: int = 32) -> tuple[Store, dict]:
+    """A closed synthetic store of ``docs`` (name, panels, seed; ``views`` tile vectors a panel,
+    seeded seed + 10) rebuilt as an IVF with ``nlist`` lists; (the store, the rebuild's info)."""
+    store = Store(path)
+    with store.writer():
+        store.check_model("0" * 64, "synthetic", 128)
+        for doc, n, seed in docs:
+            tiles = _clustered(n * views, seed + 10, centres).reshape(n, views, 128) if views else None
+            _add(store, _clustered(n, seed, centres), doc, tiles=tiles)
+        info = store.rebuild_index("ivf", nlist=nlist)
+    store.close()
+    return store, info
+
+
 def test_ivf_rebuild_recall_incremental_adds_and_reopen(tmp_path, caplog):
     import imgdup.index.store as st
 
@@ -407,15 +422,8 @@ def test_screen_capped_searches_use_the_measured_nprobe(tmp_path, monkeypatch):
     from imgdup.model.api import N_TILES
 
     centres = np.random.default_rng(20).normal(0, 0.05, (150, 128)).astype(np.float32)
-    store = Store(tmp_path / "s")
-    with store.writer():
-        store.check_model("0" * 64, "synthetic", 128)
-        for doc, n, seed in (("a", 800, 21), ("b", 800, 22)):
-            tiles = _clustered(n * N_TILES, seed + 10, centres).reshape(n, N_TILES, 128)
-            _add(store, _clustered(n, seed, centres), doc, tiles=tiles)
-        info = store.rebuild_index("ivf", nlist=32)
-        assert info["capped"]["k"] == st.TILE_CAP + 1 and info["tiles"]["capped"]["k"] == (st.TILE_CAP + 1) * N_TILES
-    store.close()
+    _, info = _ivf_store(tmp_path / "s", centres, [("a", 800, 21), ("b", 800, 22)], views=N_TILES)
+    assert info["capped"]["k"] == st.TILE_CAP + 1 and info["tiles"]["capped"]["k"] == (st.TILE_CAP + 1) * N_TILES
     asked = []
     measured = Store.capped_nprobe
 
@@ -471,12 +479,7 @@ def test_mapped_store_searches_like_a_loaded_one_and_catches_up_in_a_delta(tmp_p
     from imgdup.index.search import DeltaIndex, nearest_within, probes
 
     centres = np.random.default_rng(40).normal(0, 0.05, (80, 128)).astype(np.float32)
-    store = Store(tmp_path / "s")
-    with store.writer():
-        store.check_model("0" * 64, "synthetic", 128)
-        _add(store, _clustered(4000, 41, centres), "a", tiles=_clustered(4000 * 5, 42, centres).reshape(4000, 5, 128))
-        store.rebuild_index("ivf", nlist=32)
-    store.close()
+    _ivf_store(tmp_path / "s", centres, [("a", 4000, 41)], views=5)
     q = _clustered(100, 45, centres)
     loaded, mapped = Store(tmp_path / "s", create=False), Store(tmp_path / "s", create=False, mapped=True)
     assert not isinstance(loaded.index(), DeltaIndex)
@@ -511,12 +514,7 @@ def test_mapped_store_loads_a_file_faiss_cannot_map(tmp_path, monkeypatch):
     import imgdup.index.store as st
 
     centres = np.random.default_rng(50).normal(0, 0.05, (40, 128)).astype(np.float32)
-    store = Store(tmp_path / "s")
-    with store.writer():
-        store.check_model("0" * 64, "synthetic", 128)
-        _add(store, _clustered(2000, 51, centres), "a")
-        store.rebuild_index("ivf", nlist=16)
-    store.close()
+    _ivf_store(tmp_path / "s", centres, [("a", 2000, 51)], nlist=16)
     read = faiss.read_index
 
     def no_mapping(path, flags=0):
