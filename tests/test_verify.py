@@ -54,6 +54,30 @@ def test_partial_overlap_polygon_and_transform():
     assert v.confidence >= V.confidence_model()["threshold"]
 
 
+def test_refinement_corrects_a_transform_a_few_pixels_off():
+    """A transform fitted to keypoints in one corner of the overlap can be a few pixels off at
+    the far side; ECC on the overlap's pixels (``_refine``) brings it back, and the fine detail
+    of the copy agrees again.  A refinement that leaves RANSAC's inliers is not taken."""
+    a = textured(5)
+    h, w = a.shape
+    true = np.array([[0.8, 0.0, 0.1 * w], [0.0, 0.7, 0.1 * h], [0, 0, 1]])        # b -> a
+    b = cv2.warpPerspective(a, np.linalg.inv(true), (w, h), flags=cv2.INTER_CUBIC)   # a 2-D rescaled crop
+    fa, fb = V.features(a), V.features(b)
+    off = true @ np.diag([1.03, 0.97, 1.0])                                      # 3 % off in scale
+    pb = np.float32([[10, 10], [30, 12], [15, 35], [40, 40], [25, 25]])         # inliers near b's origin
+    pa = cv2.perspectiveTransform(pb[None].astype(np.float64), true)[0]
+    corners = V._rect(*fb.shape)[None].astype(np.float64)
+    err = lambda T: np.abs(cv2.perspectiveTransform(corners, T) - cv2.perspectiveTransform(corners, true)).max()  # noqa: E731
+    assert err(off) > 4.0
+    before = V._overlap(fa, fb, off)
+    refined = V._refine(off, fa.img, fb.img, before.mask, pa, pb)
+    assert refined is not None and err(refined) < 1.0
+    after = V._overlap(fa, fb, refined)
+    assert after.detail_raw > before.detail_raw + 0.2 and after.detail_raw > 0.8
+    # inliers the refined transform does not keep: no refinement
+    assert V._refine(off, fa.img, fb.img, before.mask, pa + 20.0, pb) is None
+
+
 def test_shifted_field_of_view_third_overlap():
     a = textured(11)
     h, w = a.shape
@@ -315,7 +339,8 @@ def test_packed_facts_and_old_blobs():
     b = micrograph(2)
     blob = V.pack_keypoints(b)
     facts, fresh = V.packed_facts(blob), V.panel_facts(b)
-    assert np.array_equal(facts.hashes, fresh.hashes) and np.array_equal(facts.hashes, V.orientation_hashes(b))
+    assert np.array_equal(facts.hashes, fresh.hashes) and np.array_equal(facts.hashes, V.panel_hashes(b))
+    assert np.array_equal(facts.hashes[:8], V.orientation_hashes(b)) and facts.hashes.shape == (16, 64)
     assert (facts.low, facts.line_art) == (fresh.low, fresh.line_art) == (V.low_information(b), V.line_art(b))
     logo = np.full((80, 120), 255, np.uint8)
     logo[20:60, 30:90] = 0
@@ -326,6 +351,46 @@ def test_packed_facts_and_old_blobs():
     for eq in (False, True):
         for x, y in zip(f_old.keypoints(equalised=eq), f_new.keypoints(equalised=eq)):
             assert np.array_equal(x, y)
+    # a KP2 blob (sessions 14-15): the same layout with the 8 hashes of the panel as is
+    kp2 = b"KP2" + blob[3:35] + blob[35:99] + blob[35 + 128:]
+    assert np.array_equal(V.packed_facts(kp2).hashes, V.orientation_hashes(b))
+    f_kp2 = V.stored_features(kp2, lambda: b)
+    for eq in (False, True):
+        for x, y in zip(f_kp2.keypoints(equalised=eq), f_new.keypoints(equalised=eq)):
+            assert np.array_equal(x, y)
+    # verification then takes the equalised hashes from the pixels
+    key = ("sha", "p1", 1)
+    cache = V._PanelCache({key: b}, {key: kp2})
+    assert np.array_equal(cache.hashes(key), V.panel_hashes(V.thumbnail(b)))
+
+
+def _dark_micrographs(n: int) -> list[np.ndarray]:
+    """Up to ``n`` nearly black real micrographs (99 % of a thumbnail within 20 grey levels)."""
+    out = []
+    for k in range(2000):
+        g = V.thumbnail(micrograph(k))
+        if np.percentile(g, 99) - g.min() <= 20 and not any(g.shape == o.shape and np.array_equal(g, o) for o in out):
+            out.append(g)
+            if len(out) == n:
+                break
+    return out
+
+
+def test_equalised_copy_of_a_dark_panel_keeps_its_equalised_hash():
+    """A nearly black micrograph and its histogram-equalised copy (the cells it hid now show)
+    share no perceptual hash as they are, and nearly the same one once both are equalised;
+    ``phash_similarity`` takes the better of the two, and other dark micrographs stay far."""
+    dark = _dark_micrographs(4)
+    if len(dark) < 2:
+        pytest.skip("too few nearly black micrographs")
+    a, others = dark[0], dark[1:]
+    copy = cv2.equalizeHist(a)
+    ha, hc = V.panel_hashes(a), V.panel_hashes(copy)
+    as_is = max(0.0, 1.0 - int((hc[:8] != ha[0][None]).sum(axis=1).min()) / V.PHASH_SCALE)
+    assert as_is < 0.5 and V.phash_similarity(a, copy) >= 0.8
+    assert V.phash_similarity(None, None, ha, hc) == V.phash_similarity(a, copy)
+    assert V.phash_similarity(None, None, ha[:8], hc) == as_is      # 8 rows (a KP2 blob): as is only
+    assert max(V.phash_similarity(a, g) for g in others) <= 0.3
 
 
 def test_stored_features_read_pixels_only_when_a_pair_needs_them():

@@ -66,7 +66,7 @@ class Alignment:
     orientation: str    # how the second panel was turned to match the first
     scale: float        # size of the inner panel relative to the outer one (1 = whole)
     inner: str          # "a", "b" or "" (no crop)
-    phash: float = 0.0  # perceptual-hash similarity, best orientation (``phash_similarity``)
+    phash: float = 0.0  # perceptual-hash similarity, best orientation, as is or equalised (``phash_similarity``)
 
 
 def _reduced(img: np.ndarray) -> np.ndarray:
@@ -99,14 +99,27 @@ def orientation_hashes(img: np.ndarray) -> np.ndarray:
     return low > np.median(low, axis=1, keepdims=True)      # ``_dct_bits`` of each turn, one median call
 
 
+def panel_hashes(img: np.ndarray) -> np.ndarray:
+    """(16, 64): ``orientation_hashes`` of the panel as it is, then of the panel globally
+    histogram-equalised.  A nearly black micrograph and its equalised copy share no hash as they
+    are (the source's few bright spots against the copy's revealed cells) and nearly the same
+    one once both are equalised; different panels stay ~32 bits apart either way (1 of 3,173
+    calibration negatives came within 12 bits equalised; docs/VERIFICATION.md)."""
+    g = _as_uint8(img)
+    return np.concatenate([orientation_hashes(g), orientation_hashes(cv2.equalizeHist(g))])
+
+
 def phash_similarity(a: np.ndarray | None, b: np.ndarray | None, hashes_a: np.ndarray | None = None,
                      hashes_b: np.ndarray | None = None) -> float:
-    """1 - (smallest Hamming distance between a's hash and b's over the 8 quarter turns / flips)
-    / PHASH_SCALE, floored at 0: evidence that b is a whole-image copy of a.  ``hashes_*``:
-    ``orientation_hashes`` of a and b when already known (the pixels are then not needed)."""
-    ha = _phash(a) if hashes_a is None else hashes_a[0]
-    hb = orientation_hashes(b) if hashes_b is None else hashes_b
-    d = int((hb != ha[None]).sum(axis=1).min())
+    """1 - (smallest Hamming distance between a's hash and b's over the 8 quarter turns / flips,
+    the panels as they are or both equalised) / PHASH_SCALE, floored at 0: evidence that b is a
+    whole-image copy of a.  ``hashes_*``: ``panel_hashes`` of a and b when already known (the
+    pixels are then not needed; 8-row ``orientation_hashes`` compare the panels as they are)."""
+    ha = panel_hashes(a) if hashes_a is None else hashes_a
+    hb = panel_hashes(b) if hashes_b is None else hashes_b
+    d = int((hb[:8] != ha[0][None]).sum(axis=1).min())
+    if len(ha) >= 16 and len(hb) >= 16:
+        d = min(d, int((hb[8:16] != ha[8][None]).sum(axis=1).min()))
     return max(0.0, 1.0 - d / PHASH_SCALE)
 
 
@@ -238,8 +251,10 @@ def _dequantise(q: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(1e-6))
 
 
-KEYPOINTS_MAGIC = b"KP2"   # bump when keypoint detection changes: stored keypoints of another version are recomputed
+KEYPOINTS_MAGIC = b"KP3"   # bump when keypoint detection changes: stored keypoints of another version are recomputed
+_KP2_MAGIC = b"KP2"        # sessions 14-15: the same layout with 8 hashes, the panel as is only (still read)
 _KP1_MAGIC = b"KP1"        # sessions 9-13: the same keypoints, zlib-compressed, without ``PanelFacts`` (still read)
+_HASH_BYTES = {KEYPOINTS_MAGIC: 128, _KP2_MAGIC: 64}     # packed ``PanelFacts.hashes`` after the head
 
 
 # The SIFT descriptor of the left-right mirrored patch, as a permutation of the original's 128
@@ -312,14 +327,14 @@ class PanelFacts:
     at ingest and stored with the keypoints, so that a stored panel's thumbnail is decoded only
     for the pairs that get as far as comparing pixels."""
 
-    hashes: np.ndarray      # ``orientation_hashes`` (8, 64) bool
+    hashes: np.ndarray      # ``panel_hashes`` (16, 64) bool; (8, 64) from a KP2 blob (the panel as is only)
     low: bool               # ``low_information``
     line_art: bool          # ``line_art``
 
 
 def panel_facts(thumb: np.ndarray) -> PanelFacts:
     g = _as_uint8(thumb)
-    return PanelFacts(orientation_hashes(g), low_information(g), line_art(g))
+    return PanelFacts(panel_hashes(g), low_information(g), line_art(g))
 
 
 @lru_cache(maxsize=1)
@@ -339,7 +354,7 @@ def pack_keypoints(thumb: np.ndarray) -> bytes:
     equalised passes of ``features(thumb)``; 136 bytes a keypoint: 2 float32 + 128 uint8,
     zstd-compressed to ~68 %) and its ``PanelFacts``, all computed once at ingest instead of at
     every query or screen that meets the panel.  Layout: ``KEYPOINTS_MAGIC``, a 32-byte head,
-    the 8 orientation hashes (64 bytes), the compressed keypoints."""
+    the 16 ``panel_hashes`` (128 bytes), the compressed keypoints."""
     f = features(thumb)
     pe, de = f.keypoints(equalised=True)
     facts = panel_facts(thumb)
@@ -369,12 +384,14 @@ def _kp_sets(body: bytes, off: int, counts: tuple[int, int]) -> list[tuple[np.nd
 
 def packed_facts(blob: bytes | None) -> PanelFacts | None:
     """The ``PanelFacts`` stored in a ``pack_keypoints`` blob (read from its head, nothing
-    decompressed), or None (missing, of an older version, damaged)."""
+    decompressed; a KP2 blob's hashes are 8 rows, the panel as is), or None (missing, of an
+    older version, damaged)."""
     m = len(KEYPOINTS_MAGIC)
-    if not blob or blob[:m] != KEYPOINTS_MAGIC or len(blob) < m + 4 * _KP2_HEAD + 64:
+    nh = _HASH_BYTES.get(bytes(blob[:m])) if blob else None
+    if nh is None or len(blob) < m + 4 * _KP2_HEAD + nh:
         return None
     flags = int(np.frombuffer(blob, "<u4", 1, m + 24)[0])
-    hashes = np.unpackbits(np.frombuffer(blob, np.uint8, 64, m + 4 * _KP2_HEAD)).reshape(8, 64).astype(bool)
+    hashes = np.unpackbits(np.frombuffer(blob, np.uint8, nh, m + 4 * _KP2_HEAD)).reshape(-1, 64).astype(bool)
     return PanelFacts(hashes, bool(flags & 1), bool(flags & 2))
 
 
@@ -385,13 +402,14 @@ def _unpacked(blob: bytes | None) -> _Packed | None:
         return None
     m = len(KEYPOINTS_MAGIC)
     try:
-        if blob[:m] == KEYPOINTS_MAGIC:
-            if len(blob) < m + 4 * _KP2_HEAD + 64:
+        nh = _HASH_BYTES.get(bytes(blob[:m]))
+        if nh is not None:
+            if len(blob) < m + 4 * _KP2_HEAD + nh:
                 return None
             th, tw, h, w, n1, n2, _, size = (int(v) for v in np.frombuffer(blob, "<u4", _KP2_HEAD, m))
             if size != 136 * (n1 + n2):
                 return None
-            body = _zstd().decompress(blob[m + 4 * _KP2_HEAD + 64:], decompressed_size=size, asbytes=True)
+            body = _zstd().decompress(blob[m + 4 * _KP2_HEAD + nh:], decompressed_size=size, asbytes=True)
             if len(body) != size:
                 return None
             return _Packed((th, tw), (h, w), _kp_sets(body, 0, (n1, n2)))
@@ -739,13 +757,91 @@ def _best_transform(a_sets, b_set, wa: int, hb: int, wb: int):
     return best if best is not None and best[0] >= MIN_INLIERS else None
 
 
+REFINE_MIN_NCC = 0.3    # registrations whose overlap correlates at least this well are refined (ECC) ...
+REFINE_MAX_DETAIL = 0.8  # ... unless their fine detail already agrees this well
+REFINE_ANCHOR_PX = 4.0   # a refinement is kept only if RANSAC's inliers stay this close (median) to it
+_ECC_CRITERIA = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 1e-3)
+
+
+def _refine(T: np.ndarray, a: np.ndarray, b: np.ndarray, mask: np.ndarray, pa: np.ndarray,
+            pb: np.ndarray) -> np.ndarray | None:
+    """The transform b -> a (3x3) refined on the pixels of the overlap (``mask``, in a) by OpenCV's
+    ECC (``findTransformECC``: the warp that maximises the correlation of the lightly blurred
+    panels), or None when ECC fails or drifts off RANSAC's inliers (``pa`` in a, ``pb`` in b).
+    A transform fitted to a few keypoints clustered in one part of the overlap can be a few
+    pixels off elsewhere: enough to lose the fine-detail agreement of a true copy."""
+    perspective = bool(abs(T[2, 0]) > 1e-12 or abs(T[2, 1]) > 1e-12)
+    blur = lambda x: cv2.GaussianBlur(x, (0, 0), 1.0).astype(np.float32)  # noqa: E731
+    try:    # the warp maps the template's (b's) pixels to the input's (a's); the mask is a's overlap
+        _, W = cv2.findTransformECC(blur(b), blur(a), (T if perspective else T[:2]).astype(np.float32),
+                                    cv2.MOTION_HOMOGRAPHY if perspective else cv2.MOTION_AFFINE,
+                                    _ECC_CRITERIA, mask, 1)
+    except cv2.error:       # no convergence, or a degenerate overlap
+        return None
+    T2 = W.astype(np.float64) if perspective else _h(W.astype(np.float64))
+    if not np.isfinite(T2).all() or abs(T2[2, 2]) < 1e-9:
+        return None
+    T2 /= T2[2, 2]
+    moved = cv2.perspectiveTransform(pb[None].astype(np.float64), T2)[0]
+    if float(np.median(np.linalg.norm(moved - pa, axis=1))) > REFINE_ANCHOR_PX:
+        return None
+    if not (_near_affine(T2, b.shape[0], b.shape[1]) if perspective else _plausible(T2[:2])):
+        return None
+    return T2
+
+
+@dataclass(frozen=True)
+class _Overlap:
+    poly_a: np.ndarray
+    poly_b: np.ndarray
+    frac: float
+    mask: np.ndarray | None     # the eroded overlap in a (uint8), None when too small to measure
+    ncc: float = float("nan")
+    detail: float = float("nan")
+    detail_raw: float = float("nan")
+    pearson: float = float("nan")
+
+
+def _overlap(fa: Features, fb: Features, T: np.ndarray) -> _Overlap:
+    """b's frame mapped into a by T (b -> a), clipped to a, and the registered overlap's
+    correlations: rank, fine detail (tone-equalised and raw, shared printed text left out) and
+    linear."""
+    (ha, wa), (hb, wb) = fa.shape, fb.shape
+    rb_in_a = cv2.perspectiveTransform(_rect(hb, wb)[None].astype(np.float64), T)[0]
+    area, poly_a = cv2.intersectConvexConvex(_rect(ha, wa), rb_in_a.astype(np.float32))
+    poly_a = poly_a.reshape(-1, 2) if poly_a is not None and area > 0 else np.zeros((0, 2), np.float32)
+    poly_b = cv2.perspectiveTransform(poly_a[None].astype(np.float64), np.linalg.inv(T))[0] if len(poly_a) else poly_a
+    frac = max(_poly_area(poly_a) / (ha * wa), _poly_area(poly_b) / (hb * wb)) if len(poly_a) else 0.0
+    if len(poly_a) < 3:
+        return _Overlap(poly_a, poly_b, frac, None)
+    warped = cv2.warpPerspective(fb.img, T, (wa, ha), flags=cv2.INTER_LINEAR, borderValue=0)
+    mask = np.zeros((ha, wa), np.uint8)
+    cv2.fillConvexPoly(mask, np.round(poly_a).astype(np.int32), 1)
+    mask = cv2.erode(mask, np.ones((5, 5), np.uint8))
+    if mask.sum() < 400:
+        return _Overlap(poly_a, poly_b, frac, None)
+    sa = cv2.GaussianBlur(fa.img, (0, 0), 1.0)[mask > 0]
+    sb = cv2.GaussianBlur(warped, (0, 0), 1.0)[mask > 0]
+    ncc = _rank_ncc(sa, sb)
+    pearson = float(np.corrcoef(sa.astype(np.float64), sb.astype(np.float64))[0, 1]) \
+        if sa.std() > 0 and sb.std() > 0 else float("nan")
+    detail = detail_raw = float("nan")
+    inner = (cv2.erode(mask, np.ones((9, 9), np.uint8)) > 0) & ~_shared_text(fa.text_blocks(), warped)
+    if inner.sum() >= 400:
+        detail_raw = _block_corr(_band(fa.img), _band(warped), inner)
+        detail = _block_corr(_band(_equalise(fa.img, mask)), _band(_equalise(warped, mask)), inner)
+    return _Overlap(poly_a, poly_b, frac, mask, ncc, detail, detail_raw, pearson)
+
+
 def match(fa: Features, fb: Features) -> Match:
     """Keypoint + RANSAC verification of b against a (b matched with a as is and mirrored: SIFT
     is not flip-invariant).  The mirrored keypoints are those of the first panel (derived from
     its own, ``MIRROR``), so that a query panel, compared with many stored ones, is mirrored
     once.  When the CLAHE keypoints give no transform, a second pass tries keypoints of the
     globally equalised panels: CLAHE maps the tones of a shifted crop differently (its tiles
-    follow the panel), and small overlaps and equalised copies are then found only this way."""
+    follow the panel), and small overlaps and equalised copies are then found only this way.
+    A registration whose overlap correlates (``REFINE_MIN_NCC``) but whose fine detail does not
+    (``REFINE_MAX_DETAIL``) is refined on the pixels (``_refine``) and measured again."""
     hb, wb = fb.shape
     ha, wa = fa.shape
     best = _best_transform(fa.keypoints, fb.keypoints(), wa, hb, wb)
@@ -754,30 +850,15 @@ def match(fa: Features, fb: Features) -> Match:
     if best is None:
         return Match.none()
     n, A3, mirrored, pa, pb = best
-    # overlap polygon: b's frame mapped into a, clipped to a
-    rb_in_a = cv2.perspectiveTransform(_rect(hb, wb)[None].astype(np.float64), A3)[0]
-    area, poly_a = cv2.intersectConvexConvex(_rect(ha, wa), rb_in_a.astype(np.float32))
-    poly_a = poly_a.reshape(-1, 2) if poly_a is not None and area > 0 else np.zeros((0, 2), np.float32)
-    inv = np.linalg.inv(A3)
-    poly_b = cv2.perspectiveTransform(poly_a[None].astype(np.float64), inv)[0] if len(poly_a) else poly_a
-    frac = max(_poly_area(poly_a) / (ha * wa), _poly_area(poly_b) / (hb * wb)) if len(poly_a) else 0.0
-    # registered overlap
-    ncc = detail = detail_raw = pearson = float("nan")
-    if len(poly_a) >= 3:
-        warped = cv2.warpPerspective(fb.img, A3, (wa, ha), flags=cv2.INTER_LINEAR, borderValue=0)
-        mask = np.zeros((ha, wa), np.uint8)
-        cv2.fillConvexPoly(mask, np.round(poly_a).astype(np.int32), 1)
-        mask = cv2.erode(mask, np.ones((5, 5), np.uint8))
-        if mask.sum() >= 400:
-            sa = cv2.GaussianBlur(fa.img, (0, 0), 1.0)[mask > 0]
-            sb = cv2.GaussianBlur(warped, (0, 0), 1.0)[mask > 0]
-            ncc = _rank_ncc(sa, sb)
-            pearson = float(np.corrcoef(sa.astype(np.float64), sb.astype(np.float64))[0, 1]) \
-                if sa.std() > 0 and sb.std() > 0 else float("nan")
-            inner = (cv2.erode(mask, np.ones((9, 9), np.uint8)) > 0) & ~_shared_text(fa.text_blocks(), warped)
-            if inner.sum() >= 400:
-                detail_raw = _block_corr(_band(fa.img), _band(warped), inner)
-                detail = _block_corr(_band(_equalise(fa.img, mask)), _band(_equalise(warped, mask)), inner)
+    ov = _overlap(fa, fb, A3)
+    if ov.mask is not None and ov.ncc >= REFINE_MIN_NCC and not (max(ov.detail, ov.detail_raw) >= REFINE_MAX_DETAIL):
+        T2 = _refine(A3, fa.img, fb.img, ov.mask, pa, pb)
+        if T2 is not None:
+            ov2 = _overlap(fa, fb, T2)
+            if ov2.mask is not None:
+                A3, ov = T2, ov2
+    poly_a, poly_b, frac = ov.poly_a, ov.poly_b, ov.frac
+    ncc, detail, detail_raw, pearson = ov.ncc, ov.detail, ov.detail_raw, ov.pearson
     # transform in original pixels: a_orig <- a_prep <- b_prep <- b_orig (linear part at b's centre)
     sa_ = np.diag([fa.orig_shape[1] / wa, fa.orig_shape[0] / ha, 1.0])
     sb_ = np.diag([wb / fb.orig_shape[1], hb / fb.orig_shape[0], 1.0])
@@ -1067,7 +1148,8 @@ class _PanelCache:
     def hashes(self, key: tuple) -> np.ndarray:
         if key not in self._hashes:
             stored = self.facts(key)
-            self._hashes[key] = stored.hashes if stored else orientation_hashes(self.thumb(key))
+            # a KP2 blob lacks the equalised hashes: they come from the pixels
+            self._hashes[key] = stored.hashes if stored and len(stored.hashes) >= 16 else panel_hashes(self.thumb(key))
         return self._hashes[key]
 
 
