@@ -12,11 +12,13 @@ though, lines up with its source once the geometry is undone.  Two independent c
   The transform gives rotation, scale, flip and translation and the overlap polygon in both
   panels; the overlap is then warped into register and compared by rank correlation
   (``aligned_ncc``) and by the correlation of its fine detail (``detail_ncc``), which separates a
-  real copy from a look-alike.
+  real copy from a look-alike; a registration whose overlap agrees but whose detail does not is
+  first refined on the pixels (ECC), since a few clustered keypoints can leave it pixels off.
 * whole-panel alignment: small rank-normalised thumbnails over the 8 flips / quarter turns and a
   few crop scales, by normalised cross-correlation (``thumb_ncc``), each panel first clipped
-  where the other is saturated (a contrast stretch that flattened the background).  This covers
-  panels with too few keypoints (blurred, flat, tiny).
+  where the other is saturated (a contrast stretch that flattened the background), and
+  perceptual hashes of both panels as they are and globally equalised.  This covers panels with
+  too few keypoints (blurred, flat, tiny, nearly black).
 
 A sign-constrained logistic model over ``FEATURES``, fitted on held-out calibration pairs
 (``benchmarks/calibrate.py`` writes ``confidence.json``), turns them into one calibrated
