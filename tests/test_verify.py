@@ -54,7 +54,7 @@ def test_partial_overlap_polygon_and_transform():
     assert v.confidence >= V.confidence_model()["threshold"]
 
 
-def test_refinement_corrects_a_transform_a_few_pixels_off():
+def test_refinement_corrects_a_transform_a_few_pixels_off(monkeypatch):
     """A transform fitted to keypoints in one corner of the overlap can be a few pixels off at
     the far side; ECC on the overlap's pixels (``_refine``) brings it back, and the fine detail
     of the copy agrees again.  A refinement that leaves RANSAC's inliers is not taken."""
@@ -76,6 +76,10 @@ def test_refinement_corrects_a_transform_a_few_pixels_off():
     assert after.detail_raw > before.detail_raw + 0.2 and after.detail_raw > 0.8
     # inliers the refined transform does not keep: no refinement
     assert V._refine(off, fa.img, fb.img, before.mask, pa + 20.0, pb) is None
+    # match() refines such a registration itself (RANSAC's answer replaced by the one 6 px off)
+    monkeypatch.setattr(V, "_best_transform", lambda *args: (len(pb), off, False, pa, pb))
+    m = V.match(fa, fb)
+    assert m.detail_raw == pytest.approx(after.detail_raw) and m.scale == pytest.approx(0.75, abs=0.01)
 
 
 def test_shifted_field_of_view_third_overlap():
