@@ -53,6 +53,9 @@ def main() -> None:
     ap.add_argument("--real-distractors", type=int, default=20_000)
     ap.add_argument("--per-family", type=int, default=60)
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--caps", type=int, nargs="*", default=[0, *CAPS], help="0: no cap")
+    ap.add_argument("--view-radii", type=float, nargs="*", default=[1.0],
+                    help="radius (f) of the sub-region searches; the whole-panel search keeps f <= 1")
     ap.add_argument("--out", default=str(ROOT / "docs" / "retrieval.json"))
     args = ap.parse_args()
     from imgdup import load_model
@@ -91,16 +94,16 @@ def main() -> None:
         return hit, len(qi) / len(pos)
 
     runs: dict[str, dict] = {}
-    for cap in (None, *CAPS):
+    for cap, radius in [(c or None, r) for r in args.view_radii for c in args.caps]:
         t = time.perf_counter()
         wq, wid, _ = pairs_against(whole, qv, 1.0) if cap is None else nearest_within(whole, qv, 1.0, cap)
-        tq, tid, _ = tile_pairs(qv, qt[:, :QUERY_VIEWS], whole, tile_idx, 1.0, TILE_ID_BASE, cap=cap or 20,
+        tq, tid, _ = tile_pairs(qv, qt[:, :QUERY_VIEWS], whole, tile_idx, radius, TILE_ID_BASE, cap=cap or 20,
                                 stored_views=N_TILES)
         secs = time.perf_counter() - t
         hit_w, cand_w = found(wq, wid)
         hit_t, _ = found(tq, tid)
         pairs = {(int(a), int(b)) for a, b in zip(np.concatenate([wq, tq]), np.concatenate([wid, tid]))}
-        name = "no cap" if cap is None else f"cap {cap}"
+        name = ("no cap" if cap is None else f"cap {cap}") + ("" if radius == 1.0 else f", views f <= {radius:g}")
         runs[name] = {"found": float((hit_w | hit_t).mean()), "found_whole_only": float(hit_w.mean()),
                       "candidates_per_query_panel": len(pairs) / len(pos), "whole_candidates_per_query_panel": cand_w,
                       "search_seconds": secs,
@@ -108,7 +111,9 @@ def main() -> None:
         print(name, json.dumps({k: v for k, v in runs[name].items() if k != "per_family"}), flush=True)
     out = {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
            "command": "python benchmarks/retrieval.py " + ("--smoke" if args.smoke else
-                                                           f"--store {store_n} --real-distractors {n_real} --per-family {per}"),
+                                                           f"--store {store_n} --real-distractors {n_real} --per-family {per}")
+           + ("" if args.caps == [0, *CAPS] else " --caps " + " ".join(map(str, args.caps)))
+           + ("" if args.view_radii == [1.0] else " --view-radii " + " ".join(map(str, args.view_radii))),
            "store": {"panels": int(len(vec)), "test_images": len(imgs), "real_distractors": n_real,
                      "synthetic": int(pad), "embed_seconds": embed_s},
            "queries": len(pos), "runs": runs}

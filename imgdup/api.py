@@ -291,6 +291,19 @@ def _copy_move_rows(info: pd.DataFrame) -> list[int]:
             if kind != "figure" or (doc, fig) not in split]
 
 
+# The sub-region searches' radius, as a multiple of the threshold, when verification judges the
+# candidates: a crop keeping half a panel, placed in a PDF (resampled, re-compressed), can be
+# f = 1.0-1.25 from the nearest of its source's views (docs/BENCHMARKS.md, end to end, session
+# 17).  The searches are capped k-NN searches, so a wider radius costs no search time; it only
+# lets a sparse store's nearest views through.  Without verification the report keeps f <= t.
+VERIFIED_VIEW_RADIUS = 1.25
+
+
+def view_radius(threshold: float, verify: bool) -> float:
+    """The radius of the sub-region searches (``VERIFIED_VIEW_RADIUS`` x threshold when verifying)."""
+    return threshold * (VERIFIED_VIEW_RADIUS if verify else 1.0)
+
+
 def _view_pairs(q_whole: np.ndarray, q_views: np.ndarray, whole_index, tile_index, threshold: float,
                 cap: int | None = TILE_CAP):
     """``tile_pairs`` with the shipped views: a query panel searches with its first
@@ -354,7 +367,8 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
     via = np.full(len(f), "whole", object)
     if partial and len(qvec) > 1:
         rows = np.arange(len(qvec))
-        ti, tj, tf = _view_pairs(qvec, qtiles, whole_index_of(qvec, rows), tile_index_of(qtiles, rows, TILE_ID_BASE), t)
+        ti, tj, tf = _view_pairs(qvec, qtiles, whole_index_of(qvec, rows), tile_index_of(qtiles, rows, TILE_ID_BASE),
+                                 view_radius(t, verify))
         lo, hi = np.minimum(ti, tj), np.maximum(ti, tj)
         i, j, f, via = _merge_pairs(i, j, f, lo[lo != hi], hi[lo != hi], tf[lo != hi])
     parts.append(make_report(qinfo, qinfo, i, j, f, via))
@@ -370,7 +384,8 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
             qi, ids, f = _store_whole_pairs(store, whole, qvec, t, max_candidates)
             via = np.full(len(f), "whole", object)
             if partial:
-                ti, tids, tf = _store_view_pairs(store, qvec, qtiles, whole, t, max_candidates or TILE_CAP, device)
+                ti, tids, tf = _store_view_pairs(store, qvec, qtiles, whole, view_radius(t, verify),
+                                                 max_candidates or TILE_CAP, device)
                 qi, ids, f, via = _merge_pairs(qi, ids, f, ti, tids, tf)
             minfo = store.panel_table(ids)
             split |= store.split_figures(minfo.doc_sha256.unique())
@@ -408,8 +423,9 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
         if len(cm):
             report = pd.concat([cm, unverified(report)], ignore_index=True)
     clock.lap("copy_move")
-    path = (write_report(report, out, model.sha256, t, {"command": "query", "max_candidates": max_candidates or "none"})
-            if out else None)
+    meta = {"command": "query", "max_candidates": max_candidates or "none",
+            "view_radius": view_radius(t, verify) if partial else "none"}
+    path = write_report(report, out, model.sha256, t, meta) if out else None
     if add:
         store = Store(store_path)
         with store.writer():
@@ -535,7 +551,7 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
                 tid, tvec = store.indexed_tile_vectors(new)
                 if len(tid):
                     rows = pd.Index(ids).get_indexer(tid)
-                    ti, tm, tf = _store_view_pairs(store, vec[rows], tvec, whole, t,
+                    ti, tm, tf = _store_view_pairs(store, vec[rows], tvec, whole, view_radius(t, verify),
                                                    max_candidates + 1 if max_candidates else TILE_CAP, device)
                     qi, mid, f, via = _merge_pairs(qi, mid, f, rows[ti], tm, tf)
             a, b = ids[qi], mid
@@ -566,7 +582,8 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
         path = Path(out_dir) / f"date={day}" / f"screen-{run_id}.parquet"
         write_report(report, path, sha, t, {"command": "screen", "run_id": run_id,
                                             "mode": "all" if all_pairs else "new",
-                                            "max_candidates": max_candidates or "none"})
+                                            "max_candidates": max_candidates or "none",
+                                            "view_radius": view_radius(t, verify) if partial else "none"})
         store.db.execute("BEGIN IMMEDIATE")
         if len(new):
             store.db.executemany("UPDATE panels SET screened = 1 WHERE panel_id = ?", [(int(i),) for i in new])

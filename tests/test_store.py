@@ -300,6 +300,46 @@ def test_partial_reuse_found_through_tiles_and_verified(model, tmp_path):
     assert len(whole_only.report) <= len(rep)
 
 
+def test_crop_keeping_half_found_through_the_wider_verified_view_radius(model, tmp_path):
+    """A crop keeping half of a held-out micrograph whose nearest view is just over f = 1 (as a
+    PDF places it: resampled, re-compressed): a verified query reaches it through the views'
+    radius (``VERIFIED_VIEW_RADIUS`` x t) and verifies it; an unverified one reports f <= t only."""
+    import io
+
+    import cv2
+    from PIL import Image
+
+    from imgdup.api import VERIFIED_VIEW_RADIUS
+    from imgdup.demo.generate import shared_test_images
+
+    need_shared()
+    ims = shared_test_images()
+
+    def placed(im: np.ndarray) -> np.ndarray:         # as the end-to-end corpus places an original
+        buf = io.BytesIO()
+        Image.fromarray(cv2.resize(im, (300, 300), interpolation=cv2.INTER_AREA)).save(buf, format="JPEG", quality=90)
+        return np.asarray(Image.open(buf))
+
+    def half(im: np.ndarray, ox: float, oy: float) -> np.ndarray:   # 71 % of the side, shrunk to 240 px
+        s, y, x = int(round(im.shape[0] * 0.71)), int(oy * im.shape[0]), int(ox * im.shape[1])
+        return cv2.resize(im[y:y + s, x:x + s], (240, 240), interpolation=cv2.INTER_AREA)
+
+    a, b = placed(ims[14]), placed(ims[43])
+    _pdf(tmp_path / "a.pdf", [a, b])
+    _pdf(tmp_path / "b.pdf", [half(a, 0.13, 0.2), half(b, 0.05, 0.1)])
+    ingest([tmp_path / "a.pdf"], tmp_path / "st", model=model)
+    want = {("p1-f1-0", "p1-f1-0"), ("p1-f2-0", "p1-f2-0")}
+    rep = query([tmp_path / "b.pdf"], tmp_path / "st", model=model, copy_move=False, out=tmp_path / "r.parquet").report
+    found = {(r.query_panel, r.match_panel): r for r in rep.itertuples()}
+    assert set(found) == want, rep[["query_panel", "match_panel", "distance", "via"]]
+    assert float(pq.read_schema(tmp_path / "r.parquet").metadata[b"imgdup.view_radius"]) == VERIFIED_VIEW_RADIUS
+    for r in found.values():            # nearest views 1.10-1.16 from their source (measured)
+        assert 1.0 < r.distance <= VERIFIED_VIEW_RADIUS and r.via == "tiles" and r.verified
+    cnn = query([tmp_path / "b.pdf"], tmp_path / "st", model=model, copy_move=False, verify=False).report
+    assert (cnn.distance <= 1.0 + 1e-6).all()
+    assert not want & {(r.query_panel, r.match_panel) for r in cnn.itertuples()}
+
+
 def cv2_resize(im: np.ndarray, side: int) -> np.ndarray:
     import cv2
 
