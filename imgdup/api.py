@@ -294,8 +294,9 @@ def _copy_move_rows(info: pd.DataFrame) -> list[int]:
 # The sub-region searches' radius, as a multiple of the threshold, when verification judges the
 # candidates: a crop keeping half a panel, placed in a PDF (resampled, re-compressed), can lie
 # just over f = 1 (1.03-1.16 measured) from the nearest of its source's views (docs/BENCHMARKS.md,
-# end to end, session 17).  The searches are capped k-NN searches, so a wider radius costs no search time; it only
-# lets a sparse store's nearest views through.  Without verification the report keeps f <= t.
+# end to end, session 17).  The searches are capped k-NN searches, so a wider radius costs no
+# search time; it only lets a sparse store's nearest views through.  Without verification the
+# report keeps f <= t.
 VERIFIED_VIEW_RADIUS = 1.25
 
 
