@@ -351,6 +351,7 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
     """
     model = model or load_model()
     t = float(threshold if threshold is not None else model.threshold)
+    tv = view_radius(t, verify)
     clock = _Clock()
     # the manuscript's keypoints are computed by the verification threads, for the panels that
     # have candidates (in the extraction worker, one per document, a one-PDF query ran them serially)
@@ -368,8 +369,8 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
     via = np.full(len(f), "whole", object)
     if partial and len(qvec) > 1:
         rows = np.arange(len(qvec))
-        ti, tj, tf = _view_pairs(qvec, qtiles, whole_index_of(qvec, rows), tile_index_of(qtiles, rows, TILE_ID_BASE),
-                                 view_radius(t, verify))
+        ti, tj, tf = _view_pairs(qvec, qtiles, whole_index_of(qvec, rows),
+                                 tile_index_of(qtiles, rows, TILE_ID_BASE), tv)
         lo, hi = np.minimum(ti, tj), np.maximum(ti, tj)
         i, j, f, via = _merge_pairs(i, j, f, lo[lo != hi], hi[lo != hi], tf[lo != hi])
     parts.append(make_report(qinfo, qinfo, i, j, f, via))
@@ -385,8 +386,7 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
             qi, ids, f = _store_whole_pairs(store, whole, qvec, t, max_candidates)
             via = np.full(len(f), "whole", object)
             if partial:
-                ti, tids, tf = _store_view_pairs(store, qvec, qtiles, whole, view_radius(t, verify),
-                                                 max_candidates or TILE_CAP, device)
+                ti, tids, tf = _store_view_pairs(store, qvec, qtiles, whole, tv, max_candidates or TILE_CAP, device)
                 qi, ids, f, via = _merge_pairs(qi, ids, f, ti, tids, tf)
             minfo = store.panel_table(ids)
             split |= store.split_figures(minfo.doc_sha256.unique())
@@ -425,7 +425,7 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
             report = pd.concat([cm, unverified(report)], ignore_index=True)
     clock.lap("copy_move")
     meta = {"command": "query", "max_candidates": max_candidates or "none",
-            "view_radius": view_radius(t, verify) if partial else "none"}
+            "view_radius": tv if partial else "none"}
     path = write_report(report, out, model.sha256, t, meta) if out else None
     if add:
         store = Store(store_path)
@@ -537,6 +537,7 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
         if model_sha256 and sha and model_sha256 != sha:
             raise StoreError("the store was built with other weights; run `imgdup reindex`")
         t = float(threshold if threshold is not None else 1.0)
+        tv = view_radius(t, verify)
         where = "" if all_pairs else "WHERE screened = 0"
         new = np.array([r[0] for r in store.db.execute(f"SELECT panel_id FROM panels {where}")], np.int64)
         run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
@@ -552,7 +553,7 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
                 tid, tvec = store.indexed_tile_vectors(new)
                 if len(tid):
                     rows = pd.Index(ids).get_indexer(tid)
-                    ti, tm, tf = _store_view_pairs(store, vec[rows], tvec, whole, view_radius(t, verify),
+                    ti, tm, tf = _store_view_pairs(store, vec[rows], tvec, whole, tv,
                                                    max_candidates + 1 if max_candidates else TILE_CAP, device)
                     qi, mid, f, via = _merge_pairs(qi, mid, f, rows[ti], tm, tf)
             a, b = ids[qi], mid
@@ -584,7 +585,7 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
         write_report(report, path, sha, t, {"command": "screen", "run_id": run_id,
                                             "mode": "all" if all_pairs else "new",
                                             "max_candidates": max_candidates or "none",
-                                            "view_radius": view_radius(t, verify) if partial else "none"})
+                                            "view_radius": tv if partial else "none"})
         store.db.execute("BEGIN IMMEDIATE")
         if len(new):
             store.db.executemany("UPDATE panels SET screened = 1 WHERE panel_id = ?", [(int(i),) for i in new])
