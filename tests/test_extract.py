@@ -223,6 +223,26 @@ def test_split_black_separators_and_not_dark_background():
     assert len(split_panels(sparse)) <= 1
 
 
+def test_split_jpeg_figure_with_black_gutters_between_dark_panels():
+    """Six fluorescence micrographs whose dark background reaches their edges, 6-px black
+    gutters, the whole figure JPEG-compressed (the gutters ring up to ~10 grey levels): six
+    panels.  (The stranger-corpus benchmark lost every panel of such figures: the gutters were
+    not flat enough, and the panels' edge lines hold too little content for an edge.)"""
+    cells = [micrograph(i, 150) for i in (1, 7, 9, 10, 14, 16)]
+    grid = np.zeros((2 * 150 + 6, 3 * 150 + 12), np.uint8)
+    for k, c in enumerate(cells):
+        y, x = divmod(k, 3)
+        grid[y * 156:y * 156 + 150, x * 156:x * 156 + 150] = c
+    buf = io.BytesIO()
+    Image.fromarray(grid).save(buf, format="JPEG", quality=88)
+    jpeg = np.asarray(Image.open(buf).convert("L"))
+    assert jpeg[150:156].max() > 2                    # not flat any more
+    boxes = split_panels(jpeg)
+    assert len(boxes) == 6
+    for (y0, y1, x0, x1) in boxes:
+        assert (y1 - y0) * (x1 - x0) >= 0.8 * 150 * 150 and y1 - y0 <= 150 and x1 - x0 <= 150
+
+
 def test_split_bright_field_panel_beside_white_gutter():
     """A bright-field panel's light background touching a drawn white gutter (the e2e corpus
     lost two planted panels to this): still four panels, none cut into the background."""

@@ -15,6 +15,12 @@ import numpy as np
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1 (pixel, end-exclusive)
 PAPER_TOL = 12      # grey levels: a light margin this close to the paper's level is trimmed
+# A drawn black gutter in a JPEG-compressed figure is not flat: the compression rings next to
+# bright panel edges.  Such a line still averages near 0 and stays below DRAWN_DARK_MAX; the
+# dark background inside a fluorescence photo averages higher (its camera offset and noise).
+DRAWN_DARK_MEAN = 2.0
+DRAWN_DARK_MAX = 16
+DRAWN_DARK_STEP = 3.0   # a drawn dark band's neighbour lines average at least this much brighter
 
 
 def _uniform_lines(block: np.ndarray, axis: int, light_bg: bool, light_tol: int, dark_tol: int) -> np.ndarray:
@@ -23,7 +29,8 @@ def _uniform_lines(block: np.ndarray, axis: int, light_bg: bool, light_tol: int,
     hi = block.max(axis=axis).astype(np.int16)
     if light_bg:
         return (lo >= 200) & (hi - lo <= light_tol)
-    return (hi <= 55) & (hi - lo <= dark_tol)
+    drawn = (block.mean(axis=axis) <= DRAWN_DARK_MEAN) & (hi <= DRAWN_DARK_MAX)
+    return ((hi <= 55) & (hi - lo <= dark_tol)) | drawn
 
 
 def background_is_light(grey: np.ndarray, light_tol: int = 24, dark_tol: int = 2) -> bool | None:
@@ -91,12 +98,25 @@ def _flat_core(block: np.ndarray, axis: int, a: int, b: int, min_gutter: int) ->
     return max(runs, key=lambda r: r[1] - r[0]) if runs else (a, b)
 
 
-def _gutter(block: np.ndarray, axis: int, a: int, b: int, min_gutter: int) -> tuple[int, int] | None:
+def _drawn_dark_band(block: np.ndarray, axis: int, a: int, b: int) -> bool:
+    """Is the dark run [a, b) a drawn black gutter: near 0 on average, with both neighbouring
+    lines clearly brighter on average?  (A panel whose dark background touches the gutter has
+    too few content pixels on its edge line for ``_panel_edges``, but its background sits above
+    the drawn black; a dark band inside one photo has its neighbours' level.)"""
+    n = block.shape[0] if axis == 1 else block.shape[1]
+    if a == 0 or b >= n:
+        return False
+    mean = (lambda i, j: float(block[i:j].mean())) if axis == 1 else (lambda i, j: float(block[:, i:j].mean()))
+    level = mean(a, b)
+    return level <= DRAWN_DARK_MEAN and min(mean(a - 1, a), mean(b, b + 1)) >= level + DRAWN_DARK_STEP
+
+
+def _gutter(block: np.ndarray, axis: int, a: int, b: int, min_gutter: int, light_bg: bool = True) -> tuple[int, int] | None:
     """The uniform run [a, b) as a gutter between two panel edges, or its flat core (see
-    ``_flat_core``) when only that one is; None when neither."""
+    ``_flat_core``) when only that one is, or (dark figures) a drawn black band; None when none."""
     if b - a < min_gutter:
         return None
-    if _panel_edges(block, axis, a, b):
+    if _panel_edges(block, axis, a, b) or (not light_bg and _drawn_dark_band(block, axis, a, b)):
         return a, b
     core = _flat_core(block, axis, a, b, min_gutter)
     return core if core != (a, b) and _panel_edges(block, axis, *core) else None
@@ -128,7 +148,7 @@ def split_panels(grey: np.ndarray, min_px: int = 48, min_frac: float = 0.08, min
         if depth < max_depth:
             for axis in (1, 0):  # rows first (horizontal gutters), then columns
                 lines = _uniform_lines(block, axis, light_bg, light_tol, dark_tol)
-                gutters = [g for g in (_gutter(block, axis, a, b, min_gutter) for a, b in _runs(lines)) if g]
+                gutters = [g for g in (_gutter(block, axis, a, b, min_gutter, light_bg) for a, b in _runs(lines)) if g]
                 if not gutters:
                     continue
                 edges = [0] + [x for g in gutters for x in g] + [len(lines)]
