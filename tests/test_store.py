@@ -361,6 +361,37 @@ def test_copy_move_searched_in_single_image_figures(model, tmp_path):
     assert list(cm.query_panel) == ["p1-f1-0"] and list(cm.query_kind) == ["figure"], rep
 
 
+def test_two_panels_cut_from_one_compound_image_are_compared(model, tmp_path):
+    """A panel re-used, brightened, inside one compound figure stored as one image: both panels
+    come from the same xref, yet they are different regions of it, so the pair is verified and
+    reported (it was dismissed as "the same stored image placed twice").  The same compound
+    placed again on a second page is still the same image twice: panel k against its own
+    second placement is not a finding."""
+    import pymupdf
+
+    from conftest import micrograph, png_bytes
+
+    cells = [cv2_resize(micrograph(k), 200) for k in (40, 44, 52)]
+    cells.append(np.clip(cells[0] * 0.7 + 50, 0, 255).astype(np.uint8))   # panel a, brightened
+    grid = np.full((412, 412), 255, np.uint8)
+    for k, c in enumerate(cells):
+        y, x = divmod(k, 2)
+        grid[y * 212:y * 212 + 200, x * 212:x * 212 + 200] = c
+    doc = pymupdf.open()
+    xref = doc.new_page(width=612, height=792).insert_image(pymupdf.Rect(60, 60, 372, 372), stream=png_bytes(grid))
+    doc.new_page(width=612, height=792).insert_image(pymupdf.Rect(60, 60, 372, 372), xref=xref)
+    doc.save(tmp_path / "m.pdf")
+    rep = query([tmp_path / "m.pdf"], tmp_path / "none", model=model, copy_move=False, keep_rejected=True).report
+    rep = rep[rep.query_kind.eq("panel") & rep.match_kind.eq("panel")]
+    assert rep.same_xref.any()                       # the second placement's panels exist and pair up
+    key = {(r.query_page, r.query_panel.rsplit("-", 1)[1], r.match_page, r.match_panel.rsplit("-", 1)[1]): r
+           for r in rep.itertuples()}
+    within = [r for (qp, qk, mp, mk), r in key.items() if qp == mp == 1 and {qk, mk} == {"1", "4"}]
+    assert within and within[0].verified and not within[0].same_xref, rep[["query_panel", "match_panel", "reject_reason"]]
+    twice = [r for (qp, qk, mp, mk), r in key.items() if qp != mp and qk == mk]
+    assert twice and all(r.same_xref and not r.verified and "placed twice" in r.reject_reason for r in twice)
+
+
 def test_reindex_re_extract_gives_an_old_store_the_current_views(corpus, model, tmp_path):
     """A store whose shards hold 6 views a panel (as imgdup wrote them before the 75 % views)
     still answers queries; `reindex --re-extract` re-extracts its documents and stores every

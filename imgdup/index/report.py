@@ -79,8 +79,13 @@ def make_report(qinfo: pd.DataFrame, minfo: pd.DataFrame, qrows: np.ndarray, mro
         ((df.query_kind == "figure") | (df.match_kind == "figure"))
     df = df[~same_panel & ~own_figure].copy()
     df["same_content"] = df["_hash_query"] == df["_hash_match"]
-    df["same_xref"] = [bool(a and b and set(a.split(",")) & set(b.split(",")) - {"0"}) and s
-                       for a, b, s in zip(df["_xrefs_query"], df["_xrefs_match"], df.same_doc)]
+    # the same stored image placed twice, and the same region of it on both sides: a whole figure,
+    # or the same panel of the figure's split (two different panels cut from one compound image
+    # share its xref but not their pixels: those are compared like any others)
+    same_region = (df.query_kind == "figure") | (df.match_kind == "figure") | \
+        (df.query_panel.str.rsplit("-", n=1).str[-1] == df.match_panel.str.rsplit("-", n=1).str[-1])
+    df["same_xref"] = [bool(a and b and set(a.split(",")) & set(b.split(",")) - {"0"}) and s and r
+                       for a, b, s, r in zip(df["_xrefs_query"], df["_xrefs_match"], df.same_doc, same_region)]
     df = df.drop(columns=[c for c in df.columns if c.startswith("_")])
     return df.sort_values(["distance", "query_doc", "query_panel"]).reset_index(drop=True)[REPORT_COLUMNS]
 
