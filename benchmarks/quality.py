@@ -19,6 +19,11 @@ Scorers (higher = more likely the same), all on the same pairs:
   sift         RANSAC inliers of SIFT matches (OpenCV), also against the mirrored image
 
     python benchmarks/quality.py [--per-family 60] [--smoke]
+    python benchmarks/quality.py --images other --negatives 1500 --out docs/quality_other_images.json
+
+``--images other``: the same families and scorers on fields of scikit-image's sample images
+(``other_images``: kinds the CNN never saw); the output also gives the shares accepted at the
+shipped confidence threshold.
 """
 
 from __future__ import annotations

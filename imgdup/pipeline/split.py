@@ -2,11 +2,13 @@
 
 A gutter is a run of rows (or columns) that are uniform and of the figure's background colour,
 decided by which kind of full-length uniform line the figure has more of: on a light figure
-only light lines count (so the dark
-background of a fluorescence panel is never taken for a gutter), on a dark frame only near-black,
-almost exactly flat lines.  A gutter must also sit between two panel edges: full lines of
-content on both sides (see ``_panel_edges``), which stops cuts through the background of a single
-photo.  Pieces smaller than the minimum panel size (labels, captions, thin strips) are left out.
+only light lines count (so the dark background of a fluorescence panel is never taken for a
+gutter), on a dark frame only near-black, almost exactly flat lines, or lines averaging near 0
+(a drawn black gutter that JPEG made ring).  A gutter must also sit between two panel edges:
+full lines of content on both sides (see ``_panel_edges``), which stops cuts through the
+background of a single photo; on a dark frame a drawn black band between clearly brighter lines
+also counts (``_drawn_dark_band``: panels whose dark background reaches their edges).  Pieces
+smaller than the minimum panel size (labels, captions, thin strips) are left out.
 """
 
 from __future__ import annotations
