@@ -332,7 +332,8 @@ def _cover(outer, inner) -> float:
 
 def score_report(report: pd.DataFrame, placements: pd.DataFrame, docs: set[str] | None = None,
                  involving: str | None = None) -> dict:
-    """Panel-level precision / recall of a report against the planted truth.
+    """Panel-level precision / recall of a report against the planted truth, and the planted
+    pairs it missed (``missed``).
 
     A row is a true positive when both sides match (IoU >= 0.5) the two placements of a planted
     pair; a row whose sides only *contain* such a pair (a whole compound figure) is neither; any
@@ -369,7 +370,9 @@ def score_report(report: pd.DataFrame, placements: pd.DataFrame, docs: set[str] 
     per = {}
     for m, g in pairs.assign(found=found).groupby("manipulation"):
         per[m] = {"pairs": int(len(g)), "recall": float(g.found.mean())}
-    return {"pairs": int(len(pairs)), "found": int(found.sum()),
+    missed = [{"a": f"{g.a_doc} p{g.a_page}", "b": f"{g.b_doc} p{g.b_page}", "manipulation": g.manipulation,
+               "within_paper": bool(g.within_paper)} for g in pairs[~found].itertuples()]
+    return {"pairs": int(len(pairs)), "found": int(found.sum()), "missed": missed,
             "recall": float(found.mean()) if len(pairs) else float("nan"),
             "reported": int(len(report)), "tp_rows": tp, "fp_rows": fp, "ignored_rows": ignored,
             "precision": tp / (tp + fp) if tp + fp else float("nan"), "per_manipulation": per,
