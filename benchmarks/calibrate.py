@@ -13,7 +13,14 @@ logistic regression (Newton / IRLS, a few lines of numpy), with negatives weight
 probability reflects a 1 : 10 prior; threshold: the smallest confidence that keeps the false
 positive rate on the calibration negatives at or below 1e-3.
 
+Both kinds of pairs also come a second time as a PDF figure stores a panel
+(``quality.as_stored``: each side shrunk to 150-250 px and JPEG'd at q70-90): ``--stored-per-family``
+positives per family and ``--stored-negatives`` negatives.  Verification meets panels in that
+form; fitted on full-resolution pairs alone, the confidence leaned on fine detail that such
+panels no longer share (docs/VERIFICATION.md).
+
     python benchmarks/calibrate.py [--per-family 30] [--negatives 3000] [--label-negatives 200]
+        [--stored-per-family 20] [--stored-negatives 1500]
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from quality import family_pairs, load_images, negatives, parallel_features, shared_label_negatives  # noqa: E402
+from quality import (family_pairs, load_images, negatives, parallel_features, shared_label_negatives,  # noqa: E402
+                     stored_pairs)
 
 from imgdup.pipeline.verify import FEATURES  # noqa: E402
 
@@ -81,6 +89,10 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=600)
     ap.add_argument("--label-negatives", type=int, default=200,
                     help="more negatives: two different images carrying the same printed labels")
+    ap.add_argument("--stored-per-family", type=int, default=20,
+                    help="more positives per family, both sides as a PDF figure stores them (as_stored)")
+    ap.add_argument("--stored-negatives", type=int, default=1500,
+                    help="more negatives (and a fifteenth as many shared-label ones), both sides as stored")
     ap.add_argument("--out", default=str(ROOT / "imgdup" / "pipeline" / "confidence.json"))
     ap.add_argument("--cache", default=None, help="Keep / reuse the computed features in this .npz.")
     args = ap.parse_args()
@@ -95,8 +107,7 @@ def main() -> None:
     t0 = time.time()
     if args.cache and Path(args.cache).exists():
         z = np.load(args.cache)
-        xn, xp = z["xn"], z["xp"]
-        fam_of = z["family"] if "family" in z else np.array([""] * len(xp))
+        xn, xp, xns, xps = z["xn"], z["xp"], z["xns"], z["xps"]
     else:
         neg, seen = [], set()
         for a, b in negatives(imgs, groups, args.negatives, rng):
@@ -109,9 +120,18 @@ def main() -> None:
         xn = parallel_features(neg)
         fam = family_pairs(imgs, args.per_family, rng)
         xp = parallel_features([p for pairs in fam.values() for p in pairs])
-        fam_of = np.array([name for name, pairs in fam.items() for _ in pairs])
+        # the same kinds of pairs as a PDF stores them (shrunk, JPEG'd), from their own generators
+        r2 = np.random.default_rng(11)
+        sneg = stored_pairs(negatives(imgs, groups, args.stored_negatives, r2), r2)
+        sneg += stored_pairs(shared_label_negatives(imgs, args.stored_negatives // 15, np.random.default_rng(17)), r2)
+        sfam = family_pairs(imgs, args.stored_per_family, r2)
+        spos = stored_pairs([p for pairs in sfam.values() for p in pairs], r2)
+        xns = parallel_features(sneg) if sneg else np.zeros((0, xn.shape[1]))
+        xps = parallel_features(spos) if spos else np.zeros((0, xp.shape[1]))
         if args.cache:
-            np.savez(args.cache, xn=xn, xp=xp, family=fam_of)
+            np.savez(args.cache, xn=xn, xp=xp, xns=xns, xps=xps)
+    sets = {"full resolution": (xp, xn), "as stored": (xps, xns)}
+    xp, xn = np.concatenate([xp, xps]), np.concatenate([xn, xns])
     x = np.concatenate([xp, xn])
     y = np.concatenate([np.ones(len(xp)), np.zeros(len(xn))])
     # weight so that the fitted probability reflects one re-use per ten candidate pairs
@@ -125,8 +145,12 @@ def main() -> None:
            "fitted_on": {"split": "val+train (never test)", "images": len(imgs), "positives": int(len(xp)), "negatives": int(len(xn)),
                          "prior": "1 re-use : 10 candidates", "command": "python benchmarks/calibrate.py "
                          f"--per-family {args.per_family} --negatives {args.negatives} --images {args.images} "
-                         f"--label-negatives {args.label_negatives}", "label_negatives": args.label_negatives},
+                         f"--label-negatives {args.label_negatives} --stored-per-family {args.stored_per_family} "
+                         f"--stored-negatives {args.stored_negatives}", "label_negatives": args.label_negatives,
+                         "stored_positives": int(len(sets["as stored"][0])), "stored_negatives": int(len(sets["as stored"][1]))},
            "calibration_tpr": float((cp >= thr).mean()), "calibration_fpr": float((cn >= thr).mean()),
+           "by_set": {k: {"tpr": float((conf(p) >= thr).mean()), "fpr": float((conf(n) >= thr).mean())}
+                      for k, (p, n) in sets.items() if len(p) and len(n)},
            "feature_seconds": None if args.cache and Path(args.cache).exists() and time.time() - t0 < 5
            else round(time.time() - t0, 1)}
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")

@@ -24,6 +24,10 @@ Scorers (higher = more likely the same), all on the same pairs:
 ``--images other``: the same families and scorers on fields of scikit-image's sample images
 (``other_images``: kinds the CNN never saw); the output also gives the shares accepted at the
 shipped confidence threshold.
+
+``--stored``: both sides of every pair (negatives too) as a PDF figure stores a panel
+(``as_stored``: shrunk to a longer side of 150-250 px, JPEG q70-90, each side on its own), the
+form in which ``imgdup query`` meets them.  Copy-move is scored on the images as they are.
 """
 
 from __future__ import annotations
@@ -66,6 +70,23 @@ def _rescale(im, s):
 
 def _jpeg(im, q):
     return cv2.imdecode(cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, int(q)])[1], cv2.IMREAD_GRAYSCALE)
+
+
+STORED_SIDE = (150, 250)   # a panel as a PDF figure stores it: longer side in pixels ...
+STORED_QUALITY = (70, 90)  # ... and its JPEG quality
+
+
+def as_stored(im, rng):
+    """``im`` as a PDF figure typically stores a panel: area-shrunk so its longer side is
+    ``STORED_SIDE`` px (never enlarged), then JPEG at ``STORED_QUALITY``.  Both sides of a pair
+    get their own size and quality, as two figures placed and compressed apart."""
+    s = min(1.0, float(rng.uniform(*STORED_SIDE)) / max(im.shape))
+    return _jpeg(_rescale(im, s) if s < 1.0 else im, rng.integers(STORED_QUALITY[0], STORED_QUALITY[1] + 1))
+
+
+def stored_pairs(pairs, rng):
+    """Both sides of every pair ``as_stored``."""
+    return [(as_stored(a, rng), as_stored(b, rng)) for a, b in pairs]
 
 
 def _overlay(im, rng):
@@ -482,6 +503,9 @@ def main() -> None:
     ap.add_argument("--images", choices=["held-out", "other"], default="held-out",
                     help="held-out: the test split of ../shared (default); other: fields of "
                          "scikit-image's sample images, kinds the CNN never saw (pip install scikit-image)")
+    ap.add_argument("--stored", action="store_true",
+                    help="both sides of every pair (positives and negatives) as a PDF figure stores "
+                         "them: shrunk to 150-250 px and JPEG q70-90 (as_stored)")
     ap.add_argument("--dump", default=None,
                     help="also write every pair's imgdup features and baseline scores to this .npz")
     args = ap.parse_args()
@@ -491,19 +515,21 @@ def main() -> None:
     n_neg = 60 if args.smoke else args.negatives
     sc = Scorers()
     t0 = time.time()
-    neg_scores = sc.score(negatives(imgs, groups, n_neg, rng))
+    srng = np.random.default_rng(2)     # its own generator: the pairs are those of a run without --stored
+    prep = (lambda ps: stored_pairs(ps, srng)) if args.stored else (lambda ps: ps)  # noqa: E731
+    neg_scores = sc.score(prep(negatives(imgs, groups, n_neg, rng)))
     dump = {"neg_features": sc.last_features, **{f"neg_{k}": v for k, v in neg_scores.items()}}
     table, retrieval, shipped = {}, {}, {}
     thr = float(sc.v.confidence_model()["threshold"])
     for fam, pairs in family_pairs(imgs, per, rng).items():
-        pos = sc.score(pairs)
+        pos = sc.score(prep(pairs))
         dump.update({f"pos_features/{fam}": sc.last_features, **{f"pos_{k}/{fam}": v for k, v in pos.items()}})
         table[fam] = {name: metrics(pos[name], neg_scores[name]) for name in pos}
         retrieval[fam] = float(np.mean(pos["cnn"] >= -1.0))     # a whole-panel candidate at f <= 1
         shipped[fam] = at_shipped(pos, thr)
     # after the others, from its own generator: every other family's pairs stay as they were
     fam = "colour to grey (PDF images)"
-    pos = sc.score(colour_to_grey_pairs(per, np.random.default_rng(5)))
+    pos = sc.score(prep(colour_to_grey_pairs(per, np.random.default_rng(5))))
     dump.update({f"pos_features/{fam}": sc.last_features, **{f"pos_{k}/{fam}": v for k, v in pos.items()}})
     table[fam] = {name: metrics(pos[name], neg_scores[name]) for name in pos}
     retrieval[fam] = float(np.mean(pos["cnn"] >= -1.0))
@@ -513,11 +539,11 @@ def main() -> None:
     mean = {n: float(np.mean([table[f][n]["tpr@0.001"] for f in table])) for n in names}
     out = {"images": len(imgs), "negatives": n_neg, "positives_per_family": per, "seconds": time.time() - t0,
            "command": "python benchmarks/quality.py" + (" --smoke" if args.smoke else f" --per-family {per} --negatives {n_neg}")
-           + ("" if args.images == "held-out" else f" --images {args.images}"),
+           + ("" if args.images == "held-out" else f" --images {args.images}") + (" --stored" if args.stored else ""),
            "mean_tpr@0.001": mean, "families": table, "copy_move": copy_move,
            "cnn_candidate_rate_f<=1": retrieval,
            "negatives_cnn_candidate_rate_f<=1": float(np.mean(neg_scores["cnn"] >= -1.0)),
-           "images_source": args.images, "shipped_threshold": thr,
+           "images_source": args.images, "pairs_as_stored": bool(args.stored), "shipped_threshold": thr,
            "at_shipped_threshold": shipped, "negatives_at_shipped_threshold": at_shipped(neg_scores, thr)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))

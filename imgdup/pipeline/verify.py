@@ -598,18 +598,31 @@ def _blocks(a: np.ndarray) -> np.ndarray:
     return a[:gh * BLOCK, :gw * BLOCK].reshape(gh, BLOCK, gw, BLOCK).swapaxes(1, 2).reshape(-1, BLOCK * BLOCK)
 
 
-def _block_corr(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
-    """Median over the BLOCK x BLOCK blocks inside ``mask`` of the correlation of x and y.
+DETAIL_FLOOR = 0.1   # fine-detail energy (mean square of the band in a block, grey levels^2) a block
+#                      needs in both panels to be compared: JPEG flattens a dark, smooth background to
+#                      less, and there the correlation is of compression noise (docs/VERIFICATION.md)
+
+
+def _detailed(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per BLOCK x BLOCK block (``_blocks`` order): wholly inside ``mask`` and carrying fine detail
+    (``DETAIL_FLOOR``) in both band-passed panels x and y."""
+    if mask.shape[0] < BLOCK or mask.shape[1] < BLOCK:
+        return np.zeros(0, bool)
+    inside = _blocks(mask.astype(np.float32)).mean(1) >= 0.99
+    return inside & (_blocks(x).var(1) >= DETAIL_FLOOR) & (_blocks(y).var(1) >= DETAIL_FLOOR)
+
+
+def _block_corr(x: np.ndarray, y: np.ndarray, blocks: np.ndarray) -> float:
+    """Median over the selected BLOCK x BLOCK blocks (``_detailed``) of the correlation of x and y.
 
     A median over blocks, not one correlation over the overlap: a copy agrees everywhere, while
     two different blots that carry the same printed lane labels agree only where the text is
-    (a global correlation is dominated by the text's strong edges)."""
-    if mask.shape[0] < BLOCK or mask.shape[1] < BLOCK:
+    (a global correlation is dominated by the text's strong edges).  Blocks without fine detail
+    are left out: a copy stored twice as JPEG shares no grain there, and a look-alike shares none
+    anywhere, so they would only pull a copy's median towards a look-alike's."""
+    if blocks.sum() < 2:
         return float("nan")
-    inside = _blocks(mask.astype(np.float32)).mean(1) >= 0.99
-    if inside.sum() < 2:
-        return float("nan")
-    bx, by = _blocks(x.astype(np.float64))[inside], _blocks(y.astype(np.float64))[inside]
+    bx, by = _blocks(x.astype(np.float64))[blocks], _blocks(y.astype(np.float64))[blocks]
     bx -= bx.mean(1, keepdims=True)
     by -= by.mean(1, keepdims=True)
     den = np.sqrt((bx * bx).sum(1) * (by * by).sum(1))
@@ -625,7 +638,7 @@ TEXT_CROSSINGS = 0.5    # ... and ink / paper changes along its rows and along i
 
 
 def _text_blocks(img: np.ndarray) -> np.ndarray:
-    """Per BLOCK x BLOCK block (as ``_block_corr`` tiles), whether it looks like printed text or
+    """Per BLOCK x BLOCK block (as ``_blocks`` tiles), whether it looks like printed text or
     line art: high contrast, two-tone (ink and paper, few tones between), and strokes crossed
     both along rows and along columns - unlike the grain and gradients of a photograph or a
     micrograph, and unlike a blot's band, which a row inside it never crosses."""
@@ -830,8 +843,10 @@ def _overlap(fa: Features, fb: Features, T: np.ndarray) -> _Overlap:
     detail = detail_raw = float("nan")
     inner = (cv2.erode(mask, np.ones((9, 9), np.uint8)) > 0) & ~_shared_text(fa.text_blocks(), warped)
     if inner.sum() >= 400:
-        detail_raw = _block_corr(_band(fa.img), _band(warped), inner)
-        detail = _block_corr(_band(_equalise(fa.img, mask)), _band(_equalise(warped, mask)), inner)
+        band_a, band_b = _band(fa.img), _band(warped)
+        blocks = _detailed(band_a, band_b, inner)
+        detail_raw = _block_corr(band_a, band_b, blocks)
+        detail = _block_corr(_band(_equalise(fa.img, mask)), _band(_equalise(warped, mask)), blocks)
     return _Overlap(poly_a, poly_b, frac, mask, ncc, detail, detail_raw, pearson)
 
 
@@ -953,11 +968,15 @@ def confidence_model() -> dict:
 
 
 FEATURES = ["cnn_distance", "log1p_inliers", "aligned_ncc", "thumb_ncc", "aligned_ncc*log1p_inliers",
-            "detail_ncc", "detail_raw", "max_detail*log1p_inliers", "phash_similarity"]
+            "detail_ncc", "detail_raw", "max_detail*log1p_inliers", "phash_similarity", "min(max_detail,aligned_ncc)"]
 
 
 def feature_vector(f: float, m: Match, al: Alignment) -> np.ndarray:
-    """The confidence model's inputs (``FEATURES``); ``f`` may be nan (CNN distance unknown)."""
+    """The confidence model's inputs (``FEATURES``); ``f`` may be nan (CNN distance unknown).
+    The last, the weaker of the fine-detail and the whole-overlap agreement, asks both to agree:
+    two different images printed with the same labels agree in the detail of the text and
+    nowhere else, a copy of a dark, smooth panel stored small agrees as a whole and in what
+    detail it has."""
     fcl = min(float(f), 4.0) if np.isfinite(f) else 2.0
 
     def z(v: float) -> float:
@@ -965,7 +984,8 @@ def feature_vector(f: float, m: Match, al: Alignment) -> np.ndarray:
 
     ancc, d1, d2 = z(m.aligned_ncc), z(m.detail_ncc), z(m.detail_raw)
     li = math.log1p(m.inliers)
-    return np.array([fcl, li, ancc, al.ncc, ancc * li, d1, d2, max(d1, d2) * li, al.phash], np.float64)
+    return np.array([fcl, li, ancc, al.ncc, ancc * li, d1, d2, max(d1, d2) * li, al.phash, min(max(d1, d2), ancc)],
+                    np.float64)
 
 
 def confidence(x: np.ndarray, model: dict | None = None) -> np.ndarray:
