@@ -13,11 +13,10 @@ logistic regression (Newton / IRLS, a few lines of numpy), with negatives weight
 probability reflects a 1 : 10 prior; threshold: the smallest confidence that keeps the false
 positive rate on the calibration negatives at or below 1e-3.
 
-Both kinds of pairs also come a second time as a PDF figure stores a panel
-(``quality.as_stored``: each side shrunk to 150-250 px and JPEG'd at q70-90): ``--stored-per-family``
-positives per family and ``--stored-negatives`` negatives.  Verification meets panels in that
-form; fitted on full-resolution pairs alone, the confidence leaned on fine detail that such
-panels no longer share (docs/VERIFICATION.md).
+``--stored-per-family`` / ``--stored-negatives`` (default 0): both kinds of pairs also a second
+time as a PDF figure stores a panel (``quality.as_stored``: each side shrunk to 150-250 px and
+JPEG'd at q70-90).  Tried in session 19 (20 / 1500) and not shipped: the refit was better on
+these calibration pairs but worse on the test split's pairs stored that way (docs/VERIFICATION.md).
 
     python benchmarks/calibrate.py [--per-family 30] [--negatives 3000] [--label-negatives 200]
         [--stored-per-family 20] [--stored-negatives 1500]
@@ -89,9 +88,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=600)
     ap.add_argument("--label-negatives", type=int, default=200,
                     help="more negatives: two different images carrying the same printed labels")
-    ap.add_argument("--stored-per-family", type=int, default=20,
+    ap.add_argument("--stored-per-family", type=int, default=0,
                     help="more positives per family, both sides as a PDF figure stores them (as_stored)")
-    ap.add_argument("--stored-negatives", type=int, default=1500,
+    ap.add_argument("--stored-negatives", type=int, default=0,
                     help="more negatives (and a fifteenth as many shared-label ones), both sides as stored")
     ap.add_argument("--out", default=str(ROOT / "imgdup" / "pipeline" / "confidence.json"))
     ap.add_argument("--cache", default=None, help="Keep / reuse the computed features in this .npz.")
@@ -107,7 +106,9 @@ def main() -> None:
     t0 = time.time()
     if args.cache and Path(args.cache).exists():
         z = np.load(args.cache)
-        xn, xp, xns, xps = z["xn"], z["xp"], z["xns"], z["xps"]
+        xn, xp = z["xn"], z["xp"]
+        xns = z["xns"] if "xns" in z else np.zeros((0, xn.shape[1]))
+        xps = z["xps"] if "xps" in z else np.zeros((0, xp.shape[1]))
     else:
         neg, seen = [], set()
         for a, b in negatives(imgs, groups, args.negatives, rng):

@@ -968,24 +968,24 @@ def confidence_model() -> dict:
 
 
 FEATURES = ["cnn_distance", "log1p_inliers", "aligned_ncc", "thumb_ncc", "aligned_ncc*log1p_inliers",
-            "detail_ncc", "detail_raw", "max_detail*log1p_inliers", "phash_similarity", "min(max_detail,aligned_ncc)"]
+            "detail_ncc", "detail_raw", "max_detail*log1p_inliers", "phash_similarity"]
 
 
 def feature_vector(f: float, m: Match, al: Alignment) -> np.ndarray:
     """The confidence model's inputs (``FEATURES``); ``f`` may be nan (CNN distance unknown).
-    The last, the weaker of the fine-detail and the whole-overlap agreement, asks both to agree:
-    two different images printed with the same labels agree in the detail of the text and
-    nowhere else, a copy of a dark, smooth panel stored small agrees as a whole and in what
-    detail it has."""
+    The detail correlations count only as far as the overlap as a whole agrees (capped at its
+    correlation): with blocks without detail left out (``DETAIL_FLOOR``), a small dark panel whose
+    only detail is a burned-in letter or scale bar can match another's at 0.98 while the rest of
+    the overlap does not agree at all."""
     fcl = min(float(f), 4.0) if np.isfinite(f) else 2.0
 
     def z(v: float) -> float:
         return float(v) if np.isfinite(v) else 0.0
 
-    ancc, d1, d2 = z(m.aligned_ncc), z(m.detail_ncc), z(m.detail_raw)
+    ancc = z(m.aligned_ncc)
+    d1, d2 = min(z(m.detail_ncc), max(ancc, 0.0)), min(z(m.detail_raw), max(ancc, 0.0))
     li = math.log1p(m.inliers)
-    return np.array([fcl, li, ancc, al.ncc, ancc * li, d1, d2, max(d1, d2) * li, al.phash, min(max(d1, d2), ancc)],
-                    np.float64)
+    return np.array([fcl, li, ancc, al.ncc, ancc * li, d1, d2, max(d1, d2) * li, al.phash], np.float64)
 
 
 def confidence(x: np.ndarray, model: dict | None = None) -> np.ndarray:
