@@ -210,6 +210,10 @@ def test_confidence_is_monotone_in_evidence():
         assert conf(0.5, inl, 0.9, 0.5, 0.8) <= conf(0.5, 2 * inl, 0.9, 0.5, 0.8)
         assert conf(0.5, inl, 0.5, 0.5) <= conf(0.5, inl, 0.9, 0.5)
     assert conf(0.4, 0, 0.0, 0.95) > conf(0.4, 0, 0.0, 0.6)
+    # fine detail counts only as far as the overlap as a whole agrees: a burned-in letter that
+    # matches (detail 0.98) in an overlap that does not (0.18) is no copy; the same detail in an
+    # agreeing overlap is
+    assert conf(0.81, 6, 0.18, 0.47, 0.98) < m["threshold"] < conf(0.81, 6, 0.9, 0.47, 0.98)
 
 
 def test_features_identical_across_threads():
