@@ -603,26 +603,25 @@ DETAIL_FLOOR = 0.1   # fine-detail energy (mean square of the band in a block, g
 #                      less, and there the correlation is of compression noise (docs/VERIFICATION.md)
 
 
-def _detailed(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Per BLOCK x BLOCK block (``_blocks`` order): wholly inside ``mask`` and carrying fine detail
-    (``DETAIL_FLOOR``) in both band-passed panels x and y."""
-    if mask.shape[0] < BLOCK or mask.shape[1] < BLOCK:
-        return np.zeros(0, bool)
+def _detailed(bx: np.ndarray, by: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per BLOCK x BLOCK block of two band-passed panels (``bx``, ``by``: their ``_blocks``):
+    wholly inside ``mask`` and carrying fine detail (``DETAIL_FLOOR``) in both."""
     inside = _blocks(mask.astype(np.float32)).mean(1) >= 0.99
-    return inside & (_blocks(x).var(1) >= DETAIL_FLOOR) & (_blocks(y).var(1) >= DETAIL_FLOOR)
+    return inside & (bx.var(1) >= DETAIL_FLOOR) & (by.var(1) >= DETAIL_FLOOR)
 
 
-def _block_corr(x: np.ndarray, y: np.ndarray, blocks: np.ndarray) -> float:
-    """Median over the selected BLOCK x BLOCK blocks (``_detailed``) of the correlation of x and y.
+def _block_corr(bx: np.ndarray, by: np.ndarray) -> float:
+    """Median over the given blocks (rows of ``_blocks``, those ``_detailed`` selects) of the
+    correlation of x and y.
 
     A median over blocks, not one correlation over the overlap: a copy agrees everywhere, while
     two different blots that carry the same printed lane labels agree only where the text is
     (a global correlation is dominated by the text's strong edges).  Blocks without fine detail
     are left out: a copy stored twice as JPEG shares no grain there, and a look-alike shares none
     anywhere, so they would only pull a copy's median towards a look-alike's."""
-    if blocks.sum() < 2:
+    if len(bx) < 2:
         return float("nan")
-    bx, by = _blocks(x.astype(np.float64))[blocks], _blocks(y.astype(np.float64))[blocks]
+    bx, by = bx.astype(np.float64), by.astype(np.float64)
     bx -= bx.mean(1, keepdims=True)
     by -= by.mean(1, keepdims=True)
     den = np.sqrt((bx * bx).sum(1) * (by * by).sum(1))
@@ -843,10 +842,10 @@ def _overlap(fa: Features, fb: Features, T: np.ndarray) -> _Overlap:
     detail = detail_raw = float("nan")
     inner = (cv2.erode(mask, np.ones((9, 9), np.uint8)) > 0) & ~_shared_text(fa.text_blocks(), warped)
     if inner.sum() >= 400:
-        band_a, band_b = _band(fa.img), _band(warped)
-        blocks = _detailed(band_a, band_b, inner)
-        detail_raw = _block_corr(band_a, band_b, blocks)
-        detail = _block_corr(_band(_equalise(fa.img, mask)), _band(_equalise(warped, mask)), blocks)
+        band_a, band_b = _blocks(_band(fa.img)), _blocks(_band(warped))
+        sel = _detailed(band_a, band_b, inner)
+        detail_raw = _block_corr(band_a[sel], band_b[sel])
+        detail = _block_corr(_blocks(_band(_equalise(fa.img, mask)))[sel], _blocks(_band(_equalise(warped, mask)))[sel])
     return _Overlap(poly_a, poly_b, frac, mask, ncc, detail, detail_raw, pearson)
 
 
