@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -231,20 +232,39 @@ class _Clock:
 
 
 def _merge_pairs(i: np.ndarray, j: np.ndarray, f: np.ndarray, ti: np.ndarray, tj: np.ndarray,
-                 tf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Whole-panel candidates plus the sub-region candidates not already among them, each pair
-    once (a pair found from both of its panels' sub-regions keeps its smaller distance)."""
+                 tf: np.ndarray, via: np.ndarray | None = None, label: str = "tiles"
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Candidates (``via``: how each was found; None: all "whole") plus the ``label`` candidates
+    (ti, tj, tf), each pair once among them (a pair found twice keeps its smaller distance).
+    "tiles" candidates already present are left out; "inverted" ones (a panel's negative matched
+    the other panel) are kept beside a plain row of the same pair, which is verified both ways
+    (``_one_row_per_pair`` then keeps the better row)."""
     order = np.argsort(tf, kind="stable")
     ti, tj, tf = ti[order], tj[order], tf[order]
-    have = set(zip(i.tolist(), j.tolist()))
+    have = set(zip(i.tolist(), j.tolist())) if label != "inverted" else set()
     new = np.zeros(len(tf), bool)
     for k, pair in enumerate(zip(ti.tolist(), tj.tolist())):
         if pair not in have:
             have.add(pair)
             new[k] = True
-    via = np.concatenate([np.full(len(f), "whole", object), np.full(int(new.sum()), "tiles", object)])
+    via = np.full(len(f), "whole", object) if via is None else np.asarray(via, object)
+    via = np.concatenate([via, np.full(int(new.sum()), label, object)])
     return (np.concatenate([i, ti[new]]).astype(np.int64), np.concatenate([j, tj[new]]).astype(np.int64),
             np.concatenate([f, tf[new]]), via)
+
+
+def _one_row_per_pair(report: pd.DataFrame) -> pd.DataFrame:
+    """One row per pair of panels where a pair was found both as is and through a negative
+    (``NEGATIVE_CAP``): the verified row with the higher confidence (unverified reports: the
+    smaller distance)."""
+    if report.empty or not (report.via == "inverted").any():
+        return report
+    if "verified" in report:
+        ranked = report.sort_values(["verified", "confidence"], ascending=False, kind="stable")
+    else:
+        ranked = report.sort_values("distance", kind="stable")
+    keep = ~ranked.duplicated(["query_sha256", "query_panel", "match_sha256", "match_panel"])
+    return report.loc[ranked.index[keep.to_numpy()].sort_values()].reset_index(drop=True)
 
 
 def _split_figures(info: pd.DataFrame) -> set[tuple[str, str]]:
@@ -300,6 +320,12 @@ def _copy_move_rows(info: pd.DataFrame) -> list[int]:
 VERIFIED_VIEW_RADIUS = 1.25
 
 
+# Stored panels kept per panel by the search with its negative (inverted copies).  A copy shown
+# inverted is its source's nearest neighbour once the query side is inverted back, as a plain copy
+# is; a small cap keeps the extra verification work small in a dense store.
+NEGATIVE_CAP = 5
+
+
 def view_radius(threshold: float, verify: bool) -> float:
     """The radius of the sub-region searches (``VERIFIED_VIEW_RADIUS`` x threshold when verifying)."""
     return threshold * (VERIFIED_VIEW_RADIUS if verify else 1.0)
@@ -337,7 +363,7 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
           out: str | Path | None = None, add: bool = False, model: Embedder | None = None,
           workers: int = 2, progress: bool = False, verify: bool = True, keep_rejected: bool = False,
           copy_move: bool = True, partial: bool = True, device: str = "auto", max_candidates: int | None = None,
-          **limits_kw) -> QueryResult:
+          inverted: bool = True, **limits_kw) -> QueryResult:
     """Compare manuscript panels with each other and with the store (read-only unless add).
 
     Candidates within the CNN threshold are verified (keypoints + RANSAC, whole-panel alignment,
@@ -347,7 +373,9 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
     ``device``: where FAISS searches a flat store index (cuda: faiss-gpu; auto: GPU when present).
     ``max_candidates``: keep only the N stored panels nearest to each manuscript panel among those
     within the threshold, in the whole-panel and in the sub-region search (None: all of them in
-    the whole-panel search, TILE_CAP in the sub-region search).
+    the whole-panel search, TILE_CAP in the sub-region search).  ``inverted`` also searches with
+    each manuscript panel's negative (its ``NEGATIVE_CAP`` nearest within the threshold), for
+    copies shown inverted; such rows have via "inverted" and are verified on the negative.
     """
     model = model or load_model()
     t = float(threshold if threshold is not None else model.threshold)
@@ -363,16 +391,21 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
     qpix = [p.pixels for r in good for p in r.panels]
     qvec = model.embed(qpix)
     qtiles = model.embed_tiles(qpix)
+    qneg = model.embed_negatives(qpix) if inverted else None
     clock.lap("embed")
     parts = []
     i, j, f = pairs_within(qvec, t)
     via = np.full(len(f), "whole", object)
+    rows = np.arange(len(qvec))
     if partial and len(qvec) > 1:
-        rows = np.arange(len(qvec))
         ti, tj, tf = _view_pairs(qvec, qtiles, whole_index_of(qvec, rows),
                                  tile_index_of(qtiles, rows, TILE_ID_BASE), tv)
         lo, hi = np.minimum(ti, tj), np.maximum(ti, tj)
-        i, j, f, via = _merge_pairs(i, j, f, lo[lo != hi], hi[lo != hi], tf[lo != hi])
+        i, j, f, via = _merge_pairs(i, j, f, lo[lo != hi], hi[lo != hi], tf[lo != hi], via)
+    if qneg is not None and len(qvec) > 1:      # +1: a panel may be near its own negative
+        ni, nj, nf = nearest_within(whole_index_of(qvec, rows), qneg, t, NEGATIVE_CAP + 1)
+        lo, hi = np.minimum(ni, nj), np.maximum(ni, nj)
+        i, j, f, via = _merge_pairs(i, j, f, lo[lo != hi], hi[lo != hi], nf[lo != hi], via, "inverted")
     parts.append(make_report(qinfo, qinfo, i, j, f, via))
     split = _split_figures(qinfo)
     store_path = Path(index or default_index())
@@ -387,7 +420,10 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
             via = np.full(len(f), "whole", object)
             if partial:
                 ti, tids, tf = _store_view_pairs(store, qvec, qtiles, whole, tv, max_candidates or TILE_CAP, device)
-                qi, ids, f, via = _merge_pairs(qi, ids, f, ti, tids, tf)
+                qi, ids, f, via = _merge_pairs(qi, ids, f, ti, tids, tf, via)
+            if qneg is not None:
+                ni, nids, nf = _store_whole_pairs(store, whole, qneg, t, NEGATIVE_CAP)
+                qi, ids, f, via = _merge_pairs(qi, ids, f, ni, nids, nf, via, "inverted")
             minfo = store.panel_table(ids)
             split |= store.split_figures(minfo.doc_sha256.unique())
             mine = set(qinfo.doc_sha256)
@@ -417,6 +453,7 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
             return stored_kp.get(int(pid)) if pid >= 0 else None
 
         report = verify_report(report, lookup, keep_rejected=keep_rejected, progress=progress, keypoints=keypoints)
+    report = _one_row_per_pair(report)
     clock.lap("verify")
     if copy_move:
         px = {i: qpix[i] for i in _copy_move_rows(qinfo)}
@@ -458,6 +495,20 @@ class ScreenResult:
 SCREEN_BATCH = 8192     # candidate pairs a screen verifies at a time (bounds its memory)
 SCREEN_PROCESSES: int | None = None    # processes verifying a screen's batches (None: one per core...
 SCREEN_WORKER_GB = 2.0     # ... and at most one per this much available memory: ~1 GB measured a worker
+
+
+def _negative_vectors(store: Store, ids: np.ndarray, model: Embedder, chunk: int = 2048
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of stored panels' negatives, from their stored thumbnails (the CNN sees 64 px,
+    the thumbnails hold 256): (the ids that have a thumbnail, their vectors), ``chunk`` at a time."""
+    out_ids, out = [np.zeros(0, np.int64)], [np.zeros((0, model.net.fc2.out_features), np.float32)]
+    for s in range(0, len(ids), chunk):
+        thumbs = store.thumbs(ids[s:s + chunk])
+        have = [int(i) for i in ids[s:s + chunk] if thumbs.get(int(i)) is not None]
+        if have:
+            out_ids.append(np.array(have, np.int64))
+            out.append(model.embed_negatives([thumbs[i] for i in have]))
+    return np.concatenate(out_ids), np.concatenate(out)
 
 
 def _screen_processes(batches: int) -> int:
@@ -517,7 +568,8 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
            threshold: float | None = None, model_sha256: str | None = None, verify: bool = True,
            keep_rejected: bool = False, copy_move: bool = False, progress: bool = False,
            partial: bool = True, device: str = "auto", engine: str = "local",
-           address: str | None = None, max_candidates: int | None = None) -> ScreenResult:
+           address: str | None = None, max_candidates: int | None = None, inverted: bool = True,
+           model: Embedder | None = None) -> ScreenResult:
     """The nightly job: panels added since the last screen (or all) against the whole store.
 
     ``engine="ray"`` verifies the candidate pairs on a Ray cluster (``address`` as ``ray.init``
@@ -526,7 +578,11 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
     when a large store holds many panels within the threshold of each).
 
     ``copy_move`` also searches each new panel for regions duplicated inside it (about 0.4 s a
-    panel on one CPU core, so it is opt-in for large runs)."""
+    panel on one CPU core, so it is opt-in for large runs).
+
+    ``inverted`` also searches with each new panel's negative, embedded by ``model`` (default:
+    the shipped weights) from its stored thumbnail, for copies shown inverted; skipped, with a
+    warning, when the store's vectors come from other weights."""
     if engine not in ("local", "ray"):
         raise ValueError(f"unknown engine {engine!r} (local or ray)")
     t0 = time.time()
@@ -555,12 +611,23 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
                     rows = pd.Index(ids).get_indexer(tid)
                     ti, tm, tf = _store_view_pairs(store, vec[rows], tvec, whole, tv,
                                                    max_candidates + 1 if max_candidates else TILE_CAP, device)
-                    qi, mid, f, via = _merge_pairs(qi, mid, f, rows[ti], tm, tf)
+                    qi, mid, f, via = _merge_pairs(qi, mid, f, rows[ti], tm, tf, via)
+            if inverted:
+                model = model or load_model()
+                if model.sha256 == sha:
+                    nid, neg = _negative_vectors(store, ids, model)
+                    ni, nm, nf = _store_whole_pairs(store, whole, neg, t, NEGATIVE_CAP + 1)
+                    rows = pd.Index(ids).get_indexer(nid)
+                    qi, mid, f, via = _merge_pairs(qi, mid, f, rows[ni], nm, nf, via, "inverted")
+                else:
+                    warnings.warn("screen: the store's vectors come from other weights than the loaded "
+                                  "model's; inverted copies are not searched for (run `imgdup reindex`)")
             a, b = ids[qi], mid
             lo, hi = np.minimum(a, b), np.maximum(a, b)
             keep = lo != hi
             pairs = pd.DataFrame({"lo": lo[keep], "hi": hi[keep], "f": f[keep], "via": via[keep]})
-            pairs = pairs.sort_values("f", kind="stable").drop_duplicates(["lo", "hi"])
+            pairs["negative"] = pairs.via == "inverted"     # verified beside a plain row of the pair
+            pairs = pairs.sort_values("f", kind="stable").drop_duplicates(["lo", "hi", "negative"])
             info = store.panel_table(np.union1d(pairs.lo, pairs.hi)).reset_index(drop=True)
             pos = pd.Index(info.panel_id)
             report = make_report(info, info, pos.get_indexer(pairs.lo), pos.get_indexer(pairs.hi),
@@ -572,6 +639,7 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
                 reader = store.evidence_reader(np.union1d(report.query_panel_id, report.match_panel_id))
                 report = _verify_in_batches(report, reader, keep_rejected, progress, engine, address)
                 clock.lap("verify")
+            report = _one_row_per_pair(report)
             if copy_move:
                 th = store.thumbs(new)
                 ninfo = store.panel_table(new).reset_index(drop=True)

@@ -79,3 +79,22 @@ def test_distinct_images_drops_overlapping_tiles_of_one_field():
     a, b, c = big[:300, :300], big[:300, 120:420], other[:300, :300]
     kept = distinct_images([a, c, b])
     assert len(kept) == 2 and kept[0] is a and kept[1] is c
+
+
+def test_inverted_candidates_kept_beside_plain_ones_then_one_row_per_pair():
+    """A pair found both as is and through a panel's negative is verified both ways; the report
+    then keeps its better row (the verified one with the higher confidence)."""
+    from imgdup.api import _merge_pairs, _one_row_per_pair
+
+    i, j, f = np.array([0, 2]), np.array([1, 3]), np.array([0.3, 0.5])
+    ni, nj, nf = np.array([0, 4, 4]), np.array([1, 5, 5]), np.array([0.2, 0.7, 0.4])
+    mi, mj, mf, via = _merge_pairs(i, j, f, ni, nj, nf, label="inverted")
+    got = sorted(zip(mi.tolist(), mj.tolist(), mf.tolist(), via.tolist()))
+    assert got == [(0, 1, 0.2, "inverted"), (0, 1, 0.3, "whole"), (2, 3, 0.5, "whole"), (4, 5, 0.4, "inverted")]
+    rep = pd.DataFrame({"query_sha256": "d", "query_panel": [str(a) for a in mi], "match_sha256": "d",
+                        "match_panel": [str(b) for b in mj], "distance": mf, "via": via,
+                        "verified": [False, True, True, True], "confidence": [0.3, 0.97, 0.6, 0.99]})
+    one = _one_row_per_pair(rep)
+    assert sorted(zip(one.query_panel, one.via)) == [("0", "inverted"), ("2", "whole"), ("4", "inverted")]
+    unverified = _one_row_per_pair(rep.drop(columns=["verified", "confidence"]))
+    assert unverified[unverified.query_panel == "0"].via.tolist() == ["inverted"]   # the smaller distance

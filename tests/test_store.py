@@ -437,3 +437,28 @@ def test_real_papers_front_matter_badges_not_reported(model, tmp_path):
     assert not ((rep.query_page == 1) & (rep.match_page == 1)).any(), rep
     gels = rep[(rep.query_page == 6) & (rep.match_page == 6)]
     assert len(gels) >= 1 and gels.verified.all()
+
+
+def test_inverted_copies_found_through_the_negative(model, tmp_path):
+    """A panel shown as its negative (rotated, across papers; flipped, inside the manuscript) is
+    found by the search with each panel's negative, verified on the negative, and reported once
+    with via "inverted", by query and by screen (which embeds the negative from the stored
+    thumbnail).  Without that search neither copy is reported."""
+    from conftest import micrograph
+
+    x, y = cv2_resize(micrograph(101), 400), cv2_resize(micrograph(40), 400)
+    _pdf(tmp_path / "a.pdf", [x, cv2_resize(micrograph(7), 300)])
+    _pdf(tmp_path / "b.pdf", [255 - np.rot90(x), cv2_resize(micrograph(19), 300), y, (255 - y)[:, ::-1]])
+    ingest([tmp_path / "a.pdf"], tmp_path / "st", model=model)
+    rep = query([tmp_path / "b.pdf"], tmp_path / "st", model=model, copy_move=False).report
+    got = {(r.query_panel, r.match_panel, r.same_doc): r for r in rep.itertuples()}
+    assert set(got) == {("p1-f1-0", "p1-f1-0", False), ("p1-f3-0", "p1-f4-0", True)}, \
+        rep[["query_panel", "match_panel", "via", "confidence"]]
+    for r in got.values():
+        assert r.via == "inverted" and r.verified and r.confidence >= 0.9 and r.verify_inliers >= 10
+    plain = query([tmp_path / "b.pdf"], tmp_path / "st", model=model, copy_move=False, inverted=False).report
+    assert plain.empty, plain[["query_panel", "match_panel", "via", "confidence"]]
+    ingest([tmp_path / "b.pdf"], tmp_path / "st", model=model)
+    sc = screen(tmp_path / "st", tmp_path / "reports").report
+    assert len(sc) == 2 and set(sc.via) == {"inverted"} and sc.verified.all(), sc[["query_panel", "match_panel", "via"]]
+    assert not sc[["query_panel_id", "match_panel_id"]].duplicated().any()

@@ -165,13 +165,15 @@ def ingest(pdfs: tuple[Path, ...], index: str | None, commit_every: int, engine:
 @click.option("--keep-rejected", is_flag=True, help="Keep pairs the verification rejects (verified=False, with the reason).")
 @click.option("--no-copy-move", is_flag=True, help="Do not search panels for regions duplicated inside them.")
 @click.option("--no-partial", is_flag=True, help="Whole panels only: no candidates through sub-regions (faster).")
+@click.option("--no-inverted", is_flag=True, help="Do not search with each panel's negative (copies shown inverted).")
 @click.option("--top", default=20, show_default=True, help="Pairs shown in the table.")
 @click.option("--exit-zero", is_flag=True, help="Exit 0 even when pairs are flagged.")
 @_max_candidates_option
 @_extract_options
 @_device_option
 def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold: float | None, add: bool,
-          no_verify: bool, keep_rejected: bool, no_copy_move: bool, no_partial: bool, top: int, exit_zero: bool, workers: int,
+          no_verify: bool, keep_rejected: bool, no_copy_move: bool, no_partial: bool, no_inverted: bool, top: int,
+          exit_zero: bool, workers: int,
           timeout: float, memory_mb: int, max_pages: int, device: str, precision: str,
           max_candidates: int | None) -> None:
     """Compare a manuscript's panels with each other and with the store.
@@ -185,7 +187,7 @@ def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold
     res = run(list(pdfs), index, model=load_model(device=device, precision=precision), threshold=threshold, out=out, add=add, workers=workers,
               progress=_progress(), verify=not no_verify, keep_rejected=keep_rejected,
               copy_move=not no_copy_move, partial=not no_partial, device=device, max_candidates=max_candidates,
-              **_limits(timeout, memory_mb, max_pages))
+              inverted=not no_inverted, **_limits(timeout, memory_mb, max_pages))
     for d in res.documents:
         click.echo(d.summary(), err=True)
     click.echo(format_table(res.report, top))
@@ -208,6 +210,7 @@ def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold
 @click.option("--keep-rejected", is_flag=True, help="Keep pairs the verification rejects (verified=False, with the reason).")
 @click.option("--copy-move", is_flag=True, help="Also search each new panel for regions duplicated inside it (~0.4 s a panel).")
 @click.option("--no-partial", is_flag=True, help="Whole panels only: no candidates through sub-regions (faster).")
+@click.option("--no-inverted", is_flag=True, help="Do not search with each panel's negative (copies shown inverted).")
 @click.option("--top", default=20, show_default=True, help="Pairs shown in the table.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
               help="Where FAISS searches (cuda needs faiss-gpu; auto: GPU when present).")
@@ -216,7 +219,7 @@ def query(pdfs: tuple[Path, ...], index: str | None, out: Path | None, threshold
 @click.option("--address", default=None, help="Ray cluster address (auto: the running cluster; default: start a local one).")
 @_max_candidates_option
 def screen(index: str | None, out_dir: Path, all_pairs: bool, threshold: float | None, no_verify: bool,
-           keep_rejected: bool, copy_move: bool, no_partial: bool, top: int, device: str, engine: str,
+           keep_rejected: bool, copy_move: bool, no_partial: bool, no_inverted: bool, top: int, device: str, engine: str,
            address: str | None, max_candidates: int | None) -> None:
     """Nightly job: panels added since the last screen against the whole store."""
     from ..api import screen as run
@@ -224,7 +227,8 @@ def screen(index: str | None, out_dir: Path, all_pairs: bool, threshold: float |
 
     res = run(index, out_dir, all_pairs=all_pairs, threshold=threshold,
               verify=not no_verify, keep_rejected=keep_rejected, copy_move=copy_move, progress=_progress(),
-              partial=not no_partial, device=device, engine=engine, address=address, max_candidates=max_candidates)
+              partial=not no_partial, device=device, engine=engine, address=address, max_candidates=max_candidates,
+              inverted=not no_inverted)
     click.echo(format_table(res.report, top))
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in res.stages.items())
     click.echo(f"screen {res.run_id}: {res.panels} panels screened, {len(res.report)} pairs, "

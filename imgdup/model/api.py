@@ -96,6 +96,13 @@ def equalised(image: Any) -> np.ndarray:
     return cv2.equalizeHist(np.ascontiguousarray(grey))
 
 
+def negative(image: Any) -> np.ndarray:
+    """The panel's negative in greyscale, float32 in [0, 1]: a copy shown inverted (a blot's dark
+    bands turned light, a fluorescence field shown as dark on light) looks like the negative of
+    its source, which the CNN was never trained to match."""
+    return 1.0 - to_grey(image)
+
+
 def sub_views(image: np.ndarray, side: float, origins) -> list[np.ndarray]:
     """Sub-regions of ``side`` x the panel's width and height at ``origins`` ((x, y) fractions)."""
     h, w = image.shape[:2]
@@ -171,6 +178,11 @@ class Embedder:
             return np.zeros((0, N_TILES, dim), np.float32)
         flat = self.embed([t for im in images for t in tiles(np.asarray(im))])
         return flat.reshape(len(images), N_TILES, dim)
+
+    def embed_negatives(self, images: Sequence[Any]) -> np.ndarray:
+        """(N, 128) embeddings of the panels' negatives (``negative``): searched against the
+        stored panels, they find copies shown inverted."""
+        return self.embed([negative(im) for im in images])
 
     def score(self, img_a: Any, img_b: Any) -> tuple[float, float]:
         """(f, sigmoid(1 - f)) for two panels; f <= 1 means "same"."""

@@ -1098,6 +1098,31 @@ def _key(side: str, row) -> tuple:
     return (getattr(row, f"{side}_sha256"), getattr(row, f"{side}_panel"), getattr(row, f"{side}_panel_id"))
 
 
+# The confidence a row found through a panel's negative (via "inverted") must reach.  Inverting
+# a panel also turns its burned-in letters from light to dark, like those of the panels it is
+# compared with, and on a regular texture (a brick wall's other field) such letters plus the
+# pattern carried one false row to 0.85 (benchmarks/other_corpus.py, seed 31).  On the validation
+# split's inverted copies stored as in PDFs, 0.9 instead of 0.5 keeps 0.83 of them instead of 0.86
+# (benchmarks/inverted.py, docs/VERIFICATION.md).
+NEGATIVE_MIN_CONFIDENCE = 0.9
+
+
+def _side_key(side: str, row, negative: bool) -> tuple:
+    """``_key``; the query side of a row found through its negative (via "inverted") is its own
+    panel: the negative's pixels, keypoints and facts."""
+    k = _key(side, row)
+    return k + ("negative",) if negative and side == "query" else k
+
+
+def _negative_source(px):
+    """The negative of a panel's pixels (uint8 greyscale), or a function reading them then."""
+    if px is None:
+        return None
+    if callable(px):
+        return lambda: _negative_source(px())
+    return 255 - _as_uint8(px)
+
+
 class _PanelCache:
     """What verification computes once per panel, shared by its pairs and by the threads of one
     ``verify_report`` (two threads computing the same entry at once store equal values).
@@ -1186,6 +1211,8 @@ def _verify_rows(rows: list[tuple[tuple, tuple, SimpleNamespace]], cache: _Panel
 
 
 def _verify_pair(ka: tuple, kb: tuple, row: SimpleNamespace, cache: _PanelCache, thr: float) -> dict:
+    if ka[-1] == "negative":
+        thr = max(thr, NEGATIVE_MIN_CONFIDENCE)
     has = cache.has_pixels(ka), cache.has_pixels(kb)
     reason = trivial_reason(row, None, None, (has[0] and cache.low(ka), has[1] and cache.low(kb)))
     if reason or not all(has):
@@ -1239,7 +1266,8 @@ def verify_report(report, lookup, keep_rejected: bool = False, threshold: float 
     """Verify every candidate pair of a report; add the verification columns; drop (or keep,
     with ``reject_reason``) what is rejected.
 
-    ``lookup(side, row)`` returns the pixels (uint8 greyscale, any size) of side "query" or
+    A row with via "inverted" (the query panel's negative matched the other panel) compares the
+    query panel's negative.  ``lookup(side, row)`` returns the pixels (uint8 greyscale, any size) of side "query" or
     "match" of a report row, or None when they are unavailable: such a pair is kept, marked
     "not verified"; or a function returning them, called only if a pair needs the pixels (a
     stored panel whose packed keypoints carry its ``PanelFacts``).  ``keypoints(side, row)``, when given, returns the panel's keypoints stored
@@ -1260,12 +1288,16 @@ def verify_report(report, lookup, keep_rejected: bool = False, threshold: float 
     packed: dict[tuple, bytes | None] = {}
     rows = []
     for row in report.itertuples(index=False):
+        neg = getattr(row, "via", None) == "inverted"
         for side in ("query", "match"):
-            k = _key(side, row)
+            k = _side_key(side, row, neg)
             if k not in sources:
                 sources[k] = px = lookup(side, row)
-                packed[k] = keypoints(side, row) if keypoints is not None and px is not None else None
-        rows.append((_key("query", row), _key("match", row),
+                if neg and side == "query":     # compared as its negative: keypoints of the negative
+                    sources[k], packed[k] = _negative_source(px), None
+                else:
+                    packed[k] = keypoints(side, row) if keypoints is not None and px is not None else None
+        rows.append((_side_key("query", row, neg), _key("match", row),
                      SimpleNamespace(**{f: getattr(row, f, None) for f in _ROW_FIELDS})))
     results: list[dict] = []
     uses: dict[tuple, int] = {}
