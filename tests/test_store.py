@@ -450,12 +450,18 @@ def test_inverted_copies_found_through_the_negative(model, tmp_path):
     _pdf(tmp_path / "a.pdf", [x, cv2_resize(micrograph(7), 300)])
     _pdf(tmp_path / "b.pdf", [255 - np.rot90(x), cv2_resize(micrograph(19), 300), y, (255 - y)[:, ::-1]])
     ingest([tmp_path / "a.pdf"], tmp_path / "st", model=model)
-    rep = query([tmp_path / "b.pdf"], tmp_path / "st", model=model, copy_move=False).report
+    rep = query([tmp_path / "b.pdf"], tmp_path / "st", model=model, copy_move=False, out=tmp_path / "q.parquet").report
     got = {(r.query_panel, r.match_panel, r.same_doc): r for r in rep.itertuples()}
     assert set(got) == {("p1-f1-0", "p1-f1-0", False), ("p1-f3-0", "p1-f4-0", True)}, \
         rep[["query_panel", "match_panel", "via", "confidence"]]
     for r in got.values():
         assert r.via == "inverted" and r.verified and r.confidence >= 0.9 and r.verify_inliers >= 10
+    from imgdup.index.html import render_html
+    from imgdup.index.report import format_table
+
+    assert format_table(rep).count(" inverted") == 2
+    render_html(tmp_path / "q.parquet", tmp_path / "html", tmp_path / "st")
+    assert (tmp_path / "html" / "index.html").read_text().count("<td>grey levels</td><td>inverted</td>") == 2
     plain = query([tmp_path / "b.pdf"], tmp_path / "st", model=model, copy_move=False, inverted=False).report
     assert plain.empty, plain[["query_panel", "match_panel", "via", "confidence"]]
     ingest([tmp_path / "b.pdf"], tmp_path / "st", model=model)

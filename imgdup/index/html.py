@@ -178,6 +178,7 @@ def _pair_view(n: int, r, src: PixelSource, imgdir: Path) -> dict:
     g = lambda c, d=None: getattr(r, c, d)  # noqa: E731
     kind = g("finding", "pair") or "pair"
     orient = g("verify_orientation", "") or "identity"
+    inverted = g("via") == "inverted"       # the match is the query panel's negative
     pq_, pm_ = g("points_query", []), g("points_match", [])
     oq, om = g("overlap_query", []), g("overlap_match", [])
     pq_ = [] if pq_ is None else [list(p) for p in pq_]
@@ -197,13 +198,16 @@ def _pair_view(n: int, r, src: PixelSource, imgdir: Path) -> dict:
                        "link": _page_link(r.query_doc, r.query_page)})
     else:
         b = src.get(int(r.match_panel_id), r.match_doc, int(r.match_page), list(r.match_bbox))
+        if inverted and b is not None:      # shown as its negative, like the query panel
+            b = (255 - b.astype(np.int16)).clip(0, 255).astype(np.uint8)
         qa = _marks(_bgr(a), oq, pq_) if a is not None else None
         mb = np.ascontiguousarray(_TURN.get(orient, _TURN["identity"])(_marks(_bgr(b), om, pm_))) if b is not None else None
         diff = _difference(a, b, pq_, pm_) if a is not None and b is not None else None
         images.append({"src": _write_png(qa, imgdir, f"pair-{n}-query.png") if qa is not None else "",
                        "caption": cap_q, "link": _page_link(r.query_doc, r.query_page)})
         images.append({"src": _write_png(mb, imgdir, f"pair-{n}-match.png") if mb is not None else "",
-                       "caption": cap_m + (f" (shown turned: {orient})" if orient != "identity" else ""),
+                       "caption": cap_m + (f" (shown turned: {orient})" if orient != "identity" else "")
+                       + (" (shown as its negative: the copy is inverted)" if inverted else ""),
                        "link": _page_link(r.match_doc, r.match_page)})
         if diff is not None:
             images.append({"src": _write_png(diff, imgdir, f"pair-{n}-diff.png"),
@@ -214,6 +218,7 @@ def _pair_view(n: int, r, src: PixelSource, imgdir: Path) -> dict:
               ("whole-panel correlation", _fmt(g("verify_ncc"))),
               ("orientation", orient), ("rotation (deg)", _fmt(g("verify_rotation"), ".1f")),
               ("scale", _fmt(g("verify_scale"), ".2f")), ("shared area", _fmt(g("overlap_frac"), ".0%")),
+              ("grey levels", "inverted" if inverted else "as is"),
               ("same document", "yes" if g("same_doc") else "no")]
     return {"n": n, "kind": "copy-move inside one panel" if kind == "copy-move" else "re-used panel",
             "confidence": _fmt(g("confidence"), ".2f"), "verified": bool(g("verified", True)),

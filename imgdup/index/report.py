@@ -191,6 +191,8 @@ def format_table(df: pd.DataFrame, top: int = 20) -> str:
         conf = getattr(r, "confidence", float("nan"))
         inl = int(getattr(r, "verify_inliers", 0) or 0)
         how = getattr(r, "verify_orientation", "") or ""
+        if getattr(r, "via", "") == "inverted":
+            how = "inverted" + (f", {how}" if how else "")
         if getattr(r, "finding", "pair") == "copy-move":
             how = "copy-move inside the panel"
         else:
