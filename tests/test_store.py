@@ -132,7 +132,8 @@ def test_screen_verifies_in_batches_with_the_same_report(corpus, model, tmp_path
     row, rejected pairs included; the run log and the result carry seconds per stage.  The
     single batch decodes stored thumbnails lazily (only for pairs that compare pixels), the
     batched run all of them up front, and batches verified by worker processes: the same
-    verdicts."""
+    verdicts.  (The screens leave out the search with negatives, which reads thumbnails of its
+    own: test_inverted_copies_found_through_the_negative covers it.)"""
     import pandas as pd
 
     import imgdup.api as api
@@ -149,7 +150,8 @@ def test_screen_verifies_in_batches_with_the_same_report(corpus, model, tmp_path
         return read(self, ids, keypoints, lazy)
 
     monkeypatch.setattr(store_module.EvidenceReader, "__call__", spy)
-    one = screen(tmp_path / "st", tmp_path / "r1", all_pairs=True, keep_rejected=True, copy_move=False)
+    one = screen(tmp_path / "st", tmp_path / "r1", all_pairs=True, keep_rejected=True,
+                 copy_move=False, inverted=False)
     assert modes == [True]
     monkeypatch.undo()
     assert set(one.stages) == {"search", "verify"} and one.stages["verify"] > 0 and one.candidates == len(one.report)
@@ -168,11 +170,13 @@ def test_screen_verifies_in_batches_with_the_same_report(corpus, model, tmp_path
     monkeypatch.setattr(api, "SCREEN_BATCH", 7)
     monkeypatch.setattr(api, "SCREEN_PROCESSES", 1)
     monkeypatch.setattr(Store, "evidence_reader", counting)
-    batched = screen(tmp_path / "st", tmp_path / "r2", all_pairs=True, keep_rejected=True, copy_move=False)
+    batched = screen(tmp_path / "st", tmp_path / "r2", all_pairs=True, keep_rejected=True,
+                     copy_move=False, inverted=False)
     monkeypatch.undo()
     monkeypatch.setattr(api, "SCREEN_BATCH", 64)
     monkeypatch.setattr(api, "SCREEN_PROCESSES", 2)
-    in_processes = screen(tmp_path / "st", tmp_path / "r3", all_pairs=True, keep_rejected=True, copy_move=False)
+    in_processes = screen(tmp_path / "st", tmp_path / "r3", all_pairs=True, keep_rejected=True,
+                          copy_move=False, inverted=False)
     n = len(one.report)
     assert n > 20 and one.report.verified.any() and (~one.report.verified).any()
     assert len(asked) == -(-n // 7) and max(asked) <= 14
