@@ -26,14 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import quality  # noqa: E402  (the benchmarks' shared pair builders)
+from imgdup.pipeline.verify import negative_grey as negative  # noqa: E402  (what verification compares)
 
 FAMILIES = ["rot90/180/270", "flip", "free rotation 5-30", "crop 70%", "rescale 0.5-0.8", "gamma 0.5-2",
             "jpeg q30-90", "blur", "text/arrow/scale bar"]
 BARS = (0.5, 0.8, 0.9, 0.95)
-
-
-def negative(im: np.ndarray) -> np.ndarray:
-    return (255 - im).astype(np.uint8)
 
 
 def rates(x: np.ndarray, conf: np.ndarray) -> dict[str, float]:

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from .. import __version__
+from ..pipeline.verify import negative_grey
 
 RED, BLUE, GREEN = (30, 48, 224), (224, 155, 30), (60, 180, 60)     # BGR
 SHOW = 300          # displayed panel width (px)
@@ -199,7 +200,7 @@ def _pair_view(n: int, r, src: PixelSource, imgdir: Path) -> dict:
     else:
         b = src.get(int(r.match_panel_id), r.match_doc, int(r.match_page), list(r.match_bbox))
         if inverted and b is not None:      # shown as its negative, like the query panel
-            b = (255 - b.astype(np.int16)).clip(0, 255).astype(np.uint8)
+            b = negative_grey(b)
         qa = _marks(_bgr(a), oq, pq_) if a is not None else None
         mb = np.ascontiguousarray(_TURN.get(orient, _TURN["identity"])(_marks(_bgr(b), om, pm_))) if b is not None else None
         diff = _difference(a, b, pq_, pm_) if a is not None and b is not None else None

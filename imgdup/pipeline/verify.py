@@ -1114,13 +1114,19 @@ def _side_key(side: str, row, negative: bool) -> tuple:
     return k + ("negative",) if negative and side == "query" else k
 
 
+def negative_grey(grey: np.ndarray) -> np.ndarray:
+    """The negative of a panel's greyscale pixels, as uint8 (what a row found through a panel's
+    negative compares, and what the HTML report shows for it)."""
+    return 255 - _as_uint8(grey)
+
+
 def _negative_source(px):
-    """The negative of a panel's pixels (uint8 greyscale), or a function reading them then."""
+    """``negative_grey`` of a panel's pixels, or a function reading them then."""
     if px is None:
         return None
     if callable(px):
         return lambda: _negative_source(px())
-    return 255 - _as_uint8(px)
+    return negative_grey(px)
 
 
 class _PanelCache:
@@ -1292,10 +1298,11 @@ def verify_report(report, lookup, keep_rejected: bool = False, threshold: float 
         for side in ("query", "match"):
             k = _side_key(side, row, neg)
             if k not in sources:
-                sources[k] = px = lookup(side, row)
+                px = lookup(side, row)
                 if neg and side == "query":     # compared as its negative: keypoints of the negative
                     sources[k], packed[k] = _negative_source(px), None
                 else:
+                    sources[k] = px
                     packed[k] = keypoints(side, row) if keypoints is not None and px is not None else None
         rows.append((_side_key("query", row, neg), _key("match", row),
                      SimpleNamespace(**{f: getattr(row, f, None) for f in _ROW_FIELDS})))
