@@ -1,4 +1,5 @@
-"""The command line: panels output, query exit codes, demo, and the speed benchmark smoke run."""
+"""The command line: panels output, query exit codes, demo, and the benchmarks' smoke runs (marked
+``bench``: run by ``python -m pytest -q -m bench``, not by the default run)."""
 
 from __future__ import annotations
 
@@ -86,12 +87,14 @@ def _smoke(script: str, tmp_path: Path) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.bench
 def test_speed_benchmark_smoke(tmp_path):
     data = _smoke("speed.py", tmp_path)
     assert data["embed"]["panels_per_s"] > 0 and data["query"][0]["store_panels"] == 2000
     assert data["extract"]["pages"] > 0
 
 
+@pytest.mark.bench
 def test_index_scale_benchmark_smoke(tmp_path):
     data = _smoke("index_scale.py", tmp_path)
     run = data["runs"][0]
@@ -105,6 +108,7 @@ def test_index_scale_benchmark_smoke(tmp_path):
     assert tiles["query_pairs_exact"] > 0 and tiles["ivf_query_recall"] >= 0.9 and tiles["knn_equals_range"]
 
 
+@pytest.mark.bench
 def test_quality_and_end_to_end_benchmarks_smoke(tmp_path):
     for script in ("quality.py", "end_to_end.py"):
         data = _smoke(script, tmp_path)
@@ -130,12 +134,14 @@ def test_scaling_plot_reads_the_benchmark_results():
             assert sizes == sorted(sizes) and all(sec > 0 for _, sec in pts)
 
 
+@pytest.mark.bench
 def test_on_disk_benchmark_smoke(tmp_path):
     data = _smoke("on_disk.py", tmp_path)
     assert data["same_pairs"] and data["mapped"]["whole_pairs"] > 0
     assert data["mapped"]["mb_after_open"]["RssAnon"] < data["loaded"]["mb_after_open"]["RssAnon"]
 
 
+@pytest.mark.bench
 def test_precision_benchmark_smoke(tmp_path):
     run = _smoke("precision.py", tmp_path)["runs"][0]
     assert run["device"] == "cpu" and run["image and its copy"]["max_abs_f_difference"] < 0.05
@@ -172,6 +178,7 @@ def test_on_disk_reindex_through_the_cli(tmp_path):
     assert r.exit_code == 0 and "to catch up on next open" in r.output, r.output
 
 
+@pytest.mark.bench
 def test_query_scale_and_retrieval_benchmarks_smoke(tmp_path):
     data = _smoke("query_scale.py", tmp_path)
     runs = {(r["query"], r["max_candidates"]): r for r in data["runs"]}
@@ -183,6 +190,7 @@ def test_query_scale_and_retrieval_benchmarks_smoke(tmp_path):
     assert ret["runs"]["cap 5"]["candidates_per_query_panel"] <= ret["runs"]["cap 50"]["candidates_per_query_panel"]
 
 
+@pytest.mark.bench
 def test_nightly_screen_benchmark_smoke(tmp_path):
     data = _smoke("nightly_screen.py", tmp_path)
     run = data["runs"][0]
