@@ -197,3 +197,11 @@ def test_nightly_screen_benchmark_smoke(tmp_path):
     assert data["store"]["panels"] == 3000 and run["new_panels"] == 300 and run["max_candidates"] == 5
     assert 0 < run["candidate_pairs"] <= 300 * 2 * (5 + 1) and set(run["stages"]) == {"search", "verify"}
     assert run["peak_rss_gb"] > 0
+
+
+@pytest.mark.bench
+def test_split_layouts_benchmark_smoke(tmp_path):
+    data = _smoke("split_layouts.py", tmp_path)
+    cells, photos = data["compound_cells"], data["single_photos"]
+    assert cells["cells"] > 50 and cells["cut_out"] >= 0.95 * cells["cells"]
+    assert photos["variants"] == 4 * photos["photos"] and photos["cut_into_pieces"] == 0

@@ -243,6 +243,61 @@ def test_split_jpeg_figure_with_black_gutters_between_dark_panels():
         assert (y1 - y0) * (x1 - x0) >= 0.8 * 150 * 150 and y1 - y0 <= 150 and x1 - x0 <= 150
 
 
+def _jpeg_grid(cells: list[np.ndarray], gutter: int, background: int) -> np.ndarray:
+    """Square cells in a 2 x 3 grid on ``background`` with ``gutter``-px gutters, stored as one
+    JPEG (q88), as a figure tool exports a compound figure."""
+    side = cells[0].shape[0]
+    grid = np.full((2 * side + gutter, 3 * side + 2 * gutter), background, np.uint8)
+    for k, c in enumerate(cells):
+        y, x = divmod(k, 3)
+        grid[y * (side + gutter):y * (side + gutter) + side, x * (side + gutter):x * (side + gutter) + side] = c
+    buf = io.BytesIO()
+    Image.fromarray(grid).save(buf, format="JPEG", quality=88)
+    return np.asarray(Image.open(buf).convert("L"))
+
+
+def _six_panels(boxes, side: int) -> None:
+    assert len(boxes) == 6
+    for (y0, y1, x0, x1) in boxes:
+        assert (y1 - y0) * (x1 - x0) >= 0.8 * side * side and y1 - y0 <= side and x1 - x0 <= side
+
+
+def test_split_jpeg_figure_with_inverted_panels_beside_white_gutters():
+    """Inverted fluorescence fields (near-white background reaching their edges) beside other
+    panels, 5-px white gutters, JPEG: six panels.  (The stranger corpus lost 10 of 180 cells of
+    such figures, an inverted panel merged with its neighbour: the gutter's only edge was on the
+    other side, and JPEG leaves it not flat enough for the flat-core rule.)"""
+    cells = [micrograph(i, 150) for i in (1, 7, 9, 10, 14, 16)]
+    for k in (1, 3, 5):
+        cells[k] = 255 - cells[k]
+    _six_panels(split_panels(_jpeg_grid(cells, 5, 255)), 150)
+
+
+def test_split_jpeg_figure_dark_panels_just_above_the_black_gutter():
+    """Fluorescence fields whose background sits 2 grey levels above a drawn black gutter (a
+    camera offset), JPEG: six panels, although no line beside a gutter holds content enough for
+    an edge and the step is under ``_drawn_dark_band``'s 3 levels."""
+    for picks in ((1, 7, 9, 10, 14, 16), (2, 3, 4, 5, 6, 8)):
+        cells = []
+        for i in picks:
+            m = micrograph(i, 150).astype(np.int16)
+            cells.append(np.clip(m - int(np.median(m)) + 2, 2, 255).astype(np.uint8))   # background at 2
+        _six_panels(split_panels(_jpeg_grid(cells, 5, 0)), 150)
+
+
+def test_split_leaves_single_inverted_or_jpeg_photos_whole():
+    """The drawn-band rule cuts nothing out of single photos: real micrographs as they are,
+    inverted, and either one JPEG-compressed (docs/BENCHMARKS.md, splitter: none of 3,064 such
+    variants of the shared images is cut)."""
+    for i in range(0, 40, 3):
+        g = micrograph(i)
+        for v in (g, 255 - g):
+            buf = io.BytesIO()
+            Image.fromarray(v).save(buf, format="JPEG", quality=88)
+            for img in (v, np.asarray(Image.open(buf).convert("L"))):
+                assert len(split_panels(img)) <= 1
+
+
 def test_split_bright_field_panel_beside_white_gutter():
     """A bright-field panel's light background touching a drawn white gutter (the e2e corpus
     lost two planted panels to this): still four panels, none cut into the background."""

@@ -113,15 +113,51 @@ def _drawn_dark_band(block: np.ndarray, axis: int, a: int, b: int) -> bool:
     return level <= DRAWN_DARK_MEAN and min(mean(a - 1, a), mean(b, b + 1)) >= level + DRAWN_DARK_STEP
 
 
+# A drawn gutter, even JPEG-compressed, keeps nearly all its pixels at its one grey level (black,
+# or the paper's white); the edge line of a panel beside it does not, even when that panel's own
+# background is only 2-4 levels away (a fluorescence field's camera offset; an inverted or
+# bright-field panel's light background).  JPEG blurs the step over a line or two between them.
+LEVEL_TOL = {False: 1, True: 2}    # grey levels from the gutter's level: dark / light figures
+ON_LEVEL = 0.8      # share of a drawn gutter line's pixels at that level, at least
+OFF_LEVEL = 0.5     # ... and of the panel edge lines on both sides of it, at most
+TRANSITION = 2      # lines between the two, at most
+
+
+def _drawn_core(block: np.ndarray, axis: int, a: int, b: int, min_gutter: int, light_bg: bool) -> tuple[int, int] | None:
+    """The widest part of the uniform run [a, b) drawn at one grey level (the run's darkest on a
+    dark figure, its lightest on a light one) with a panel edge line on both sides, lines mostly
+    off that level, at most ``TRANSITION`` lines away.  None when there is no such part at least
+    ``min_gutter`` wide."""
+    n = block.shape[0] if axis == 1 else block.shape[1]
+    lo, hi = max(a - 1 - TRANSITION, 0), min(b + 1 + TRANSITION, n)
+    lines = (block[lo:hi] if axis == 1 else block[:, lo:hi].T).astype(np.int16)
+    level = int(np.percentile(lines[a - lo:b - lo], 95 if light_bg else 5))
+    share = (np.abs(lines - level) <= LEVEL_TOL[light_bg]).mean(axis=1)
+    off = share <= OFF_LEVEL
+
+    def edge(i: int, step: int) -> bool:     # a panel edge line within reach of line i (block index)
+        return any(lo <= j < hi and off[j - lo] for j in range(i, i + step * (TRANSITION + 1), step))
+
+    cores = [(max(lo + s, a), min(lo + e, b)) for s, e in _runs(share >= ON_LEVEL)]
+    cores = [(s, e) for s, e in cores if e - s >= min_gutter]
+    for s, e in sorted(cores, key=lambda r: r[0] - r[1]):
+        if s > 0 and e < n and edge(s - 1, -1) and edge(e, 1):
+            return s, e
+    return None
+
+
 def _gutter(block: np.ndarray, axis: int, a: int, b: int, min_gutter: int, light_bg: bool = True) -> tuple[int, int] | None:
     """The uniform run [a, b) as a gutter between two panel edges, or its flat core (see
-    ``_flat_core``) when only that one is, or (dark figures) a drawn black band; None when none."""
+    ``_flat_core``) when only that one is, or (dark figures) a drawn black band, or its part
+    drawn at one level between two panel edges (``_drawn_core``); None when none."""
     if b - a < min_gutter:
         return None
     if _panel_edges(block, axis, a, b) or (not light_bg and _drawn_dark_band(block, axis, a, b)):
         return a, b
     core = _flat_core(block, axis, a, b, min_gutter)
-    return core if core != (a, b) and _panel_edges(block, axis, *core) else None
+    if core != (a, b) and _panel_edges(block, axis, *core):
+        return core
+    return _drawn_core(block, axis, a, b, min_gutter, light_bg)
 
 
 def split_panels(grey: np.ndarray, min_px: int = 48, min_frac: float = 0.08, min_gutter: int = 3,
