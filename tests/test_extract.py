@@ -10,9 +10,9 @@ import pymupdf
 import pytest
 from PIL import Image
 
-from conftest import PDFS, corr, iou, micrograph, need_shared, png_bytes
+from conftest import MICRO, PDFS, corr, iou, micrograph, need_shared, png_bytes
 from imgdup.pipeline import Limits, extract_document, extract_many, split_panels
-from imgdup.pipeline.extract import render_clip
+from imgdup.pipeline.extract import render_clip, rgb_to_grey, single_hue
 
 
 def _by_bbox(panels, bbox):
@@ -95,6 +95,54 @@ def test_alpha_and_cmyk(built_pdf):
     assert np.all(pr.pixels[:, :40] >= 250)            # transparent strip flattened on white
     assert corr(pr.pixels, flat) >= 0.99
     assert corr(pc.pixels, exp["cmyk"]) >= 0.99        # CMYK converted, not inverted
+
+
+def _colour_jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def test_pseudo_coloured_panel_read_as_its_intensity(tmp_path):
+    """A micrograph shown blue (DAPI), magenta or sky blue, stored as a colour JPEG in a PDF, is
+    extracted as the grey micrograph within a few levels; BT.601 luma would keep 11 % of a blue
+    channel's contrast (docs/BENCHMARKS.md, tints: grey / blue copies reported 0.77 -> 1.00)."""
+    grey = micrograph(4, 200)
+    doc = pymupdf.open()
+    page = doc.new_page()
+    tints = [(0.0, 0.0, 1.0), (1.0, 0.0, 1.0), (0.3, 0.6, 1.0)]
+    for k, tint in enumerate(tints):
+        rgb = np.clip(np.stack([grey.astype(np.float32) * c for c in tint], 2) + 0.5, 0, 255).astype(np.uint8)
+        page.insert_image(pymupdf.Rect(40 + 180 * k, 60, 200 + 180 * k, 220), stream=_colour_jpeg(rgb))
+    doc.save(tmp_path / "tints.pdf")
+    panels = extract_document(tmp_path / "tints.pdf").panels
+    assert len(panels) == 3
+    blue = np.clip(grey.astype(np.float32) * 0.114 + 0.5, 0, 255)
+    for p in panels:
+        assert p.pixels.shape == grey.shape
+        assert np.abs(p.pixels.astype(np.float32) - grey).mean() < 3.0
+    assert np.abs(blue - grey).mean() > 20          # what luma would have read for the blue one
+
+
+def test_natural_colour_and_grey_rgb_read_as_luma():
+    """Colour images with more than one hue (stained tissue) and grey images stored as RGB are
+    read as BT.601 luma, exactly as before single-hue panels were read along their tint."""
+    need_shared()
+    files = sorted(MICRO.glob("*.png"))
+    natural, one_hue = 0, 0
+    for f in files:
+        rgb = np.asarray(Image.open(f).convert("RGB"))
+        if np.ptp(rgb.astype(np.int16) - rgb[..., 1:2]) <= 6:
+            continue                                    # a grey image
+        if single_hue(rgb) is not None:
+            one_hue += 1                                # a near-monochrome stain: read along its tint
+            continue
+        natural += 1
+        luma = np.clip(rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) + 0.5, 0, 255)
+        assert np.array_equal(rgb_to_grey(rgb), luma.astype(np.uint8)), f.name
+    assert natural >= 100 and one_hue <= 2              # of the 113 colour DSB2018 images
+    g = micrograph(3, 100)
+    assert np.array_equal(rgb_to_grey(np.stack([g] * 3, 2)), g)
 
 
 def test_split_keeps_plain_micrograph_whole():

@@ -120,9 +120,36 @@ def content_hash(grey: np.ndarray) -> str:
 
 # ------------------------------------------------------------------------------------- decoding
 
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)     # BT.601
+HUE_RESIDUAL = 10.0     # grey levels (95th percentile) off one hue's line: a pseudo-coloured panel (JPEG q75: <= 8)
+GREY_HUE = 0.9          # a hue whose weakest channel is at least this share of its strongest is grey
+
+
+def single_hue(colour: np.ndarray) -> np.ndarray | None:
+    """The tint (3 weights, the largest 1) of a pseudo-coloured panel: every pixel a multiple of
+    one colour (a fluorescence channel shown blue, green, red, magenta...), within
+    ``HUE_RESIDUAL`` levels (JPEG's chroma); None for other colour images and for grey ones."""
+    c = np.asarray(colour, np.float32).reshape(-1, 3)
+    if len(c) > 65536:
+        c = c[:: len(c) // 65536]
+    _, vecs = np.linalg.eigh(c.T @ c)
+    u = np.abs(vecs[:, -1])                               # the dominant colour direction
+    if u.max() <= 0 or u.min() >= GREY_HUE * u.max():
+        return None
+    resid = np.linalg.norm(c - np.outer(c @ u, u), axis=1)
+    if float(np.percentile(resid, 95)) > HUE_RESIDUAL:
+        return None
+    return (u / u.max()).astype(np.float32)
+
+
 def rgb_to_grey(colour: np.ndarray) -> np.ndarray:
-    """H x W x 3 RGB values (0-255) -> uint8 grey, BT.601 luma, rounded: how imgdup reads colour."""
-    grey = np.asarray(colour, np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    """H x W x 3 RGB values (0-255) -> uint8 grey, rounded: how imgdup reads colour.  BT.601 luma,
+    except for a pseudo-coloured panel (``single_hue``), read as its intensity along its tint:
+    a field shown blue, green or grey then reads the same (luma keeps 11 % of a blue channel's
+    contrast, and blue copies were found least often: docs/BENCHMARKS.md, tints)."""
+    c = np.asarray(colour, np.float32)
+    tint = single_hue(c)
+    grey = c @ LUMA if tint is None else (c @ tint) / float(tint @ tint)
     return np.clip(grey + 0.5, 0, 255).astype(np.uint8)
 
 
