@@ -205,3 +205,11 @@ def test_split_layouts_benchmark_smoke(tmp_path):
     cells, photos = data["compound_cells"], data["single_photos"]
     assert cells["cells"] > 50 and cells["cut_out"] >= 0.95 * cells["cells"]
     assert photos["variants"] == 4 * photos["photos"] and photos["cut_into_pieces"] == 0
+
+
+@pytest.mark.bench
+def test_tints_benchmark_smoke(tmp_path):
+    data = _smoke("tints.py", tmp_path)
+    blue = data["pairs"]["grey / blue"]
+    assert blue["pairs"] == 8 and blue["imgdup"]["candidates"] >= blue["luma"]["candidates"]
+    assert data["negatives, both in one tint"]["imgdup"]["reported_at_0.5"] <= 0.05
