@@ -201,6 +201,8 @@ def test_nightly_screen_benchmark_smoke(tmp_path):
 
 @pytest.mark.bench
 def test_split_layouts_benchmark_smoke(tmp_path):
+    pytest.importorskip("skimage", reason="split_layouts.py reads scikit-image's sample images: "
+                        "pip install '.[bench]' (CI does)")
     data = _smoke("split_layouts.py", tmp_path)
     cells, photos = data["compound_cells"], data["single_photos"]
     assert cells["cells"] > 50 and cells["cut_out"] >= 0.95 * cells["cells"]
