@@ -390,7 +390,8 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
     qinfo = _info_from_results(good)
     qpix = [p.pixels for r in good for p in r.panels]
     qvec = model.embed(qpix)
-    qtiles = model.embed_tiles(qpix)
+    # the views (11 a panel: most of the embedding time) serve the sub-region search and --add
+    qtiles = model.embed_tiles(qpix) if partial or add else None
     qneg = model.embed_negatives(qpix) if inverted else None
     clock.lap("embed")
     parts = []
