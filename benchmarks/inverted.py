@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import quality  # noqa: E402  (the benchmarks' shared pair builders)
+from imgdup.api import VERIFIED_VIEW_RADIUS  # noqa: E402  (the negative search's radius when verifying)
 from imgdup.pipeline.verify import negative_grey as negative  # noqa: E402  (what verification compares)
 
 FAMILIES = ["rot90/180/270", "flip", "free rotation 5-30", "crop 70%", "rescale 0.5-0.8", "gamma 0.5-2",
@@ -34,10 +35,14 @@ BARS = (0.5, 0.8, 0.9, 0.95)
 
 
 def rates(x: np.ndarray, conf: np.ndarray) -> dict[str, float]:
-    cand = x[:, 0] <= 1.0
-    out = {"candidates": float(cand.mean())}
-    for bar in BARS:
-        out[f"reported_at_{bar}"] = float((cand & (conf >= bar)).mean())
+    """Shares of pairs that are candidates (f <= 1) and reported at each bar; and the same with
+    candidates within ``VERIFIED_VIEW_RADIUS`` (the negative search's radius when verifying)."""
+    out: dict[str, float] = {}
+    for radius, tag in ((1.0, ""), (VERIFIED_VIEW_RADIUS, f"_within_{VERIFIED_VIEW_RADIUS}")):
+        cand = x[:, 0] <= radius
+        out[f"candidates{tag}"] = float(cand.mean())
+        for bar in BARS:
+            out[f"reported_at_{bar}{tag}"] = float((cand & (conf >= bar)).mean())
     return out
 
 
@@ -77,7 +82,11 @@ def main() -> None:
         r = rates(x, conf)
         res["negatives"][name] = {"pairs": len(pairs), **r,
                                   "reported": {str(b): int(((x[:, 0] <= 1.0) & (conf >= b)).sum()) for b in BARS},
-                                  "top_confidences": np.round(np.sort(conf[x[:, 0] <= 1.0])[-8:][::-1], 3).tolist()}
+                                  "top_confidences": np.round(np.sort(conf[x[:, 0] <= 1.0])[-8:][::-1], 3).tolist(),
+                                  f"reported_within_{VERIFIED_VIEW_RADIUS}": {
+                                      str(b): int(((x[:, 0] <= VERIFIED_VIEW_RADIUS) & (conf >= b)).sum()) for b in BARS},
+                                  f"top_confidences_within_{VERIFIED_VIEW_RADIUS}": np.round(
+                                      np.sort(conf[x[:, 0] <= VERIFIED_VIEW_RADIUS])[-8:][::-1], 3).tolist()}
         print(name, res["negatives"][name], flush=True)
     res["seconds"] = round(time.time() - t0, 1)
     out = Path(args.out or ROOT / "docs" / f"inverted_{args.split}.json")

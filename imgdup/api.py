@@ -316,7 +316,9 @@ def _copy_move_rows(info: pd.DataFrame) -> list[int]:
 # just over f = 1 (1.03-1.16 measured) from the nearest of its source's views (docs/BENCHMARKS.md,
 # end to end, session 17).  The searches are capped k-NN searches, so a wider radius costs no
 # search time; it only lets a sparse store's nearest views through.  Without verification the
-# report keeps f <= t.
+# report keeps f <= t.  The search with each panel's negative (capped at NEGATIVE_CAP) uses the
+# same radius: an inverted copy that was also cropped or flipped can lie just over f = 1 from the
+# query panel's negative (1.017 measured: docs/BENCHMARKS.md, inverted copies, session 22).
 VERIFIED_VIEW_RADIUS = 1.25
 
 
@@ -327,7 +329,8 @@ NEGATIVE_CAP = 5
 
 
 def view_radius(threshold: float, verify: bool) -> float:
-    """The radius of the sub-region searches (``VERIFIED_VIEW_RADIUS`` x threshold when verifying)."""
+    """The radius of the sub-region and negative searches (``VERIFIED_VIEW_RADIUS`` x threshold
+    when verifying)."""
     return threshold * (VERIFIED_VIEW_RADIUS if verify else 1.0)
 
 
@@ -374,8 +377,8 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
     ``max_candidates``: keep only the N stored panels nearest to each manuscript panel among those
     within the threshold, in the whole-panel and in the sub-region search (None: all of them in
     the whole-panel search, TILE_CAP in the sub-region search).  ``inverted`` also searches with
-    each manuscript panel's negative (its ``NEGATIVE_CAP`` nearest within the threshold), for
-    copies shown inverted; such rows have via "inverted" and are verified on the negative.
+    each manuscript panel's negative (its ``NEGATIVE_CAP`` nearest within the threshold, or
+    within ``view_radius`` when verifying), for copies shown inverted; such rows have via "inverted" and are verified on the negative.
     """
     model = model or load_model()
     t = float(threshold if threshold is not None else model.threshold)
@@ -404,7 +407,7 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
         lo, hi = np.minimum(ti, tj), np.maximum(ti, tj)
         i, j, f, via = _merge_pairs(i, j, f, lo[lo != hi], hi[lo != hi], tf[lo != hi], via)
     if qneg is not None and len(qvec) > 1:      # +1: a panel may be near its own negative
-        ni, nj, nf = nearest_within(whole_index_of(qvec, rows), qneg, t, NEGATIVE_CAP + 1)
+        ni, nj, nf = nearest_within(whole_index_of(qvec, rows), qneg, tv, NEGATIVE_CAP + 1)
         lo, hi = np.minimum(ni, nj), np.maximum(ni, nj)
         i, j, f, via = _merge_pairs(i, j, f, lo[lo != hi], hi[lo != hi], nf[lo != hi], via, "inverted")
     parts.append(make_report(qinfo, qinfo, i, j, f, via))
@@ -423,7 +426,7 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
                 ti, tids, tf = _store_view_pairs(store, qvec, qtiles, whole, tv, max_candidates or TILE_CAP, device)
                 qi, ids, f, via = _merge_pairs(qi, ids, f, ti, tids, tf, via)
             if qneg is not None:
-                ni, nids, nf = _store_whole_pairs(store, whole, qneg, t, NEGATIVE_CAP)
+                ni, nids, nf = _store_whole_pairs(store, whole, qneg, tv, NEGATIVE_CAP)
                 qi, ids, f, via = _merge_pairs(qi, ids, f, ni, nids, nf, via, "inverted")
             minfo = store.panel_table(ids)
             split |= store.split_figures(minfo.doc_sha256.unique())
@@ -617,7 +620,7 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
                 model = model or load_model()
                 if model.sha256 == sha:
                     nid, neg = _negative_vectors(store, ids, model)
-                    ni, nm, nf = _store_whole_pairs(store, whole, neg, t, NEGATIVE_CAP + 1)
+                    ni, nm, nf = _store_whole_pairs(store, whole, neg, tv, NEGATIVE_CAP + 1)
                     rows = pd.Index(ids).get_indexer(nid)
                     qi, mid, f, via = _merge_pairs(qi, mid, f, rows[ni], nm, nf, via, "inverted")
                 else:

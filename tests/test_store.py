@@ -443,6 +443,27 @@ def test_real_papers_front_matter_badges_not_reported(model, tmp_path):
     assert len(gels) >= 1 and gels.verified.all()
 
 
+def test_inverted_cropped_copy_just_over_the_threshold_found_when_verifying(model, tmp_path):
+    """A copy shown inverted, flipped and cut to 75 % of the panel: its negative lies just over
+    f = 1 from the stored panel, inside the negative search's radius when verifying
+    (``view_radius``: 1.25 x the threshold), so it is found and verified with via "inverted";
+    the unverified query keeps f <= 1 and reports nothing (the stranger corpus's seed 32 lost
+    such a copy at f = 1.017: docs/BENCHMARKS.md)."""
+    from conftest import micrograph
+
+    x = cv2_resize(micrograph(69), 400)
+    _pdf(tmp_path / "a.pdf", [x, cv2_resize(micrograph(7), 300)])
+    _pdf(tmp_path / "b.pdf", [255 - x[50:350, 20:320][:, ::-1], cv2_resize(micrograph(19), 300)])
+    ingest([tmp_path / "a.pdf"], tmp_path / "st", model=model)
+    rep = query([tmp_path / "b.pdf"], tmp_path / "st", model=model, copy_move=False).report
+    assert len(rep) == 1, rep[["query_panel", "match_panel", "via", "distance", "confidence"]]
+    r = rep.iloc[0]
+    assert (r.query_panel, r.match_panel, r.via) == ("p1-f1-0", "p1-f1-0", "inverted")
+    assert 1.0 < r.distance <= 1.25 and r.verified and r.confidence >= 0.9
+    plain = query([tmp_path / "b.pdf"], tmp_path / "st", model=model, copy_move=False, verify=False).report
+    assert plain.empty, plain[["query_panel", "match_panel", "via", "distance"]]
+
+
 def test_inverted_copies_found_through_the_negative(model, tmp_path):
     """A panel shown as its negative (rotated, across papers; flipped, inside the manuscript) is
     found by the search with each panel's negative, verified on the negative, and reported once
