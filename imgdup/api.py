@@ -47,15 +47,19 @@ def extract_panels(pdfs: Sequence[str | Path], out_dir: str | Path, workers: int
 
 @dataclass
 class IngestSummary:
+    """What one ``ingest`` did.  ``panels`` counts every stored entry (panels and whole figures,
+    both embedded and searched), ``figures`` the whole figures among them."""
     documents: int = 0
     ingested: int = 0
     already: int = 0
     panels: int = 0
+    figures: int = 0
     skipped: dict[str, str] = field(default_factory=dict)   # path -> reason
     seconds: float = 0.0
 
     def line(self) -> str:
-        return (f"{self.documents} documents: {self.ingested} ingested ({self.panels} panels), "
+        return (f"{self.documents} documents: {self.ingested} ingested "
+                f"({self.panels - self.figures} panels, {self.figures} whole figures), "
                 f"{self.already} already in the store, {len(self.skipped)} skipped; {self.seconds:.1f}s")
 
 
@@ -198,6 +202,7 @@ def ingest(pdfs: Sequence[str | Path], index: str | Path | None = None, model: E
             else:
                 summary.ingested += 1
                 summary.panels += len(res.panels)
+                summary.figures += sum(p.kind == "figure" for p in res.panels)
             pending.add(res, key, vectors, tiles)
             if echo:
                 echo(res.summary())

@@ -54,6 +54,9 @@ def test_ingest_idempotent_and_summary(corpus, model, tmp_path):
     assert s2.ingested == 0 and s2.already == 4
     assert _check_consistent(tmp_path / "st") == s1.panels
     st = Store(tmp_path / "st", create=False)
+    kinds = dict(st.db.execute("SELECT kind, COUNT(*) FROM panels GROUP BY kind"))
+    assert 0 < s1.figures == kinds.get("figure", 0) < s1.panels
+    assert f"({s1.panels - s1.figures} panels, {s1.figures} whole figures)" in s1.line()
     status = dict(st.db.execute("SELECT path, status FROM documents"))
     assert status[str(bad)] == "skipped"
 
