@@ -9,7 +9,12 @@ blots, random images), judged the same way (the negative of one against the othe
 comparison, as they are.  A pair counts as a candidate when the CNN puts it within the
 threshold (f <= 1), and as reported when it is a candidate and its confidence reaches the bar.
 
-    python benchmarks/inverted.py [--split test] [--per-family 40] [--negatives 2000]
+A's negative is judged as a screen judges a stored panel's: the panel's keypoints packed as at
+ingest, turned into the negative's (``verify.INVERT``), with SIFT run on the negative for a pair
+left under the bar with some hash similarity (``--sift-on-negative``: SIFT on the negative
+always, as before session 23).
+
+    python benchmarks/inverted.py [--split test] [--per-family 40] [--negatives 2000] [--sift-on-negative]
 """
 
 from __future__ import annotations
@@ -52,12 +57,23 @@ def main() -> None:
     ap.add_argument("--per-family", type=int, default=40)
     ap.add_argument("--negatives", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--sift-on-negative", action="store_true",
+                    help="describe the negative afresh with SIFT (before session 23), not from the panel's keypoints")
     ap.add_argument("--out", default=None, help="JSON output (default docs/inverted_<split>.json)")
     args = ap.parse_args()
     from imgdup.pipeline.verify import confidence
 
     rng = np.random.default_rng(args.seed)
     imgs, groups = quality.load_images(False, args.split)
+
+    def features(pairs):
+        """The verification features of each (a, b) judged through a's negative: a's keypoints
+        turned into the negative's, as the pipeline verifies such a row, or (``--sift-on-negative``,
+        the pipeline before session 23) SIFT run on the negative."""
+        if args.sift_on_negative:
+            return quality.parallel_features([(negative(a), b) for a, b in pairs])
+        return quality.parallel_features(pairs, negative_a=True)
+
     t0 = time.time()
     res: dict = {"command": "python benchmarks/inverted.py " + " ".join(sys.argv[1:]),
                  "date": time.strftime("%Y-%m-%d"), "split": args.split, "images": len(imgs),
@@ -67,7 +83,7 @@ def main() -> None:
         fn = quality.FAMILIES[fam]
         pick = rng.choice(len(imgs), size=min(args.per_family, len(imgs)), replace=False)
         pairs = [(quality.as_stored(imgs[i], rng), quality.as_stored(negative(fn(imgs[i], rng)), rng)) for i in pick]
-        x = quality.parallel_features([(negative(a), b) for a, b in pairs])
+        x = features(pairs)
         conf = confidence(x)
         res["positives"][fam] = {"pairs": len(pairs), **rates(x, conf)}
         pos_all.append((x, conf))
@@ -76,8 +92,8 @@ def main() -> None:
     conf = np.concatenate([p[1] for p in pos_all])
     res["positives"]["all"] = {"pairs": len(x), **rates(x, conf)}
     neg = quality.stored_pairs(quality.negatives(imgs, groups, args.negatives, rng), rng)
-    for name, pairs in (("through a negative", [(negative(a), b) for a, b in neg]), ("as they are", neg)):
-        x = quality.parallel_features(pairs)
+    for name, pairs, through in (("through a negative", neg, True), ("as they are", neg, False)):
+        x = features(pairs) if through else quality.parallel_features(pairs)
         conf = confidence(x)
         r = rates(x, conf)
         res["negatives"][name] = {"pairs": len(pairs), **r,

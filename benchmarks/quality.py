@@ -400,17 +400,26 @@ class Scorers:
             best = max(best, int(inl.sum()) if inl is not None else 0)
         return float(best)
 
-    def features(self, pairs) -> np.ndarray:
-        """imgdup's verification features (``verify.feature_vector``) for each pair."""
+    def features(self, pairs, negative_a: bool = False) -> np.ndarray:
+        """imgdup's verification features (``verify.feature_vector``) for each pair.
+        ``negative_a``: compare the negative of a, as a report row found through a's negative
+        is verified: a's keypoints packed as at ingest, turned into the negative's (``negated``)."""
         v = self.v
-        ea = self.model.embed([a for a, _ in pairs])
-        eb = self.model.embed([b for _, b in pairs])
+        if negative_a:
+            pairs = [(v.negative_grey(a), b, v.thumbnail(a)) for a, b in pairs]
+        ea = self.model.embed([p[0] for p in pairs])
+        eb = self.model.embed([p[1] for p in pairs])
         f = np.abs(ea - eb).sum(1)
         rows = []
-        for (a, b), fi in zip(pairs, f):
+        for (a, b, *pos), fi in zip(pairs, f):
             ta, tb = v.thumbnail(a), v.thumbnail(b)
-            m = v.match(v.features(ta), v.features(tb))
-            rows.append(v.feature_vector(float(fi), m, v.align_pair(ta, tb)))
+            fa = v.negated(v.unpack_keypoints(pos[0], v.pack_keypoints(pos[0])), lambda: ta) if pos else v.features(ta)
+            fb, al = v.features(tb), v.align_pair(ta, tb)
+            x = v.feature_vector(float(fi), v.match(fa, fb), al)
+            if pos and v.confidence(x)[0] < v.NEGATIVE_MIN_CONFIDENCE and al.phash > 0.0:
+                x2 = v.feature_vector(float(fi), v.match(v.features(ta), fb), al)     # as ``_verify_pair``
+                x = x2 if v.confidence(x2)[0] > v.confidence(x)[0] else x
+            rows.append(x)
         return np.array(rows)
 
     def score(self, pairs) -> dict[str, np.ndarray]:
@@ -437,22 +446,23 @@ def _init_worker() -> None:
     _WORKER = Scorers()
 
 
-def _worker_features(pairs) -> np.ndarray:
-    return _WORKER.features(pairs)
+def _worker_features(pairs, negative_a: bool = False) -> np.ndarray:
+    return _WORKER.features(pairs, negative_a)
 
 
-def parallel_features(pairs, workers: int = 2, chunk: int = 40) -> np.ndarray:
+def parallel_features(pairs, workers: int = 2, chunk: int = 40, negative_a: bool = False) -> np.ndarray:
     """``Scorers.features`` over worker processes (one model each), in order."""
+    from functools import partial
     from multiprocessing import get_context
 
     if len(pairs) <= chunk or workers <= 1:
         global _WORKER
         if _WORKER is None:
             _WORKER = Scorers()
-        return _WORKER.features(pairs)
+        return _WORKER.features(pairs, negative_a)
     parts = [pairs[i:i + chunk] for i in range(0, len(pairs), chunk)]
     with get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
-        return np.concatenate(pool.map(_worker_features, parts))
+        return np.concatenate(pool.map(partial(_worker_features, negative_a=negative_a), parts))
 
 
 def copy_move_rates(imgs, n: int, rng) -> dict[str, float]:

@@ -383,7 +383,8 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
     within the threshold, in the whole-panel and in the sub-region search (None: all of them in
     the whole-panel search, TILE_CAP in the sub-region search).  ``inverted`` also searches with
     each manuscript panel's negative (its ``NEGATIVE_CAP`` nearest within the threshold, or
-    within ``view_radius`` when verifying), for copies shown inverted; such rows have via "inverted" and are verified on the negative.
+    within ``view_radius`` when verifying), for copies shown inverted; such rows have via
+    "inverted" and are verified on the negative.
     """
     model = model or load_model()
     t = float(threshold if threshold is not None else model.threshold)

@@ -593,3 +593,51 @@ def test_shared_labels_are_not_detail_evidence():
     assert np.isfinite([m.detail_ncc, m.detail_raw]).all() and max(m.detail_ncc, m.detail_raw) < 0.3
     copy = V.match(V.features(a), V.features(np.clip(a.astype(int) * 1.2, 0, 255).astype(np.uint8)))
     assert copy.detail_ncc > 0.8 and copy.detail_raw > 0.8
+
+
+def test_negative_descriptors_derived_from_the_panels_own():
+    """``INVERT`` turns a keypoint's descriptor into that of the same patch in the negative: at
+    the points SIFT finds in both, the derived descriptors agree with those SIFT computes on
+    the negative, and a stored panel's packed keypoints give a negative that matches an
+    inverted copy as well as SIFT run on the negative does."""
+    assert sorted(V.INVERT.tolist()) == list(range(128))
+    a = textured(5)
+    f = V.features(a)
+    neg = V.negative_grey(a)
+    g = V.negated(f, lambda: neg)
+    assert np.array_equal(g.desc, f.desc[:, V.INVERT]) and np.array_equal(g.img, V._prep_image(neg, V.PREP))
+    pt, dt = V._describe(255 - f.img)       # SIFT on the negative
+    dist = np.linalg.norm(pt[:, None] - f.pts[None], axis=2)
+    j = dist.argmin(1)
+    same = dist[np.arange(len(pt)), j] < 0.2
+    assert same.mean() > 0.5
+    cos = (dt[same] * g.desc[j[same]]).sum(1)
+    assert np.median(cos) > 0.95
+    # an inverted, rotated copy: verified through the derived negative as through SIFT's own
+    copy = np.ascontiguousarray(np.rot90(neg))
+    fb = V.features(copy)
+    derived = V.verify(V.negated(V.unpack_keypoints(a, V.pack_keypoints(a)), lambda: neg), fb)
+    fresh = V.verify(V.features(neg), fb)
+    assert derived.match.inliers >= 0.7 * fresh.match.inliers
+    assert round(derived.match.rotation) % 360 == round(fresh.match.rotation) % 360
+    assert derived.confidence >= 0.9 and fresh.confidence >= 0.9
+
+
+def test_panel_cache_derives_a_negatives_keypoints_from_the_packed_ones():
+    """A row found through a panel's negative is matched with the panel's packed keypoints
+    turned into the negative's (no SIFT run); SIFT on the negative is there for the recheck."""
+    a = textured(5)
+    neg = V.negative_grey(a)
+    blob = V.pack_keypoints(a)
+    k = ("sha", "p1", 1, "negative")
+    cache = V._PanelCache({k: neg}, {k: blob}, negatives={k})
+    f = cache.features(k)
+    stored = V.unpack_keypoints(a, blob)
+    assert cache.derived(k) and np.array_equal(f.desc, stored.desc[:, V.INVERT])
+    assert np.array_equal(f.keypoints(equalised=True)[1], stored.keypoints(equalised=True)[1][:, V.INVERT])
+    assert np.array_equal(f.img, V._prep_image(neg, V.PREP))
+    assert cache.facts(k) is None       # the negative's hashes come from its pixels
+    fresh = cache.fresh_features(k)
+    assert not np.array_equal(fresh.desc, f.desc) and len(fresh.pts) > 0
+    plain = V._PanelCache({k: neg}, {k: None}, negatives={k})      # no packed keypoints: SIFT on the negative
+    assert not plain.derived(k) and len(plain.features(k).pts) > 0

@@ -267,6 +267,16 @@ _HASH_BYTES = {KEYPOINTS_MAGIC: 128, _KP2_MAGIC: 64}     # packed ``PanelFacts.h
 # descriptors SIFT computes on the mirrored image (tests/test_verify.py), at no SIFT cost.
 MIRROR = np.array([((3 - r) * 4 + c) * 8 + (8 - o) % 8 for r in range(4) for c in range(4) for o in range(8)])
 
+# The SIFT descriptor of the same patch in the panel's negative (255 - grey), as a permutation.
+# Inverting the grey levels negates every gradient: SIFT finds the same points (extrema of the
+# difference of Gaussians of either sign, the same edge test), each oriented 180 degrees round,
+# so in its frame every sample falls in the opposite spatial bin (row r -> 3 - r, column c ->
+# 3 - c) with the same gradient direction relative to the keypoint (orientation bin unchanged).
+# A row found through a panel's negative is verified with these instead of SIFT run on the
+# negative (twice: the CLAHE and the equalised pass); checked against SIFT on the negative in
+# tests/test_verify.py and end to end by benchmarks/inverted.py (docs/VERIFICATION.md).
+INVERT = np.array([((3 - r) * 4 + (3 - c)) * 8 + o for r in range(4) for c in range(4) for o in range(8)])
+
 
 @dataclass
 class Features:
@@ -321,6 +331,16 @@ class Features:
             else:
                 self._more[False, True] = _describe(self.img, self.dense, True)
         return self._more[mirrored, equalised]
+
+
+def negated(f: Features, thumb: Callable[[], np.ndarray]) -> Features:
+    """The features of a panel's negative from the panel's own keypoints (``INVERT``; both
+    keypoint passes), its pixels read through ``thumb()`` (the negative's) when first needed."""
+    g = Features(f.shape, f.orig_shape, f.pts, np.ascontiguousarray(f.desc[:, INVERT]), f.dense, _thumb=thumb)
+    if (False, True) in f._more:
+        pe, de = f._more[False, True]
+        g._more[False, True] = (pe, np.ascontiguousarray(de[:, INVERT]))
+    return g
 
 
 @dataclass(frozen=True)
@@ -1105,6 +1125,13 @@ def _key(side: str, row) -> tuple:
 # split's inverted copies stored as in PDFs, 0.9 instead of 0.5 keeps 0.83 of them instead of 0.86
 # (benchmarks/inverted.py, docs/VERIFICATION.md).
 NEGATIVE_MIN_CONFIDENCE = 0.9
+# NEGATIVE_RECHECK: a row found through a stored panel's negative is first matched with the
+# negative's keypoints derived from the panel's stored ones (``INVERT``: no SIFT run).  Those miss
+# a transform that SIFT run on the negative finds in a few copies (CLAHE is not symmetric in
+# black and white: 6 of 360 inverted copies of the test split, benchmarks/inverted.py; the 4
+# that fell under the bar had a perceptual-hash similarity of 0.83-1.00, which each of 2,000
+# negatives judged through a negative had at 0).  So a pair left under the bar with any hash
+# similarity (> 0) is matched again with SIFT run on the negative, and kept if that does better.
 
 
 def _side_key(side: str, row, negative: bool) -> tuple:
@@ -1137,9 +1164,10 @@ class _PanelCache:
     thumbnail is decoded only for a pair that compares pixels."""
 
     def __init__(self, sources: dict[tuple, object], packed: dict[tuple, bytes | None] | None = None,
-                 uses: dict[tuple, int] | None = None) -> None:
+                 uses: dict[tuple, int] | None = None, negatives: set[tuple] | None = None) -> None:
         self.sources = sources
         self.packed = packed or {}
+        self.negatives = negatives or set()     # keys whose packed keypoints are the positive panel's
         self._uses = dict(uses or {})       # pairs left per panel (``done``); absent: kept to the end
         self._lock = threading.Lock()
         self._thumbs: dict[tuple, np.ndarray | None] = {}
@@ -1148,6 +1176,8 @@ class _PanelCache:
         self._low: dict[tuple, bool] = {}
         self._line_art: dict[tuple, bool] = {}
         self._hashes: dict[tuple, np.ndarray] = {}
+        self._derived: set[tuple] = set()
+        self._fresh: dict[tuple, Features] = {}      # a derived negative's own SIFT (``fresh_features``)
 
     def has_pixels(self, key: tuple) -> bool:
         return self.sources.get(key) is not None
@@ -1165,6 +1195,8 @@ class _PanelCache:
             del self._uses[key]
         for d in (self._features, self._thumbs, self.packed, self.sources):
             d.pop(key, None)
+        self._fresh.pop(key, None)
+        self._derived.discard(key)
 
     def thumb(self, key: tuple) -> np.ndarray | None:
         if key not in self._thumbs:
@@ -1177,12 +1209,27 @@ class _PanelCache:
         if key not in self._features:
             blob = self.packed.get(key)
             f = stored_features(blob, lambda: self.thumb(key))
+            if key in self.negatives:       # the positive's keypoints, turned into the negative's
+                if f is not None:
+                    f = negated(f, lambda: self.thumb(key))
+                    self._derived.add(key)
+                blob = None
             self._features[key] = f if f is not None else unpack_keypoints(self.thumb(key), blob)
         return self._features[key]
 
+    def derived(self, key: tuple) -> bool:
+        """Whether ``features(key)`` are a negative's derived from the panel's packed keypoints."""
+        return key in self._derived
+
+    def fresh_features(self, key: tuple) -> Features:
+        """The features of ``key``'s pixels, SIFT run on them (a negative's, not derived)."""
+        if key not in self._fresh:
+            self._fresh[key] = unpack_keypoints(self.thumb(key), None)
+        return self._fresh[key]
+
     def facts(self, key: tuple) -> PanelFacts | None:
-        if key not in self._facts:
-            self._facts[key] = packed_facts(self.packed.get(key))
+        if key not in self._facts:      # a negative's hashes and facts come from its pixels
+            self._facts[key] = None if key in self.negatives else packed_facts(self.packed.get(key))
         return self._facts[key]
 
     def low(self, key: tuple) -> bool:
@@ -1229,12 +1276,20 @@ def _verify_pair(ka: tuple, kb: tuple, row: SimpleNamespace, cache: _PanelCache,
     ph = phash_similarity(None, None, cache.hashes(ka), cache.hashes(kb))
     bound = max(float(confidence(feature_vector(float(row.distance), m, Alignment(c, "", 1.0, "", ph)))[0])
                 for c in (-1.0, 1.0))
-    if bound < thr:
+    recheck = cache.derived(ka) and ph > 0.0       # see NEGATIVE_RECHECK
+    if bound < thr and not recheck:
         return _columns(m, None, bound, False,
                         f"confidence at most {bound:.2f} < {thr:.2f} ({m.inliers} keypoint inliers, overlap "
                         f"correlation {m.aligned_ncc:.2f}, fine-detail correlation {_detail(m):.2f})")
     al = align_pair(cache.thumb(ka), cache.thumb(kb), phash=ph)
     conf = float(confidence(feature_vector(float(row.distance), m, al))[0])
+    if recheck and conf < thr:
+        # the negative's keypoints derived from the panel's (``INVERT``) missed a transform that
+        # SIFT run on the negative itself may find: judge the pair as that would
+        m2 = match(cache.fresh_features(ka), cache.features(kb))
+        conf2 = float(confidence(feature_vector(float(row.distance), m2, al))[0])
+        if conf2 > conf:
+            m, conf = m2, conf2
     ok = conf >= thr
     why = "" if ok else (f"confidence {conf:.2f} < {thr:.2f} ({m.inliers} keypoint inliers, "
                          f"overlap correlation {m.aligned_ncc:.2f}, fine-detail correlation {_detail(m):.2f}, "
@@ -1292,6 +1347,7 @@ def verify_report(report, lookup, keep_rejected: bool = False, threshold: float 
         return report.assign(**{c: pd.Series(dtype=k) for c, (k, _) in VERIFY_FIELDS.items()})
     sources: dict[tuple, object] = {}
     packed: dict[tuple, bytes | None] = {}
+    negatives: set[tuple] = set()
     rows = []
     for row in report.itertuples(index=False):
         neg = getattr(row, "via", None) == "inverted"
@@ -1299,11 +1355,12 @@ def verify_report(report, lookup, keep_rejected: bool = False, threshold: float 
             k = _side_key(side, row, neg)
             if k not in sources:
                 px = lookup(side, row)
+                packed[k] = keypoints(side, row) if keypoints is not None and px is not None else None
                 if neg and side == "query":     # compared as its negative: keypoints of the negative
-                    sources[k], packed[k] = _negative_source(px), None
+                    sources[k] = _negative_source(px)
+                    negatives.add(k)
                 else:
                     sources[k] = px
-                    packed[k] = keypoints(side, row) if keypoints is not None and px is not None else None
         rows.append((_side_key("query", row, neg), _key("match", row),
                      SimpleNamespace(**{f: getattr(row, f, None) for f in _ROW_FIELDS})))
     results: list[dict] = []
@@ -1311,7 +1368,7 @@ def verify_report(report, lookup, keep_rejected: bool = False, threshold: float 
     for ka, kb, _ in rows:
         uses[ka] = uses.get(ka, 0) + 1
         uses[kb] = uses.get(kb, 0) + 1
-    cache = _PanelCache(sources, packed, uses)
+    cache = _PanelCache(sources, packed, uses, negatives)
     chunks = [rows[k0:k0 + 64] for k0 in range(0, len(rows), 64)]
     # OpenCV and numpy release the GIL in the heavy calls: threads share the per-panel cache
     n = max(1, threads or os.cpu_count() or 1)
