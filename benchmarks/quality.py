@@ -415,11 +415,11 @@ class Scorers:
             ta, tb = v.thumbnail(a), v.thumbnail(b)
             fa = v.negated(v.unpack_keypoints(pos[0], v.pack_keypoints(pos[0])), lambda: ta) if pos else v.features(ta)
             fb, al = v.features(tb), v.align_pair(ta, tb)
-            x = v.feature_vector(float(fi), v.match(fa, fb), al)
-            if pos and v.confidence(x)[0] < v.NEGATIVE_MIN_CONFIDENCE and al.phash > 0.0:
-                x2 = v.feature_vector(float(fi), v.match(v.features(ta), fb), al)     # as ``_verify_pair``
-                x = x2 if v.confidence(x2)[0] > v.confidence(x)[0] else x
-            rows.append(x)
+            m = v.match(fa, fb)
+            if pos:     # as ``_verify_pair`` does for a row found through a stored panel's negative
+                conf = float(v.confidence(v.feature_vector(float(fi), m, al))[0])
+                m, _ = v.recheck_negative(m, conf, v.NEGATIVE_MIN_CONFIDENCE, al, float(fi), lambda: v.features(ta), fb)
+            rows.append(v.feature_vector(float(fi), m, al))
         return np.array(rows)
 
     def score(self, pairs) -> dict[str, np.ndarray]:

@@ -1132,6 +1132,19 @@ NEGATIVE_MIN_CONFIDENCE = 0.9
 # that fell under the bar had a perceptual-hash similarity of 0.83-1.00, which each of 2,000
 # negatives judged through a negative had at 0).  So a pair left under the bar with any hash
 # similarity (> 0) is matched again with SIFT run on the negative, and kept if that does better.
+NEGATIVE_RECHECK_PHASH = 0.0    # hash similarity above which a derived negative's pair is rechecked
+
+
+def recheck_negative(m: Match, conf: float, thr: float, al: Alignment, f: float,
+                     fresh: Callable[[], Features], fb: Features) -> tuple[Match, float]:
+    """``NEGATIVE_RECHECK`` for a pair matched with a derived negative's keypoints: when it is
+    under ``thr`` and the panels share some hash similarity, the better of ``m`` and a match
+    of ``fresh()`` (SIFT run on the negative) against ``fb``, with its confidence."""
+    if conf >= thr or not al.phash > NEGATIVE_RECHECK_PHASH:
+        return m, conf
+    m2 = match(fresh(), fb)
+    conf2 = float(confidence(feature_vector(f, m2, al))[0])
+    return (m2, conf2) if conf2 > conf else (m, conf)
 
 
 def _side_key(side: str, row, negative: bool) -> tuple:
@@ -1276,20 +1289,16 @@ def _verify_pair(ka: tuple, kb: tuple, row: SimpleNamespace, cache: _PanelCache,
     ph = phash_similarity(None, None, cache.hashes(ka), cache.hashes(kb))
     bound = max(float(confidence(feature_vector(float(row.distance), m, Alignment(c, "", 1.0, "", ph)))[0])
                 for c in (-1.0, 1.0))
-    recheck = cache.derived(ka) and ph > 0.0       # see NEGATIVE_RECHECK
-    if bound < thr and not recheck:
+    derived = cache.derived(ka)         # a negative's keypoints derived: may be rechecked (NEGATIVE_RECHECK)
+    if bound < thr and not (derived and ph > NEGATIVE_RECHECK_PHASH):
         return _columns(m, None, bound, False,
                         f"confidence at most {bound:.2f} < {thr:.2f} ({m.inliers} keypoint inliers, overlap "
                         f"correlation {m.aligned_ncc:.2f}, fine-detail correlation {_detail(m):.2f})")
     al = align_pair(cache.thumb(ka), cache.thumb(kb), phash=ph)
     conf = float(confidence(feature_vector(float(row.distance), m, al))[0])
-    if recheck and conf < thr:
-        # the negative's keypoints derived from the panel's (``INVERT``) missed a transform that
-        # SIFT run on the negative itself may find: judge the pair as that would
-        m2 = match(cache.fresh_features(ka), cache.features(kb))
-        conf2 = float(confidence(feature_vector(float(row.distance), m2, al))[0])
-        if conf2 > conf:
-            m, conf = m2, conf2
+    if derived:
+        m, conf = recheck_negative(m, conf, thr, al, float(row.distance), lambda: cache.fresh_features(ka),
+                                   cache.features(kb))
     ok = conf >= thr
     why = "" if ok else (f"confidence {conf:.2f} < {thr:.2f} ({m.inliers} keypoint inliers, "
                          f"overlap correlation {m.aligned_ncc:.2f}, fine-detail correlation {_detail(m):.2f}, "
