@@ -215,3 +215,11 @@ def test_tints_benchmark_smoke(tmp_path):
     blue = data["pairs"]["grey / blue"]
     assert blue["pairs"] == 8 and blue["imgdup"]["candidates"] >= blue["luma"]["candidates"]
     assert data["negatives, both in one tint"]["imgdup"]["reported_at_0.5"] <= 0.05
+
+
+@pytest.mark.bench
+def test_heavy_jpeg_benchmark_smoke(tmp_path):
+    data = _smoke("heavy_jpeg.py", tmp_path)
+    assert set(data["positives"]) == {"q10", "q15", "q20", "q30"}
+    assert data["positives"]["q30"]["pairs"] == 4 and data["positives"]["q30"]["found_f<=1.25"] >= 0.5
+    assert all(n["pairs"] == 20 and n["found_f<=1.25"] <= 0.1 for n in data["negatives"].values())
