@@ -623,6 +623,41 @@ def test_negative_descriptors_derived_from_the_panels_own():
     assert derived.confidence >= 0.9 and fresh.confidence >= 0.9
 
 
+def test_query_panels_negative_derived_from_its_own_sift(monkeypatch):
+    """A query panel has no packed keypoints: its negative's come from the panel's own SIFT
+    pass (``INVERT``), the same with one thread or two; the panel is held until its negative is
+    let go; an inverted, rotated copy found through the negative is verified."""
+    a = textured(5)
+    k = ("q", "p1", -1, "negative")
+    cache = V._PanelCache({k: V.negative_grey(a), k[:-1]: a}, {k: None, k[:-1]: None},
+                          uses={k: 1, k[:-1]: 1}, negatives={k})      # as verify_report counts them
+    f = cache.features(k)
+    assert cache.derived(k) and np.array_equal(f.desc, V.features(a).desc[:, V.INVERT])
+    assert np.array_equal(f.img, V._prep_image(V.negative_grey(a), V.PREP))
+    cache.done(k)       # the negative's last pair: the panel goes with it
+    assert not cache.has_pixels(k[:-1]) and not cache.has_pixels(k)
+    copy = np.ascontiguousarray(np.rot90(V.negative_grey(a)))
+    px = {"p1": a, "p2": copy, "p3": textured(70)}
+    rep = pd.DataFrame([dict(_row(match_panel="p2", via="inverted")._asdict()),
+                        dict(_row(match_panel="p3", via="inverted")._asdict()),
+                        dict(_row(match_panel="p3")._asdict())])
+    neg_img = V._prep_image(V.negative_grey(a), V.PREP)
+    plain_sift_on_negative = []
+    real = V._describe
+
+    def describe(img, dense=False, equalised=False):
+        plain_sift_on_negative.append(not equalised and np.array_equal(img, neg_img))
+        return real(img, dense, equalised)
+
+    monkeypatch.setattr(V, "_describe", describe)
+    runs = [V.verify_report(rep, lambda side, r: px[getattr(r, f"{side}_panel")], keep_rejected=True, threads=t)
+            for t in (1, 2)]
+    assert runs[0][["match_panel", "via", "verified", "confidence"]].equals(runs[1][["match_panel", "via", "verified", "confidence"]])
+    got = runs[0].set_index(["match_panel", "via"])
+    assert got.loc[("p2", "inverted"), "verified"] and not got.loc[("p3", "inverted"), "verified"]
+    assert plain_sift_on_negative and not any(plain_sift_on_negative)     # the negative's come from the panel's
+
+
 def test_panel_cache_derives_a_negatives_keypoints_from_the_packed_ones():
     """A row found through a panel's negative is matched with the panel's packed keypoints
     turned into the negative's (no SIFT run); SIFT on the negative is there for the recheck."""

@@ -1191,6 +1191,9 @@ class _PanelCache:
         self._hashes: dict[tuple, np.ndarray] = {}
         self._derived: set[tuple] = set()
         self._fresh: dict[tuple, Features] = {}      # a derived negative's own SIFT (``fresh_features``)
+        # negatives with no packed keypoints, derived from their panel's SIFT (a query's panels)
+        self._from_panel: set[tuple] = {k for k in self.negatives
+                                        if self.packed.get(k) is None and sources.get(k[:-1]) is not None}
 
     def has_pixels(self, key: tuple) -> bool:
         return self.sources.get(key) is not None
@@ -1210,6 +1213,9 @@ class _PanelCache:
             d.pop(key, None)
         self._fresh.pop(key, None)
         self._derived.discard(key)
+        if key in self._from_panel:     # the negative let go of the panel it was derived from
+            self._from_panel.discard(key)
+            self.done(key[:-1])
 
     def thumb(self, key: tuple) -> np.ndarray | None:
         if key not in self._thumbs:
@@ -1223,6 +1229,11 @@ class _PanelCache:
             blob = self.packed.get(key)
             f = stored_features(blob, lambda: self.thumb(key))
             if key in self.negatives:       # the positive's keypoints, turned into the negative's
+                if f is None and key in self._from_panel:
+                    # the panel's own SIFT pass only (its equalised pass, when computed, is the
+                    # negative's own, so the result never depends on which thread came first)
+                    p = self.features(key[:-1])
+                    f = Features(p.shape, p.orig_shape, p.pts, p.desc, p.dense)
                 if f is not None:
                     f = negated(f, lambda: self.thumb(key))
                     self._derived.add(key)
@@ -1368,6 +1379,8 @@ def verify_report(report, lookup, keep_rejected: bool = False, threshold: float 
                 if neg and side == "query":     # compared as its negative: keypoints of the negative
                     sources[k] = _negative_source(px)
                     negatives.add(k)
+                    if packed[k] is None and px is not None and k[:-1] not in sources:
+                        sources[k[:-1]], packed[k[:-1]] = px, None    # its keypoints give the negative's
                 else:
                     sources[k] = px
         rows.append((_side_key("query", row, neg), _key("match", row),
@@ -1377,6 +1390,9 @@ def verify_report(report, lookup, keep_rejected: bool = False, threshold: float 
     for ka, kb, _ in rows:
         uses[ka] = uses.get(ka, 0) + 1
         uses[kb] = uses.get(kb, 0) + 1
+    for k in negatives:     # a panel's negative with no packed keypoints holds on to the panel
+        if packed.get(k) is None and sources.get(k[:-1]) is not None:
+            uses[k[:-1]] = uses.get(k[:-1], 0) + 1
     cache = _PanelCache(sources, packed, uses, negatives)
     chunks = [rows[k0:k0 + 64] for k0 in range(0, len(rows), 64)]
     # OpenCV and numpy release the GIL in the heavy calls: threads share the per-panel cache
