@@ -1191,9 +1191,12 @@ class _PanelCache:
         self._hashes: dict[tuple, np.ndarray] = {}
         self._derived: set[tuple] = set()
         self._fresh: dict[tuple, Features] = {}      # a derived negative's own SIFT (``fresh_features``)
-        # negatives with no packed keypoints, derived from their panel's SIFT (a query's panels)
+        # negatives with no packed keypoints, derived from their panel's SIFT (a query's panels);
+        # a counted one holds on to its panel until it is let go (``done``)
         self._from_panel: set[tuple] = {k for k in self.negatives
                                         if self.packed.get(k) is None and sources.get(k[:-1]) is not None}
+        for k in self._from_panel & self._uses.keys():
+            self._uses[k[:-1]] = self._uses.get(k[:-1], 0) + 1
 
     def has_pixels(self, key: tuple) -> bool:
         return self.sources.get(key) is not None
@@ -1390,9 +1393,6 @@ def verify_report(report, lookup, keep_rejected: bool = False, threshold: float 
     for ka, kb, _ in rows:
         uses[ka] = uses.get(ka, 0) + 1
         uses[kb] = uses.get(kb, 0) + 1
-    for k in negatives:     # a panel's negative with no packed keypoints holds on to the panel
-        if packed.get(k) is None and sources.get(k[:-1]) is not None:
-            uses[k[:-1]] = uses.get(k[:-1], 0) + 1
     cache = _PanelCache(sources, packed, uses, negatives)
     chunks = [rows[k0:k0 + 64] for k0 in range(0, len(rows), 64)]
     # OpenCV and numpy release the GIL in the heavy calls: threads share the per-panel cache
