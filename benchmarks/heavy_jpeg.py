@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -29,12 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402  (the benchmarks' shared pair builders)
 
 QUALITIES = (10, 15, 20, 30)
-
-
-def shrunk(im: np.ndarray, rng) -> np.ndarray:
-    """``im`` area-shrunk to a longer side of 150-250 px (never enlarged), as ``as_stored``."""
-    s = min(1.0, float(rng.uniform(*quality.STORED_SIDE)) / max(im.shape))
-    return quality._rescale(im, s) if s < 1.0 else im
 
 
 def rates(x: np.ndarray, conf: np.ndarray, thr: float) -> dict[str, float]:
@@ -63,11 +58,11 @@ def main() -> None:
     thr = float(sc.v.confidence_model()["threshold"])
     out: dict = {"command": "python benchmarks/heavy_jpeg.py --images " + args.images
                  + (" --smoke" if args.smoke else f" --per-quality {per} --negatives {n_neg}"),
-                 "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
+                 "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                  "images": len(imgs), "threshold": thr, "positives": {}, "negatives": {}}
     for q in QUALITIES:
         idx = rng.choice(len(imgs), min(per, len(imgs)), replace=False)
-        pairs = [(quality.as_stored(imgs[i], rng), quality._jpeg(shrunk(imgs[i], rng), q)) for i in idx]
+        pairs = [(quality.as_stored(imgs[i], rng), quality._jpeg(quality.shrunk(imgs[i], rng), q)) for i in idx]
         x = quality.parallel_features(pairs)
         out["positives"][f"q{q}"] = rates(x, sc.v.confidence(x), thr)
         print(f"q{q}", out["positives"][f"q{q}"], flush=True)
@@ -76,7 +71,7 @@ def main() -> None:
         if q is None:
             pairs = quality.stored_pairs(neg, rng)
         else:
-            pairs = [(quality._jpeg(shrunk(a, rng), q), quality._jpeg(shrunk(b, rng), q)) for a, b in neg]
+            pairs = [(quality._jpeg(quality.shrunk(a, rng), q), quality._jpeg(quality.shrunk(b, rng), q)) for a, b in neg]
         x = quality.parallel_features(pairs)
         conf = sc.v.confidence(x)
         key = f"both q{q}" if q else "both as_stored (q70-90)"

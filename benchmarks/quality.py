@@ -76,12 +76,17 @@ STORED_SIDE = (150, 250)   # a panel as a PDF figure stores it: longer side in p
 STORED_QUALITY = (70, 90)  # ... and its JPEG quality
 
 
-def as_stored(im, rng):
-    """``im`` as a PDF figure typically stores a panel: area-shrunk so its longer side is
-    ``STORED_SIDE`` px (never enlarged), then JPEG at ``STORED_QUALITY``.  Both sides of a pair
-    get their own size and quality, as two figures placed and compressed apart."""
+def shrunk(im, rng):
+    """``im`` area-shrunk so its longer side is ``STORED_SIDE`` px (never enlarged)."""
     s = min(1.0, float(rng.uniform(*STORED_SIDE)) / max(im.shape))
-    return _jpeg(_rescale(im, s) if s < 1.0 else im, rng.integers(STORED_QUALITY[0], STORED_QUALITY[1] + 1))
+    return _rescale(im, s) if s < 1.0 else im
+
+
+def as_stored(im, rng):
+    """``im`` as a PDF figure typically stores a panel: ``shrunk``, then JPEG at
+    ``STORED_QUALITY``.  Both sides of a pair get their own size and quality, as two figures
+    placed and compressed apart."""
+    return _jpeg(shrunk(im, rng), rng.integers(STORED_QUALITY[0], STORED_QUALITY[1] + 1))
 
 
 def stored_pairs(pairs, rng):
