@@ -294,6 +294,40 @@ def _drop_split_figure_tiles(report: pd.DataFrame, split: set[tuple[str, str]]) 
     return report[~drop].reset_index(drop=True)
 
 
+UNBACKED_FIGURE = "split figure: no pair of its panels verified (frames, layout or labels alone)"
+
+
+def _back_split_figure_rows(report: pd.DataFrame, split: set[tuple[str, str]], keep_rejected: bool) -> pd.DataFrame:
+    """A verified pair with a side that is a whole figure divided into panels stands only when
+    a pair of its panels (or of one of its panels and the other side) is verified too: such a
+    figure's panels are compared one by one, and two figures drawn with one template (a grid
+    of framed images, the same titles and tick labels) can agree as wholes while no image in
+    them does.  Rows without backing are dropped (kept as rejected with ``keep_rejected``)."""
+    if report.empty or "verified" not in report or not split:
+        return report
+
+    def split_side(side: str) -> np.ndarray:
+        return np.array([k == "figure" and (sha, fig) in split for sha, fig, k in
+                         zip(report[f"{side}_sha256"], report[f"{side}_figure"], report[f"{side}_kind"])], bool)
+
+    def key(r) -> frozenset:
+        return frozenset([(r.query_sha256, r.query_figure), (r.match_sha256, r.match_figure)])
+
+    figure_row = split_side("query") | split_side("match")
+    verified = report["verified"].to_numpy(bool)
+    backing = {key(r) for r in report[verified & ~figure_row].itertuples()}
+    unbacked = np.array([f and v and key(r) not in backing for r, f, v in
+                         zip(report.itertuples(), figure_row, verified)], bool)
+    if not unbacked.any():
+        return report
+    if not keep_rejected:
+        return report[~unbacked].reset_index(drop=True)
+    out = report.copy()
+    out.loc[unbacked, "verified"] = False
+    out.loc[unbacked, "reject_reason"] = UNBACKED_FIGURE
+    return out
+
+
 def _info_from_results(results: list[DocResult]) -> pd.DataFrame:
     recs = []
     for res in results:
@@ -463,6 +497,7 @@ def query(pdfs: Sequence[str | Path], index: str | Path | None = None, threshold
             return stored_kp.get(int(pid)) if pid >= 0 else None
 
         report = verify_report(report, lookup, keep_rejected=keep_rejected, progress=progress, keypoints=keypoints)
+        report = _back_split_figure_rows(report, split, keep_rejected)
     report = _one_row_per_pair(report)
     clock.lap("verify")
     if copy_move:
@@ -642,12 +677,14 @@ def screen(index: str | Path | None = None, out_dir: str | Path = "imgdup-report
             pos = pd.Index(info.panel_id)
             report = make_report(info, info, pos.get_indexer(pairs.lo), pos.get_indexer(pairs.hi),
                                  pairs.f.to_numpy(), pairs.via.to_numpy())
-            report = _drop_split_figure_tiles(report, store.split_figures(info.doc_sha256.unique()))
+            split = store.split_figures(info.doc_sha256.unique())
+            report = _drop_split_figure_tiles(report, split)
             clock.lap("search")
             candidates = len(report)
             if verify and len(report):
                 reader = store.evidence_reader(np.union1d(report.query_panel_id, report.match_panel_id))
                 report = _verify_in_batches(report, reader, keep_rejected, progress, engine, address)
+                report = _back_split_figure_rows(report, split, keep_rejected)
                 clock.lap("verify")
             report = _one_row_per_pair(report)
             if copy_move:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from imgdup.api import _drop_split_figure_tiles, _split_figures
+from imgdup.api import UNBACKED_FIGURE, _back_split_figure_rows, _drop_split_figure_tiles, _split_figures
 
 
 def _side(sha: str, fig: str, kind: str) -> dict:
@@ -29,6 +29,29 @@ def test_sub_region_candidates_of_split_figures_are_dropped():
     kept = _drop_split_figure_tiles(rep, split)
     assert kept.row.tolist() == [i for i, r in enumerate(rows) if r[3]]
     assert _drop_split_figure_tiles(rep.iloc[:0], split).empty
+
+
+def test_split_figure_rows_stand_only_with_a_verified_pair_of_their_panels():
+    """Two whole figures divided into panels (one plotting template, benchmarks/figure_tools.py)
+    can agree as wholes while none of their images does: such a verified row is dropped unless a
+    pair of their panels (or of a panel and the other, unsplit side) is verified too."""
+    split = {("a", "f1"), ("b", "f1"), ("c", "f1")}
+    rows = [  # (query side, match side, verified, kept?)
+        (_side("a", "f1", "figure"), _side("b", "f1", "figure"), True, True),    # backed by the next row
+        (_side("a", "f1", "panel"), _side("b", "f1", "panel"), True, True),
+        (_side("a", "f1", "figure"), _side("c", "f1", "figure"), True, False),   # layout only
+        (_side("a", "f1", "panel"), _side("c", "f1", "panel"), False, True),     # rejected: no backing
+        (_side("d", "f1", "figure"), _side("c", "f1", "figure"), True, True),    # backed by the next row
+        (_side("d", "f1", "figure"), _side("c", "f1", "panel"), True, True),     # d/f1 is not split
+        (_side("d", "f1", "figure"), _side("e", "f1", "figure"), True, True),    # neither side split
+    ]
+    rep = pd.DataFrame([{**{f"query_{k}": v for k, v in q.items()}, **{f"match_{k}": v for k, v in m.items()},
+                         "verified": ok, "reject_reason": "", "row": i} for i, (q, m, ok, _) in enumerate(rows)])
+    kept = _back_split_figure_rows(rep, split, keep_rejected=False)
+    assert kept.row.tolist() == [i for i, r in enumerate(rows) if r[3]]
+    marked = _back_split_figure_rows(rep, split, keep_rejected=True)
+    assert len(marked) == len(rows) and marked.verified.tolist() == [r[2] and r[3] for r in rows]
+    assert marked.reject_reason[2] == UNBACKED_FIGURE
 
 
 def test_documents_embedded_together_as_one_by_one(tmp_path):

@@ -223,3 +223,12 @@ def test_heavy_jpeg_benchmark_smoke(tmp_path):
     assert set(data["positives"]) == {"q10", "q15", "q20", "q30"}
     assert data["positives"]["q30"]["pairs"] == 4 and data["positives"]["q30"]["found_f<=1.25"] >= 0.5
     assert all(n["pairs"] == 20 and n["found_f<=1.25"] <= 0.1 for n in data["negatives"].values())
+
+
+@pytest.mark.bench
+def test_figure_tools_benchmark_smoke(tmp_path):
+    data = _smoke("figure_tools.py", tmp_path)
+    assert data["placements"] == 54 and set(data["modes"]) == {"vector", "raster"}
+    for run in ("screen_verified", "query_verified"):
+        assert data[run]["recall"] >= 0.8 and data[run]["fp_rows"] == 0, data[run]
+        assert data[run]["copy_move"]["rows"] == data[run]["copy_move"]["on_cloned_patches"]

@@ -10,7 +10,7 @@ import pymupdf
 import pytest
 from PIL import Image
 
-from conftest import MICRO, PDFS, corr, iou, micrograph, need_shared, png_bytes
+from conftest import MICRO, PDFS, corr, iou, micrograph, need_shared, plotted_figure, png_bytes
 from imgdup.pipeline import Limits, extract_document, extract_many, split_panels
 from imgdup.pipeline.extract import render_clip, rgb_to_grey, single_hue
 
@@ -363,6 +363,24 @@ def test_split_bright_field_panel_beside_white_gutter():
     assert len(boxes) == 4
     for (y0, y1, x0, x1) in boxes:
         assert (y1 - y0) * (x1 - x0) >= 0.8 * 120 * 120
+
+
+def test_split_plotted_figure_with_titles_and_tick_labels():
+    """Panels separated by white space that holds titles, tick labels and tick marks (a
+    matplotlib figure saved as one PNG or JPEG, the commonest raster figure): six panels, each
+    cut to its framed image without the annotations.  (benchmarks/figure_tools.py: before this
+    rule, such figures stayed whole or were cut into columns only.)"""
+    cells = [micrograph(i, 140) for i in (1, 7, 9, 10, 14, 16)]
+    cells[2] = 255 - cells[2]                   # a light panel too
+    for ticks in (True, False):
+        fig, truth = plotted_figure(cells, ticks)
+        buf = io.BytesIO()
+        Image.fromarray(fig).save(buf, format="JPEG", quality=90)
+        for img in (fig, np.asarray(Image.open(buf).convert("L"))):
+            boxes = split_panels(img)
+            assert len(boxes) == 6, (ticks, boxes)
+            for want, got in zip(truth, boxes):
+                assert all(abs(a - b) <= 3 for a, b in zip(want, got)), (ticks, want, got)
 
 
 def test_tiles_jpx_and_1bit(tmp_path):

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from safetensors.torch import load_file, save_file
 
-from conftest import iou, need_shared
+from conftest import iou, micrograph, need_shared, plotted_figure
 from imgdup import ingest, load_model, query, screen
 from imgdup.index.store import Store, StoreError
 from imgdup.model.api import WEIGHTS_DIR
@@ -204,6 +204,40 @@ def test_screen_processes_bounded_by_cores_memory_and_batches(monkeypatch):
     assert api._screen_processes(40) == 1
     monkeypatch.setattr(api, "SCREEN_PROCESSES", 3)
     assert api._screen_processes(2) == 2 and api._screen_processes(40) == 3
+
+
+def _plotted_pdf(path: Path, picks: list[int], flip_last: bool = False) -> None:
+    """One page with one raster figure drawn like matplotlib's (frames, titles, tick labels)."""
+    import pymupdf
+    from PIL import Image
+
+    cells = [micrograph(i, 140) for i in picks]
+    if flip_last:
+        cells[-1] = cells[-1][:, ::-1].copy()
+    fig, _ = plotted_figure(cells, True)
+    doc = pymupdf.open()
+    page = doc.new_page(width=595, height=842)
+    page.insert_text((56, 60), f"Report {path.stem}", fontsize=12)
+    buf = __import__("io").BytesIO()
+    Image.fromarray(fig).save(buf, format="PNG")
+    page.insert_image(pymupdf.Rect(56, 120, 56 + 480, 120 + 480 * fig.shape[0] / fig.shape[1]), stream=buf.getvalue())
+    doc.save(path)
+
+
+def test_plotted_figures_split_and_their_reused_image_found(model, tmp_path):
+    """Papers whose raster figures share a plotting template (framed images, the same titles and
+    tick labels): panels cut out of them, nothing reported between two that share no image, and
+    the one image re-used (flipped) in a third reported as its pair of panels."""
+    need_shared()
+    _plotted_pdf(tmp_path / "a.pdf", [1, 7, 9, 10, 14, 16])
+    _plotted_pdf(tmp_path / "b.pdf", [21, 23, 25, 27, 29, 31])
+    _plotted_pdf(tmp_path / "c.pdf", [33, 35, 37, 39, 41, 16], flip_last=True)
+    kw = dict(model=model, copy_move=False)
+    rep = query([tmp_path / "a.pdf", tmp_path / "b.pdf"], tmp_path / "none", **kw).report
+    assert rep.empty
+    rep = query([tmp_path / "a.pdf", tmp_path / "c.pdf"], tmp_path / "none", **kw).report
+    assert len(rep) == 1 and rep.query_panel.iloc[0] == rep.match_panel.iloc[0] == "p1-f1-6"
+    assert not rep.same_doc.iloc[0] and rep.verify_flip.iloc[0]
 
 
 def test_query_add_then_idempotent(corpus, model, tmp_path):

@@ -226,6 +226,21 @@ def render_clip(page: pymupdf.Page, bbox: pymupdf.Rect, target_px: int, dpi_max:
 
 # ------------------------------------------------------------------------------- figure grouping
 
+def panels_only(grey: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """A split figure as it is compared whole: its panels' pixels, and everything between them
+    (gutters, titles, tick labels, panel letters) set to the background's level (the median
+    outside the panels).  Two figures drawn with one plotting template share their frames'
+    surroundings, tick labels and titles, which are no evidence of re-used images."""
+    keep = np.zeros(grey.shape, bool)
+    for y0, y1, x0, x1 in boxes:
+        keep[y0:y1, x0:x1] = True
+    if keep.all() or not keep.any():
+        return grey
+    out = np.full_like(grey, int(np.median(grey[~keep])))
+    out[keep] = grey[keep]
+    return out
+
+
 def _touch(r1: pymupdf.Rect, r2: pymupdf.Rect, tol: float = 1.5) -> bool:
     return not (r1.x1 + tol < r2.x0 or r2.x1 + tol < r1.x0 or r1.y1 + tol < r2.y0 or r2.y1 + tol < r1.y0)
 
@@ -368,12 +383,12 @@ def extract_document(path: str | Path, limits: Limits | None = None,
                 base = dict(doc_sha256=res.sha256, doc_path=str(path), page=page.number + 1,
                             figure_id=fig_id, xrefs=xrefs, source=source, rotation=rot,
                             flipped=mirrored, transform=transform)
+                boxes = split_panels(grey, min_px=opts.min_panel_px, min_frac=opts.min_panel_frac) if opts.split else []
+                # a split figure is compared by its panels' pixels only (``panels_only``)
                 res.panels.append(Panel(panel_id=f"{fig_id}-0", bbox=tuple(union), width=grey.shape[1],
                                         height=grey.shape[0], content_hash=content_hash(grey),
-                                        pixels=grey, kind="figure", **base))
-                if not opts.split:
-                    continue
-                boxes = split_panels(grey, min_px=opts.min_panel_px, min_frac=opts.min_panel_frac)
+                                        pixels=grey if len(boxes) <= 1 else panels_only(grey, boxes),
+                                        kind="figure", **base))
                 if len(boxes) <= 1:
                     continue
                 sx, sy = union.width / grey.shape[1], union.height / grey.shape[0]

@@ -13,6 +13,9 @@ smaller than the minimum panel size (labels, captions, thin strips) are left out
 
 from __future__ import annotations
 
+from functools import cache
+from typing import Callable
+
 import numpy as np
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1 (pixel, end-exclusive)
@@ -146,10 +149,96 @@ def _drawn_core(block: np.ndarray, axis: int, a: int, b: int, min_gutter: int, l
     return None
 
 
-def _gutter(block: np.ndarray, axis: int, a: int, b: int, min_gutter: int, light_bg: bool = True) -> tuple[int, int] | None:
+# A plotting tool's figure (matplotlib, R, Prism, ImageJ with labels) puts titles, tick labels,
+# panel letters and tick marks in the white space between its panels: those lines are paper with
+# a few marks on it, not gutter and not panel edge.  A line is such an annotation line when at
+# least ANNOTATION_SHARE of its pixels are within ANNOTATION_TOL levels of the paper's (JPEG rings
+# around the glyphs).  A panel edge line there (a drawn axes frame, an image's edge) has at least
+# EDGE_SHARE of its pixels more than EDGE_DIFF levels off the paper in unbroken runs of EDGE_RUN
+# pixels or more: a row of a light photo crossing many dark cells (an inverted fluorescence
+# field) breaks into short runs.
+ANNOTATION_SHARE = 0.4
+ANNOTATION_TOL = 4
+EDGE_SHARE = 0.5
+EDGE_DIFF = 10
+EDGE_RUN = 48
+FILLED = 0.75
+
+
+def _annotation_lines(block: np.ndarray, axis: int, paper: int) -> np.ndarray:
+    """Per row (axis=1) or column (axis=0): is it an annotation line (mostly paper)?"""
+    d = np.abs(block.astype(np.int16) - paper)
+    return (d <= ANNOTATION_TOL).mean(axis=axis) >= ANNOTATION_SHARE
+
+
+def _edge_line(line: np.ndarray, paper: int) -> bool:
+    """Is this row or column a panel edge: mostly off the paper, in long unbroken runs?"""
+    off = np.abs(line.astype(np.int16) - paper) > EDGE_DIFF
+    if off.mean() < EDGE_SHARE:
+        return False
+    return sum(e - s for s, e in _runs(off) if e - s >= EDGE_RUN) >= EDGE_SHARE * len(line)
+
+
+def _annotated_gutter(block: np.ndarray, axis: int, note: np.ndarray, a: int, b: int, paper: int,
+                      min_piece: int) -> tuple[int, int] | None:
+    """The white run [a, b) as a gutter of an annotated figure: the lines next to it are
+    annotations (titles, tick labels, letters: paper with a few marks), and beyond them, on
+    both sides, lies a panel edge followed by content: at least FILLED of the next 2 x
+    ``min_piece`` lines are not annotation lines (an image fills its box, a colour bar beside it
+    is thin; a glyph's stem in a logo or a diagram's box outline is followed by paper).  The
+    pieces keep their annotations (``_strip_annotations`` takes them off a final panel).  A
+    photo's own white background fades into its content through lines that are neither
+    paper-exact nor edges, and is not cut.  ``note``: the block's ``_annotation_lines``."""
+    n = len(note)
+    lo, hi = a, b
+    while lo > 0 and note[lo - 1]:
+        lo -= 1
+    while hi < n and note[hi]:
+        hi += 1
+    if (lo, hi) == (a, b) or lo < min_piece or n - hi < min_piece:
+        return None
+    before, after = note[max(lo - 2 * min_piece, 0):lo], note[hi:hi + 2 * min_piece]
+    if max(before.mean(), after.mean()) > 1 - FILLED:
+        return None
+    line = (lambda i: block[i]) if axis == 1 else (lambda i: block[:, i])
+    return (a, b) if _edge_line(line(lo - 1), paper) and _edge_line(line(hi), paper) else None
+
+
+def _strip_annotations(grey: np.ndarray, box: Box, paper: int) -> Box:
+    """A final panel of a light figure without the annotations around it: on each side, the
+    lines of paper with a few marks (a title, tick labels, a letter) up to a panel edge line
+    (an axes frame or the image's edge) go.  A side that reaches no edge that way is kept."""
+    y0, y1, x0, x1 = box
+    block = grey[y0:y1, x0:x1]
+    out = [y0, y1, x0, x1]
+    for axis, (i0, i1) in ((1, (0, 1)), (0, (2, 3))):
+        note = _annotation_lines(block, axis, paper)
+        line = (lambda i: block[i]) if axis == 1 else (lambda i: block[:, i])
+        n = len(note)
+        k = 0
+        while k < n and note[k]:
+            k += 1
+        if 0 < k < n and _edge_line(line(k), paper):
+            out[i0] = box[i0] + k
+        k = n
+        while k > 0 and note[k - 1]:
+            k -= 1
+        if 0 < k < n and _edge_line(line(k - 1), paper):
+            out[i1] = box[i0] + k
+    if out[1] - out[0] < 1 or out[3] - out[2] < 1:
+        return box
+    return out[0], out[1], out[2], out[3]
+
+
+def _gutter(block: np.ndarray, axis: int, a: int, b: int, min_gutter: int, light_bg: bool = True,
+            paper: int | None = None, notes: Callable[[], np.ndarray] | None = None,
+            min_piece: int = 48) -> tuple[int, int] | None:
     """The uniform run [a, b) as a gutter between two panel edges, or its flat core (see
     ``_flat_core``) when only that one is, or (dark figures) a drawn black band, or its part
-    drawn at one level between two panel edges (``_drawn_core``); None when none."""
+    drawn at one level between two panel edges (``_drawn_core``), or (light figures) a white
+    run between annotations with panel edges beyond them (``_annotated_gutter``; ``notes``
+    gives the block's ``_annotation_lines`` along this axis, ``paper`` the paper's level); None
+    when none."""
     if b - a < min_gutter:
         return None
     if _panel_edges(block, axis, a, b) or (not light_bg and _drawn_dark_band(block, axis, a, b)):
@@ -157,7 +246,10 @@ def _gutter(block: np.ndarray, axis: int, a: int, b: int, min_gutter: int, light
     core = _flat_core(block, axis, a, b, min_gutter)
     if core != (a, b) and _panel_edges(block, axis, *core):
         return core
-    return _drawn_core(block, axis, a, b, min_gutter, light_bg)
+    drawn = _drawn_core(block, axis, a, b, min_gutter, light_bg)
+    if drawn is None and light_bg and paper is not None and notes is not None:
+        return _annotated_gutter(block, axis, notes(), a, b, paper, min_piece)
+    return drawn
 
 
 def split_panels(grey: np.ndarray, min_px: int = 48, min_frac: float = 0.08, min_gutter: int = 3,
@@ -186,7 +278,10 @@ def split_panels(grey: np.ndarray, min_px: int = 48, min_frac: float = 0.08, min
         if depth < max_depth:
             for axis in (1, 0):  # rows first (horizontal gutters), then columns
                 lines = _uniform_lines(block, axis, light_bg, light_tol, dark_tol)
-                gutters = [g for g in (_gutter(block, axis, a, b, min_gutter, light_bg) for a, b in _runs(lines)) if g]
+                piece = min_h if axis == 1 else min_w
+                notes = cache(lambda blk=block, ax=axis: _annotation_lines(blk, ax, paper)) if light_bg else None
+                gutters = [g for g in (_gutter(block, axis, a, b, min_gutter, light_bg, paper, notes, piece)
+                                       for a, b in _runs(lines)) if g]
                 if not gutters:
                     continue
                 edges = [0] + [x for g in gutters for x in g] + [len(lines)]
@@ -197,6 +292,10 @@ def split_panels(grey: np.ndarray, min_px: int = 48, min_frac: float = 0.08, min
                 for a, b in big:
                     sub = (y0 + a, y0 + b, x0, x1) if axis == 1 else (y0, y1, x0 + a, x0 + b)
                     cut(sub, depth + 1)
+                return
+        if light_bg and depth > 0:
+            y0, y1, x0, x1 = _strip_annotations(grey, (y0, y1, x0, x1), paper)
+            if y1 - y0 < min_h or x1 - x0 < min_w:
                 return
         out.append((y0, y1, x0, x1))
 

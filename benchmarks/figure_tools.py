@@ -1,0 +1,217 @@
+"""End to end on figures made the way most scientific figures are made: with matplotlib.
+
+    pip install ".[bench]"        # matplotlib, scikit-image
+    python benchmarks/figure_tools.py [--papers 4] [--seed 41] [--keep DIR] [--smoke]
+
+Each paper's figures are 2 x 3 grids of ``imshow`` panels with axes, tick labels, titles and a
+colour bar, drawn in a grey or a perceptual colour map (gray, viridis, magma, cividis; a re-used
+image often comes back in another map), and placed on an article page in one of two ways:
+- **vector**: the figure saved as a PDF by matplotlib and placed on the page as a form XObject
+  (``show_pdf_page``), as LaTeX's ``\\includegraphics`` of a PDF figure does: each panel is its
+  own image, resampled by matplotlib to the figure's dpi, inside a nested transform;
+- **raster**: the figure saved as one PNG or JPEG at 150-200 dpi, axes and tick labels burned in,
+  and inserted as one image (a word processor's figure): the splitter has to cut panels whose
+  gutters hold tick labels and titles.
+
+The images and manipulations are other_corpus.py's (scikit-image's sample fields mixed with
+held-out DSB2018 micrographs; flips, rotations, zoom, JPEG q15, inversion, a cloned patch, ...).
+The command runs ingest, ``screen --all`` and a query of the manuscript, verified and
+``--no-verify``, each scored against the planted truth at the panel level (a row is a hit when
+both its boxes overlap the planted placements with IoU >= 0.5); copy-move rows (a region cloned
+inside one panel) are counted apart, as true when the panel was planted "patch cloned over".
+Writes docs/figure_tools.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import string
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pymupdf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from end_to_end import SHARED, run, strip  # noqa: E402
+from other_corpus import MANIPULATIONS, _cover  # noqa: E402
+from quality import other_images  # noqa: E402
+
+CMAPS = ("gray", "gray", "viridis", "magma", "cividis")
+
+
+def _figure(cells: list[np.ndarray], cmaps: list[str], rng: np.random.Generator, mode: str,
+            ) -> tuple[bytes, tuple[float, float], list[tuple[float, float, float, float]]]:
+    """A 2 x 3 matplotlib figure of ``cells``; returns its bytes (PDF for "vector", PNG or JPEG
+    for "raster"), its size in points and each image's box as fractions of the figure (x0, y0,
+    x1, y1; top-left origin)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(7.0, 4.6))
+    bar = int(rng.integers(len(cells)))
+    ticks = bool(rng.random() < 0.6)
+    for k, (ax, cell, cmap) in enumerate(zip(axes.ravel(), cells, cmaps)):
+        im = ax.imshow(cell, cmap=cmap)
+        ax.set_title(f"({string.ascii_lowercase[k]}) condition {k + 1}", fontsize=8)
+        if ticks:
+            ax.tick_params(labelsize=6)
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if k == bar:
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
+    fig.subplots_adjust(left=0.06, right=0.97, bottom=0.06, top=0.93, wspace=0.35, hspace=0.3)
+    fig.canvas.draw()
+    W, H = fig.bbox.width, fig.bbox.height
+    boxes = []
+    for ax in axes.ravel():
+        b = ax.get_window_extent()
+        boxes.append((b.x0 / W, 1 - b.y1 / H, b.x1 / W, 1 - b.y0 / H))
+    buf = io.BytesIO()
+    if mode == "vector":
+        fig.savefig(buf, format="pdf", dpi=int(rng.choice([150, 200, 300])))
+    else:
+        fmt = "jpeg" if rng.random() < 0.5 else "png"
+        fig.savefig(buf, format=fmt, dpi=int(rng.choice([150, 200])),
+                    **({"pil_kwargs": {"quality": 90}} if fmt == "jpeg" else {}))
+    plt.close(fig)
+    return buf.getvalue(), (7.0 * 72, 4.6 * 72), boxes
+
+
+def build_corpus(images: list[np.ndarray], out: Path, n_papers: int, seed: int) -> pd.DataFrame:
+    """Write n_papers corpus PDFs and a manuscript of matplotlib figures; return the truth (one
+    row per placed panel: doc, page, bbox, image_id, manipulation)."""
+    rng = np.random.default_rng(seed)
+    (out / "corpus").mkdir(parents=True, exist_ok=True)
+    (out / "manuscript").mkdir(exist_ok=True)
+    order = iter(rng.permutation(len(images)))
+    placed: list[dict] = []
+    truth: list[dict] = []
+    names = list(MANIPULATIONS)
+
+    def fresh() -> tuple[str, np.ndarray, str]:
+        k = next(order, None)
+        if k is None:
+            raise ValueError(f"not enough source images ({len(images)})")
+        return f"img{k}", images[k], "original"
+
+    def manipulated(image_id: str, name: str) -> tuple[str, np.ndarray, str]:
+        return image_id, MANIPULATIONS[name](images[int(image_id[3:])], rng), name
+
+    def reuse(pool: list[dict]) -> tuple[str, np.ndarray, str]:
+        src = pool[int(rng.integers(len(pool)))]
+        return manipulated(src["image_id"], names[int(rng.integers(len(names)))])
+
+    def write(path: Path, title: str, n_reuse: int) -> None:
+        prior = [p for p in placed if p["doc"] != path.name]
+        queue = [reuse(prior) for _ in range(min(n_reuse, len(prior)))]
+        doc = pymupdf.open()
+        for page_no in range(1, 4):
+            own = [p for p in placed if p["doc"] == path.name]
+            if own and rng.random() < 0.5:
+                queue.append(reuse(own))
+            page = doc.new_page(width=595, height=842)
+            page.insert_text((56, 60), f"{title}, page {page_no}", fontsize=12, fontname="tibo")
+            page.insert_textbox(pymupdf.Rect(56, 72, 539, 150), "Results. " * 50, fontsize=8, fontname="tiro")
+            items = []
+            for _ in range(6):
+                if queue and rng.random() < 0.5:
+                    items.append(queue.pop())
+                elif any(it[2] == "original" for it in items) and rng.random() < 0.1:
+                    src = [it for it in items if it[2] == "original"][0]
+                    items.append(manipulated(src[0], names[1 + int(rng.integers(len(names) - 1))]))
+                else:
+                    items.append(fresh())
+            side = int(rng.choice([200, 256, 320]))
+            cells = [_cover(it[1], side, side) for it in items]
+            cmaps = [str(rng.choice(CMAPS)) for _ in items]
+            mode = "vector" if (page_no + len(placed)) % 2 else "raster"
+            data, (fw, fh), boxes = _figure(cells, cmaps, rng, mode)
+            rect = pymupdf.Rect(56, 160, 56 + 483, 160 + 483 * fh / fw)
+            if mode == "vector":
+                src = pymupdf.open("pdf", data)
+                page.show_pdf_page(rect, src, 0)
+            else:
+                page.insert_image(rect, stream=data)
+            page.insert_text((56, rect.y1 + 14), f"Figure {page_no}. Panels (a-f).", fontsize=8)
+            for item, (x0, y0, x1, y1), cmap in zip(items, boxes, cmaps):
+                bbox = (rect.x0 + x0 * rect.width, rect.y0 + y0 * rect.height,
+                        rect.x0 + x1 * rect.width, rect.y0 + y1 * rect.height)
+                truth.append({"doc": path.name, "page": page_no, "bbox": [float(v) for v in bbox],
+                              "image_id": item[0], "manipulation": item[2], "mode": mode, "cmap": cmap})
+                if item[2] == "original":
+                    placed.append({"doc": path.name, "image_id": item[0]})
+        doc.save(path, garbage=3, deflate=True)
+
+    for i in range(n_papers):
+        write(out / "corpus" / f"paper-{i + 1:02d}.pdf", f"Report {i + 1}", 3 if i else 0)
+    write(out / "manuscript" / "manuscript.pdf", "Submitted manuscript", 5)
+    df = pd.DataFrame(truth)
+    df.to_json(out / "truth.json", orient="records", indent=1)
+    return df
+
+
+def copy_moves(report: pd.DataFrame, truth: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """The report's pair rows, and a count of its copy-move rows (a region cloned inside one
+    panel): on a placement planted as "patch cloned over" (true cloning, which the pair truth
+    does not list) or on any other (false)."""
+    from imgdup.demo.generate import iou
+
+    cm = report.finding == "copy-move" if "finding" in report else np.zeros(len(report), bool)
+    true = 0
+    for r in report[cm].itertuples():
+        t = truth[(truth.doc == Path(r.query_doc).name) & (truth.page == r.query_page)]
+        true += any(iou(r.query_bbox, b) >= 0.5 and m == "patch cloned over" for b, m in zip(t.bbox, t.manipulation))
+    return report[~cm].reset_index(drop=True), {"rows": int(cm.sum()), "on_cloned_patches": true}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--papers", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=41)
+    ap.add_argument("--out", default=str(ROOT / "docs" / "figure_tools.json"))
+    ap.add_argument("--keep", default=None, help="keep the work folder here")
+    ap.add_argument("--smoke", action="store_true", help="2 papers, verified runs only")
+    args = ap.parse_args()
+    papers = 2 if args.smoke else args.papers
+    from imgdup.demo.generate import score_report, shared_test_images
+
+    work = Path(args.keep or tempfile.mkdtemp(prefix="imgdup-mpl-"))
+    fields, _ = other_images()
+    images = fields + shared_test_images(splits=("test",))
+    truth = build_corpus(images, work, papers, args.seed)
+    corpus = sorted((work / "corpus").glob("*.pdf"))
+    decoys = sorted(SHARED.glob("pdfs/tandf-decoy-*.pdf"))
+    index = work / "index"
+    res = {"command": "python benchmarks/figure_tools.py " + ("--smoke" if args.smoke else f"--papers {papers} --seed {args.seed}"),
+           "date": time.strftime("%Y-%m-%d"), "placements": int(len(truth)),
+           "modes": truth["mode"].value_counts().to_dict(), "seconds": {}}
+    res["seconds"]["ingest"], _ = run(["ingest", *map(str, corpus + decoys), "--index", str(index)])
+    docs = {p.name for p in corpus}
+    ms = work / "manuscript" / "manuscript.pdf"
+    for mode, extra in (("verified", []), ("cnn_only", ["--no-verify"]))[:1 if args.smoke else 2]:
+        t, _ = run(["screen", "--all", "--index", str(index), "--out", str(work / f"screen-{mode}"), *extra])
+        rep = pd.concat([pd.read_parquet(f) for f in (work / f"screen-{mode}").rglob("*.parquet")]).reset_index(drop=True)
+        rep, cm = copy_moves(rep, truth)
+        res[f"screen_{mode}"] = {**strip(score_report(rep, truth, docs=docs)), "copy_move": cm}
+        res["seconds"][f"screen_{mode}"] = t
+        t, _ = run(["query", str(ms), "--index", str(index), "--out", str(work / f"query-{mode}.parquet"), *extra])
+        rep, cm = copy_moves(pd.read_parquet(work / f"query-{mode}.parquet"), truth)
+        res[f"query_{mode}"] = {**strip(score_report(rep, truth, involving="manuscript.pdf")), "copy_move": cm}
+        res["seconds"][f"query_{mode}"] = t
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=1)[:8000])
+
+
+if __name__ == "__main__":
+    main()
