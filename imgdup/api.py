@@ -278,6 +278,12 @@ def _split_figures(info: pd.DataFrame) -> set[tuple[str, str]]:
     return set(zip(panels.doc_sha256, panels.figure_id))
 
 
+def _is_split_figure(report: pd.DataFrame, side: str, split: set[tuple[str, str]]) -> np.ndarray:
+    """Per report row: is its ``side`` ("query" or "match") a whole figure divided into panels?"""
+    return np.array([k == "figure" and (sha, fig) in split for sha, fig, k in
+                     zip(report[f"{side}_sha256"], report[f"{side}_figure"], report[f"{side}_kind"])], bool)
+
+
 def _drop_split_figure_tiles(report: pd.DataFrame, split: set[tuple[str, str]]) -> pd.DataFrame:
     """Drop the sub-region candidates of a figure that was divided into panels: its panels are
     in the index themselves, with their own sub-regions, so such a pair (a tile of the figure
@@ -285,12 +291,8 @@ def _drop_split_figure_tiles(report: pd.DataFrame, split: set[tuple[str, str]]) 
     whole-figure candidates are kept (a whole figure shown twice)."""
     if report.empty:
         return report
-
-    def split_figure(side: str) -> np.ndarray:
-        return np.array([k == "figure" and (sha, fig) in split for sha, fig, k in
-                         zip(report[f"{side}_sha256"], report[f"{side}_figure"], report[f"{side}_kind"])], bool)
-
-    drop = (report.via == "tiles").to_numpy() & (split_figure("query") | split_figure("match"))
+    drop = (report.via == "tiles").to_numpy() & (_is_split_figure(report, "query", split) |
+                                                   _is_split_figure(report, "match", split))
     return report[~drop].reset_index(drop=True)
 
 
@@ -306,14 +308,10 @@ def _back_split_figure_rows(report: pd.DataFrame, split: set[tuple[str, str]], k
     if report.empty or "verified" not in report or not split:
         return report
 
-    def split_side(side: str) -> np.ndarray:
-        return np.array([k == "figure" and (sha, fig) in split for sha, fig, k in
-                         zip(report[f"{side}_sha256"], report[f"{side}_figure"], report[f"{side}_kind"])], bool)
-
     def key(r) -> frozenset:
         return frozenset([(r.query_sha256, r.query_figure), (r.match_sha256, r.match_figure)])
 
-    figure_row = split_side("query") | split_side("match")
+    figure_row = _is_split_figure(report, "query", split) | _is_split_figure(report, "match", split)
     verified = report["verified"].to_numpy(bool)
     backing = {key(r) for r in report[verified & ~figure_row].itertuples()}
     unbacked = np.array([f and v and key(r) not in backing for r, f, v in

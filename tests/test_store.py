@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -218,7 +219,7 @@ def _plotted_pdf(path: Path, picks: list[int], flip_last: bool = False) -> None:
     doc = pymupdf.open()
     page = doc.new_page(width=595, height=842)
     page.insert_text((56, 60), f"Report {path.stem}", fontsize=12)
-    buf = __import__("io").BytesIO()
+    buf = io.BytesIO()
     Image.fromarray(fig).save(buf, format="PNG")
     page.insert_image(pymupdf.Rect(56, 120, 56 + 480, 120 + 480 * fig.shape[0] / fig.shape[1]), stream=buf.getvalue())
     doc.save(path)
