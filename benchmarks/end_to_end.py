@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -36,6 +37,45 @@ def strip(score: dict) -> dict:
     return {k: v for k, v in score.items() if k != "fp_row_index"}
 
 
+def stages(stderr: str) -> dict[str, float]:
+    """The per-stage seconds that `imgdup query` prints on stderr (its last "seconds: " line)."""
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("seconds: ")]
+    if not lines:
+        return {}
+    return {k: float(v) for k, v in (x.rsplit(" ", 1) for x in lines[-1][len("seconds: "):].split(", "))}
+
+
+def score_runs(work: Path, index: Path, truth: pd.DataFrame, docs: set[str], manuscript: Path,
+               modes: tuple[str, ...] = ("verified", "cnn_only"),
+               set_apart: Callable[[pd.DataFrame], tuple[pd.DataFrame, dict]] | None = None,
+               ) -> tuple[dict, dict]:
+    """Run ``screen --all`` on the store and query ``manuscript`` against it, verified and with
+    ``--no-verify``, and score each report against the planted truth (a query sees the pairs that
+    involve the manuscript).  ``set_apart(report)`` may take rows out of the scoring: it returns
+    the rest and a dict of counts stored beside the score.  Returns (scores, seconds)."""
+    from imgdup.demo.generate import score_report
+
+    res: dict = {}
+    secs: dict = {}
+    for mode in modes:
+        extra = ["--no-verify"] if mode == "cnn_only" else []
+        t, _ = run(["screen", "--all", "--index", str(index), "--out", str(work / f"screen-{mode}"), *extra])
+        rep = pd.concat([pd.read_parquet(f) for f in (work / f"screen-{mode}").rglob("*.parquet")]).reset_index(drop=True)
+        rep, apart = set_apart(rep) if set_apart else (rep, None)
+        res[f"screen_{mode}"] = {**strip(score_report(rep, truth, docs=docs)), **(apart or {})}
+        secs[f"screen_{mode}"] = t
+        t, r = run(["query", str(manuscript), "--index", str(index), "--out", str(work / f"query-{mode}.parquet"), *extra])
+        rep = pd.read_parquet(work / f"query-{mode}.parquet")
+        n = len(rep)
+        rep, apart = set_apart(rep) if set_apart else (rep, None)
+        res[f"query_{mode}"] = {**strip(score_report(rep, truth, involving=manuscript.name)),
+                                **(apart or {}), "reported_pairs": int(n)}
+        secs[f"query_{mode}"] = t
+        if st := stages(r.stderr):
+            secs[f"query_{mode}_stages"] = st
+    return res, secs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--papers", type=int, default=6)
@@ -44,7 +84,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs" / "end_to_end.json"))
     ap.add_argument("--keep", default=None, help="keep the work folder here")
     args = ap.parse_args()
-    from imgdup.demo.generate import build_corpus, score_report, shared_test_images
+    from imgdup.demo.generate import build_corpus, shared_test_images
 
     papers = 2 if args.smoke else args.papers
     work = Path(args.keep or tempfile.mkdtemp(prefix="imgdup-e2e-"))
@@ -60,26 +100,10 @@ def main() -> None:
                                                             f"--papers {papers} --seed {args.seed}"),
            "date": time.strftime("%Y-%m-%d")}
     t_ingest, _ = run(["ingest", *map(str, corpus + decoys), "--index", str(index)])
-    out["seconds"] = {"ingest": t_ingest}
-    corpus_docs = {p.name for p in corpus}
-    for mode, extra in (("verified", []), ("cnn_only", ["--no-verify"])):
-        t, _ = run(["screen", "--all", "--index", str(index), "--out", str(work / f"screen-{mode}"), *extra])
-        rep = pd.concat([pd.read_parquet(f) for f in (work / f"screen-{mode}").rglob("*.parquet")])
-        out[f"screen_{mode}"] = strip(score_report(rep.reset_index(drop=True), truth, docs=corpus_docs))
-        out["seconds"][f"screen_{mode}"] = t
-        ms = work / "manuscript" / "manuscript.pdf"
-        t, r = run(["query", str(ms), "--index", str(index), "--out", str(work / f"query-{mode}.parquet"), *extra])
-        rep = pd.read_parquet(work / f"query-{mode}.parquet")
-        # a query sees the pairs that involve the manuscript
-        sc = score_report(rep, truth, involving="manuscript.pdf")
-        out[f"query_{mode}"] = strip(sc)
-        out["seconds"][f"query_{mode}"] = t
-        # per-stage seconds, as `imgdup query` prints them on stderr
-        stages = [ln for ln in r.stderr.splitlines() if ln.startswith("seconds: ")]
-        if stages:
-            out["seconds"][f"query_{mode}_stages"] = {
-                k: float(v) for k, v in (x.rsplit(" ", 1) for x in stages[-1][len("seconds: "):].split(", "))}
-        out[f"query_{mode}"]["reported_pairs"] = int(len(rep))   # cnn_only: every candidate
+    ms = work / "manuscript" / "manuscript.pdf"
+    scores, secs = score_runs(work, index, truth, {p.name for p in corpus}, ms)
+    out.update(scores)
+    out["seconds"] = {"ingest": t_ingest, **secs}
     from imgdup.pipeline.extract import extract_document
 
     out["manuscript_panels"] = sum(p.kind != "figure" for p in extract_document(ms).panels)
@@ -89,15 +113,13 @@ def main() -> None:
         big = build_corpus(images, work / "big", n_papers=4, seed=args.seed + 1, manuscript=False)
         docs = sorted((work / "big" / "corpus").glob("*.pdf"))
         t, r = run(["query", *map(str, docs), "--index", str(index), "--out", str(work / "query-big.parquet")])
-        stages = [ln for ln in r.stderr.splitlines() if ln.startswith("seconds: ")]
         cands = run(["query", *map(str, docs), "--index", str(index), "--out", str(work / "query-big-all.parquet"),
                      "--no-verify"])[1]
         out["query_50_panels"] = {
             "panels": int(sum(p.kind != "figure" for d in docs for p in extract_document(d).panels)),
             "figures_and_panels": int(sum(1 for d in docs for _ in extract_document(d).panels)),
             "placements": int(len(big)), "seconds": t,
-            "stages": {k: float(v) for k, v in (x.rsplit(" ", 1) for x in stages[-1][len("seconds: "):].split(", "))}
-            if stages else {},
+            "stages": stages(r.stderr),
             "candidate_pairs": int(len(pd.read_parquet(work / "query-big-all.parquet"))),
             "reported_verified": int(len(pd.read_parquet(work / "query-big.parquet"))),
             "cnn_only_exit_code": cands.returncode}

@@ -40,8 +40,8 @@ import pymupdf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from end_to_end import SHARED, run, strip  # noqa: E402
-from other_corpus import MANIPULATIONS, _cover  # noqa: E402
+from end_to_end import SHARED, run, score_runs  # noqa: E402
+from other_corpus import Planter, _cover  # noqa: E402
 from quality import other_images  # noqa: E402
 
 CMAPS = ("gray", "gray", "viridis", "magma", "cividis")
@@ -93,32 +93,16 @@ def build_corpus(images: list[np.ndarray], out: Path, n_papers: int, seed: int) 
     rng = np.random.default_rng(seed)
     (out / "corpus").mkdir(parents=True, exist_ok=True)
     (out / "manuscript").mkdir(exist_ok=True)
-    order = iter(rng.permutation(len(images)))
-    placed: list[dict] = []
-    truth: list[dict] = []
-    names = list(MANIPULATIONS)
-
-    def fresh() -> tuple[str, np.ndarray, str]:
-        k = next(order, None)
-        if k is None:
-            raise ValueError(f"not enough source images ({len(images)})")
-        return f"img{k}", images[k], "original"
-
-    def manipulated(image_id: str, name: str) -> tuple[str, np.ndarray, str]:
-        return image_id, MANIPULATIONS[name](images[int(image_id[3:])], rng), name
-
-    def reuse(pool: list[dict]) -> tuple[str, np.ndarray, str]:
-        src = pool[int(rng.integers(len(pool)))]
-        return manipulated(src["image_id"], names[int(rng.integers(len(names)))])
+    pl = Planter(images, rng)
 
     def write(path: Path, title: str, n_reuse: int) -> None:
-        prior = [p for p in placed if p["doc"] != path.name]
-        queue = [reuse(prior) for _ in range(min(n_reuse, len(prior)))]
+        prior = pl.prior(path.name)
+        queue = [pl.reuse(prior) for _ in range(min(n_reuse, len(prior)))]
         doc = pymupdf.open()
         for page_no in range(1, 4):
-            own = [p for p in placed if p["doc"] == path.name]
+            own = pl.own(path.name)
             if own and rng.random() < 0.5:
-                queue.append(reuse(own))
+                queue.append(pl.reuse(own))
             page = doc.new_page(width=595, height=842)
             page.insert_text((56, 60), f"{title}, page {page_no}", fontsize=12, fontname="tibo")
             page.insert_textbox(pymupdf.Rect(56, 72, 539, 150), "Results. " * 50, fontsize=8, fontname="tiro")
@@ -128,13 +112,13 @@ def build_corpus(images: list[np.ndarray], out: Path, n_papers: int, seed: int) 
                     items.append(queue.pop())
                 elif any(it[2] == "original" for it in items) and rng.random() < 0.1:
                     src = [it for it in items if it[2] == "original"][0]
-                    items.append(manipulated(src[0], names[1 + int(rng.integers(len(names) - 1))]))
+                    items.append(pl.manipulated(src[0], pl.names[1 + int(rng.integers(len(pl.names) - 1))]))
                 else:
-                    items.append(fresh())
+                    items.append(pl.fresh())
             side = int(rng.choice([200, 256, 320]))
             cells = [_cover(it[1], side, side) for it in items]
             cmaps = [str(rng.choice(CMAPS)) for _ in items]
-            mode = "vector" if (page_no + len(placed)) % 2 else "raster"
+            mode = "vector" if (page_no + len(pl.placed)) % 2 else "raster"
             data, (fw, fh), boxes = _figure(cells, cmaps, rng, mode)
             rect = pymupdf.Rect(56, 160, 56 + 483, 160 + 483 * fh / fw)
             if mode == "vector":
@@ -146,24 +130,19 @@ def build_corpus(images: list[np.ndarray], out: Path, n_papers: int, seed: int) 
             for item, (x0, y0, x1, y1), cmap in zip(items, boxes, cmaps):
                 bbox = (rect.x0 + x0 * rect.width, rect.y0 + y0 * rect.height,
                         rect.x0 + x1 * rect.width, rect.y0 + y1 * rect.height)
-                truth.append({"doc": path.name, "page": page_no, "bbox": [float(v) for v in bbox],
-                              "image_id": item[0], "manipulation": item[2], "mode": mode, "cmap": cmap})
-                if item[2] == "original":
-                    placed.append({"doc": path.name, "image_id": item[0]})
+                pl.record(path.name, page_no, bbox, item, mode=mode, cmap=cmap)
         doc.save(path, garbage=3, deflate=True)
 
     for i in range(n_papers):
         write(out / "corpus" / f"paper-{i + 1:02d}.pdf", f"Report {i + 1}", 3 if i else 0)
     write(out / "manuscript" / "manuscript.pdf", "Submitted manuscript", 5)
-    df = pd.DataFrame(truth)
-    df.to_json(out / "truth.json", orient="records", indent=1)
-    return df
+    return pl.save_truth(out)
 
 
 def copy_moves(report: pd.DataFrame, truth: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    """The report's pair rows, and a count of its copy-move rows (a region cloned inside one
-    panel): on a placement planted as "patch cloned over" (true cloning, which the pair truth
-    does not list) or on any other (false)."""
+    """The report's pair rows, and ``{"copy_move": counts}`` of its copy-move rows (a region
+    cloned inside one panel): all of them, and those on a placement planted as "patch cloned
+    over" (true cloning, which the pair truth does not list)."""
     from imgdup.demo.generate import iou
 
     cm = report.finding == "copy-move" if "finding" in report else np.zeros(len(report), bool)
@@ -171,7 +150,7 @@ def copy_moves(report: pd.DataFrame, truth: pd.DataFrame) -> tuple[pd.DataFrame,
     for r in report[cm].itertuples():
         t = truth[(truth.doc == Path(r.query_doc).name) & (truth.page == r.query_page)]
         true += any(iou(r.query_bbox, b) >= 0.5 and m == "patch cloned over" for b, m in zip(t.bbox, t.manipulation))
-    return report[~cm].reset_index(drop=True), {"rows": int(cm.sum()), "on_cloned_patches": true}
+    return report[~cm].reset_index(drop=True), {"copy_move": {"rows": int(cm.sum()), "on_cloned_patches": true}}
 
 
 def main() -> None:
@@ -183,7 +162,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="2 papers, verified runs only")
     args = ap.parse_args()
     papers = 2 if args.smoke else args.papers
-    from imgdup.demo.generate import score_report, shared_test_images
+    from imgdup.demo.generate import shared_test_images
 
     work = Path(args.keep or tempfile.mkdtemp(prefix="imgdup-mpl-"))
     fields, _ = other_images()
@@ -196,18 +175,11 @@ def main() -> None:
            "date": time.strftime("%Y-%m-%d"), "placements": int(len(truth)),
            "modes": truth["mode"].value_counts().to_dict(), "seconds": {}}
     res["seconds"]["ingest"], _ = run(["ingest", *map(str, corpus + decoys), "--index", str(index)])
-    docs = {p.name for p in corpus}
-    ms = work / "manuscript" / "manuscript.pdf"
-    for mode, extra in (("verified", []), ("cnn_only", ["--no-verify"]))[:1 if args.smoke else 2]:
-        t, _ = run(["screen", "--all", "--index", str(index), "--out", str(work / f"screen-{mode}"), *extra])
-        rep = pd.concat([pd.read_parquet(f) for f in (work / f"screen-{mode}").rglob("*.parquet")]).reset_index(drop=True)
-        rep, cm = copy_moves(rep, truth)
-        res[f"screen_{mode}"] = {**strip(score_report(rep, truth, docs=docs)), "copy_move": cm}
-        res["seconds"][f"screen_{mode}"] = t
-        t, _ = run(["query", str(ms), "--index", str(index), "--out", str(work / f"query-{mode}.parquet"), *extra])
-        rep, cm = copy_moves(pd.read_parquet(work / f"query-{mode}.parquet"), truth)
-        res[f"query_{mode}"] = {**strip(score_report(rep, truth, involving="manuscript.pdf")), "copy_move": cm}
-        res["seconds"][f"query_{mode}"] = t
+    scores, secs = score_runs(work, index, truth, {p.name for p in corpus}, work / "manuscript" / "manuscript.pdf",
+                              modes=("verified",) if args.smoke else ("verified", "cnn_only"),
+                              set_apart=lambda rep: copy_moves(rep, truth))
+    res.update(scores)
+    res["seconds"].update(secs)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=1)[:8000])

@@ -39,7 +39,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from end_to_end import SHARED, run, strip  # noqa: E402
+from end_to_end import SHARED, run, score_runs  # noqa: E402
 from quality import _crop, _jpeg, other_images  # noqa: E402
 
 
@@ -124,45 +124,72 @@ def _encode(img: np.ndarray, fmt: str, quality: int = 88) -> bytes:
     return buf.getvalue()
 
 
+class Planter:
+    """Draws a generated corpus's images from one seeded generator: fresh originals in a shuffled
+    order, manipulated re-uses of what was placed before; keeps the truth (one row per placed
+    panel).  other_corpus.py and figure_tools.py share it, so a seed draws the same sequence."""
+
+    def __init__(self, images: list[np.ndarray], rng: np.random.Generator) -> None:
+        self.images, self.rng = images, rng
+        self.order = iter(rng.permutation(len(images)))
+        self.names = list(MANIPULATIONS)
+        self.placed: list[dict] = []          # originals: doc, image_id
+        self.truth: list[dict] = []
+
+    def fresh(self) -> tuple[str, np.ndarray, str]:
+        k = next(self.order, None)
+        if k is None:
+            raise ValueError(f"not enough source images ({len(self.images)})")
+        return f"img{k}", self.images[k], "original"
+
+    def manipulated(self, image_id: str, name: str) -> tuple[str, np.ndarray, str]:
+        return image_id, MANIPULATIONS[name](self.images[int(image_id[3:])], self.rng), name
+
+    def reuse(self, pool: list[dict]) -> tuple[str, np.ndarray, str]:
+        src = pool[int(self.rng.integers(len(pool)))]
+        return self.manipulated(src["image_id"], self.names[int(self.rng.integers(len(self.names)))])
+
+    def reuse_within(self, items: list[tuple[str, np.ndarray, str]]) -> tuple[str, np.ndarray, str]:
+        """A manipulated copy (never "as is") of an original among ``items``, chosen at random."""
+        origs = [it for it in items if it[2] == "original"]
+        src = origs[int(self.rng.integers(len(origs)))]
+        return self.manipulated(src[0], self.names[1 + int(self.rng.integers(len(self.names) - 1))])
+
+    def record(self, doc: str, page: int, bbox, item, **extra) -> None:
+        image_id, _, manip = item
+        self.truth.append({"doc": doc, "page": page, "bbox": [float(v) for v in bbox], "image_id": image_id,
+                           "manipulation": manip, **extra})
+        if manip == "original":
+            self.placed.append({"doc": doc, "image_id": image_id})
+
+    def own(self, doc: str) -> list[dict]:
+        return [p for p in self.placed if p["doc"] == doc]
+
+    def prior(self, doc: str) -> list[dict]:
+        return [p for p in self.placed if p["doc"] != doc]
+
+    def save_truth(self, out: Path) -> pd.DataFrame:
+        df = pd.DataFrame(self.truth)
+        df.to_json(out / "truth.json", orient="records", indent=1)
+        return df
+
+
 def build_other_corpus(images: list[np.ndarray], out: Path, n_papers: int, seed: int) -> pd.DataFrame:
     """Write n_papers corpus PDFs and a manuscript; return the truth (one row per placed panel:
     doc, page, bbox, image_id, manipulation), as ``imgdup.demo.generate.build_corpus`` does."""
     rng = np.random.default_rng(seed)
     (out / "corpus").mkdir(parents=True, exist_ok=True)
     (out / "manuscript").mkdir(exist_ok=True)
-    order = iter(rng.permutation(len(images)))
-    placed: list[dict] = []           # originals: doc, image_id
-    truth: list[dict] = []
-    names = list(MANIPULATIONS)
-
-    def fresh() -> tuple[str, np.ndarray, str]:
-        k = next(order, None)
-        if k is None:
-            raise ValueError(f"not enough source images ({len(images)})")
-        return f"img{k}", images[k], "original"
-
-    def manipulated(image_id: str, name: str) -> tuple[str, np.ndarray, str]:
-        return image_id, MANIPULATIONS[name](images[int(image_id[3:])], rng), name
-
-    def reuse(pool: list[dict]) -> tuple[str, np.ndarray, str]:
-        src = pool[int(rng.integers(len(pool)))]
-        return manipulated(src["image_id"], names[int(rng.integers(len(names)))])
-
-    def record(doc: str, page: int, bbox, item) -> None:
-        image_id, _, manip = item
-        truth.append({"doc": doc, "page": page, "bbox": [float(v) for v in bbox], "image_id": image_id,
-                      "manipulation": manip})
-        if manip == "original":
-            placed.append({"doc": doc, "image_id": image_id})
+    pl = Planter(images, rng)
 
     def write(path: Path, title: str, n_reuse: int) -> None:
-        prior = [p for p in placed if p["doc"] != path.name]
-        queue = [reuse(prior) for _ in range(min(n_reuse, len(prior)))]
+        prior = pl.prior(path.name)
+        queue = [pl.reuse(prior) for _ in range(min(n_reuse, len(prior)))]
         doc = pymupdf.open()
         for page_no in range(1, 4):
-            own = [p for p in placed if p["doc"] == path.name]
+            own = pl.own(path.name)
             if own and rng.random() < 0.5:
-                queue.append(reuse(own))
+                queue.append(pl.reuse(own))
             page = doc.new_page(width=595, height=842)
             y = 50.0
             if page_no == 1:
@@ -185,12 +212,9 @@ def build_other_corpus(images: list[np.ndarray], out: Path, n_papers: int, seed:
                     if queue and rng.random() < 0.5:
                         item = queue.pop()
                     elif any(it[2] == "original" for it in items) and rng.random() < 0.15:
-                        # re-use inside this very figure
-                        origs = [it for it in items if it[2] == "original"]
-                        src = origs[int(rng.integers(len(origs)))]
-                        item = manipulated(src[0], names[1 + int(rng.integers(len(names) - 1))])   # not "as is"
+                        item = pl.reuse_within(items)      # re-use inside this very figure
                     else:
-                        item = fresh()
+                        item = pl.fresh()
                     w = widths[r][c]
                     cell = _cover(item[1], w, ch)
                     _burn_label(cell, string.ascii_lowercase[r * 3 + c], bool(rng.random() < 0.5))
@@ -203,7 +227,7 @@ def build_other_corpus(images: list[np.ndarray], out: Path, n_papers: int, seed:
             rect = pymupdf.Rect(78, y, 78 + fig_w, y + H * s)
             page.insert_image(rect, stream=_encode(comp, "JPEG"))
             for item, cell in zip(items, cells):
-                record(path.name, page_no, (rect.x0 + cell[0] * s, rect.y0 + cell[1] * s,
+                pl.record(path.name, page_no, (rect.x0 + cell[0] * s, rect.y0 + cell[1] * s,
                                             rect.x0 + cell[2] * s, rect.y0 + cell[3] * s), item)
             y = rect.y1 + 6
             page.insert_text((56, y + 8), f"Figure {2 * page_no - 1}. (a-f) Representative images.", fontsize=8)
@@ -211,14 +235,14 @@ def build_other_corpus(images: list[np.ndarray], out: Path, n_papers: int, seed:
             # two pseudo-coloured panels, each its own RGB image
             x = 100.0
             for k in range(2):
-                item = queue.pop() if queue and rng.random() < 0.6 else fresh()
+                item = queue.pop() if queue and rng.random() < 0.6 else pl.fresh()
                 grey = _cover(item[1], 300, 300).astype(np.float32)
                 tint = COLOURS[list(COLOURS)[int(rng.integers(len(COLOURS)))]]
                 rgb = np.clip(np.stack([grey * t for t in tint], 2), 0, 255).astype(np.uint8)
                 r2 = pymupdf.Rect(x, y, x + 170, y + 170)
                 page.insert_image(r2, stream=_encode(rgb, "PNG"))
                 page.insert_text((x, y - 2), "AB"[k], fontsize=9, fontname="tibo")
-                record(path.name, page_no, tuple(r2), item)
+                pl.record(path.name, page_no, tuple(r2), item)
                 x += 200
             y += 180
             page.insert_text((56, y + 8), f"Figure {2 * page_no}. (A, B) Merged channels.", fontsize=8)
@@ -227,9 +251,7 @@ def build_other_corpus(images: list[np.ndarray], out: Path, n_papers: int, seed:
     for i in range(n_papers):
         write(out / "corpus" / f"paper-{i + 1:02d}.pdf", f"Report {i + 1}", 3 if i else 0)
     write(out / "manuscript" / "manuscript.pdf", "Submitted manuscript", 5)
-    df = pd.DataFrame(truth)
-    df.to_json(out / "truth.json", orient="records", indent=1)
-    return df
+    return pl.save_truth(out)
 
 
 def main() -> None:
@@ -239,7 +261,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs" / "other_corpus.json"))
     ap.add_argument("--keep", default=None, help="keep the work folder here")
     args = ap.parse_args()
-    from imgdup.demo.generate import score_report, shared_test_images
+    from imgdup.demo.generate import shared_test_images
 
     work = Path(args.keep or tempfile.mkdtemp(prefix="imgdup-other-"))
     fields, _ = other_images()
@@ -252,17 +274,9 @@ def main() -> None:
            "date": time.strftime("%Y-%m-%d"), "images": {"other_fields": len(fields), "dsb2018_test": len(images) - len(fields)},
            "placements": int(len(truth)), "seconds": {}}
     res["seconds"]["ingest"], _ = run(["ingest", *map(str, corpus + decoys), "--index", str(index)])
-    docs = {p.name for p in corpus}
-    ms = work / "manuscript" / "manuscript.pdf"
-    for mode, extra in (("verified", []), ("cnn_only", ["--no-verify"])):
-        t, _ = run(["screen", "--all", "--index", str(index), "--out", str(work / f"screen-{mode}"), *extra])
-        rep = pd.concat([pd.read_parquet(f) for f in (work / f"screen-{mode}").rglob("*.parquet")]).reset_index(drop=True)
-        res[f"screen_{mode}"] = strip(score_report(rep, truth, docs=docs))
-        res["seconds"][f"screen_{mode}"] = t
-        t, _ = run(["query", str(ms), "--index", str(index), "--out", str(work / f"query-{mode}.parquet"), *extra])
-        rep = pd.read_parquet(work / f"query-{mode}.parquet")
-        res[f"query_{mode}"] = strip(score_report(rep, truth, involving="manuscript.pdf"))
-        res["seconds"][f"query_{mode}"] = t
+    scores, secs = score_runs(work, index, truth, {p.name for p in corpus}, work / "manuscript" / "manuscript.pdf")
+    res.update(scores)
+    res["seconds"].update(secs)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=1)[:6000])
