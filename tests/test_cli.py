@@ -232,3 +232,14 @@ def test_figure_tools_benchmark_smoke(tmp_path):
     for run in ("screen_verified", "query_verified"):
         assert data[run]["recall"] >= 0.8 and data[run]["fp_rows"] == 0, data[run]
         assert data[run]["copy_move"]["rows"] == data[run]["copy_move"]["on_cloned_patches"]
+
+
+@pytest.mark.bench
+def test_montages_benchmark_smoke(tmp_path):
+    pytest.importorskip("skimage", reason="montages.py mixes in scikit-image's sample fields: "
+                        "pip install '.[bench]' (CI does)")
+    data = _smoke("montages.py", tmp_path)
+    assert data["split"]["border 2 white PNG"] == {"cells": 24, "cut_out": 24, "boxes": 24}
+    assert data["split"]["border 5 black JPEG"]["cut_out"] >= 22
+    run = data["end_to_end"]["border 2 white"]
+    assert run["reused_cells"] == 4 and run["found"] == 4 and run["fp_rows"] == 0, run

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 
+import cv2
 import numpy as np
 import pymupdf
 import pytest
@@ -331,6 +332,35 @@ def test_split_jpeg_figure_dark_panels_just_above_the_black_gutter():
             m = micrograph(i, 150).astype(np.int16)
             cells.append(np.clip(m - int(np.median(m)) + 2, 2, 255).astype(np.uint8))   # background at 2
         _six_panels(split_panels(_jpeg_grid(cells, 5, 0)), 150)
+
+
+def _montage(cells: list[np.ndarray], border: int, colour: int) -> np.ndarray:
+    """ImageJ's Make Montage: the cells in a 2 x 3 grid, a ``border``-px line of ``colour``
+    around and between them, each with its letter and a scale bar burned in (white)."""
+    side = cells[0].shape[0]
+    fig = np.full((2 * side + 3 * border, 3 * side + 4 * border), colour, np.uint8)
+    for k, c in enumerate(cells):
+        y, x = divmod(k, 3)
+        p = c.copy()
+        cv2.putText(p, "ABCDEF"[k], (6, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.8, 255, 2, cv2.LINE_AA)
+        cv2.rectangle(p, (side - 60, side - 12), (side - 12, side - 9), 255, -1)
+        cv2.putText(p, "50 um", (side - 58, side - 17), cv2.FONT_HERSHEY_SIMPLEX, 0.4, 255, 1, cv2.LINE_AA)
+        y0, x0 = border + y * (side + border), border + x * (side + border)
+        fig[y0:y0 + side, x0:x0 + side] = p
+    return fig
+
+
+def test_split_imagej_montage_with_2px_border():
+    """A montage with ImageJ's thin drawn border (2 px, white or black, letters and scale bars
+    inside the panels), as PNG and as JPEG q88: six panels.  (Until session 27 a gutter had to
+    be 3 px wide and such montages stayed one panel.)"""
+    cells = [micrograph(i, 200) for i in (2, 5, 8, 11, 13, 17)]
+    for colour in (255, 0):
+        fig = _montage(cells, 2, colour)
+        _six_panels(split_panels(fig), 200)
+        buf = io.BytesIO()
+        Image.fromarray(fig).save(buf, format="JPEG", quality=88)
+        _six_panels(split_panels(np.asarray(Image.open(buf).convert("L"))), 200)
 
 
 def test_split_leaves_single_inverted_or_jpeg_photos_whole():

@@ -252,11 +252,13 @@ def _gutter(block: np.ndarray, axis: int, a: int, b: int, min_gutter: int, light
     return drawn
 
 
-def split_panels(grey: np.ndarray, min_px: int = 48, min_frac: float = 0.08, min_gutter: int = 3,
+def split_panels(grey: np.ndarray, min_px: int = 48, min_frac: float = 0.08, min_gutter: int = 2,
                  light_tol: int = 24, dark_tol: int = 2, max_depth: int = 6) -> list[Box]:
     """Panels of a figure as pixel boxes, in reading order; [] when the figure is blank.
 
-    A single box covering the (trimmed) figure means it is not compound.
+    A single box covering the (trimmed) figure means it is not compound.  ``min_gutter`` is the
+    narrowest gutter cut (2 px: an ImageJ montage drawn with a 2-px border is cut, panels that
+    touch or are 1 px apart are not; docs/BENCHMARKS.md, "ImageJ montages").
     """
     h, w = grey.shape
     min_h = max(min_px, int(min_frac * h))

@@ -1,0 +1,194 @@
+"""ImageJ-style montages: thin drawn borders, panel letters and scale bars burned in.
+
+    pip install ".[bench]"        # scikit-image (its sample fields are half the cells)
+    python benchmarks/montages.py [--seed 51] [--smoke]
+
+ImageJ's Image > Stacks > Make Montage lays the images of a stack in a grid with a drawn border
+of a chosen width (0 by default) and colour; Analyze > Tools > Scale Bar and the Label tool burn
+a white scale bar and a letter into each image.  Two parts:
+
+- **split**: 2 x 3 montages of 256-px cells (held-out DSB2018 micrographs and scikit-image
+  sample fields), border 0, 1, 2, 3 or 5 px, white or black, saved as PNG or JPEG q88, each cell
+  with its letter and a scale bar: the cells ``split_panels`` cuts out (IoU > 0.8), and the
+  boxes it returns.
+- **end to end**: for borders 0, 2 (white and black) and 5 (white), a corpus paper of such
+  montages and a manuscript that re-uses one cell of each montage on its own, manipulated
+  (other_corpus.py's manipulations), beside unrelated panels: ``ingest`` the paper (and the
+  publisher-icon decoys), ``query`` the manuscript, and score the report against the planted
+  truth: recall with both boxes at IoU >= 0.5 (the cell located), "found" when the match box at
+  least covers half the cell (a whole unsplit montage counts), and false rows; copy-move rows
+  (a region cloned inside one panel) are counted apart, as true on a panel planted "patch
+  cloned over" (figure_tools.py's rule).  The same seed
+  draws the same images and manipulations for every border.
+
+Writes docs/montages.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pymupdf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from end_to_end import SHARED, run  # noqa: E402
+from figure_tools import copy_moves  # noqa: E402
+from other_corpus import MANIPULATIONS, _encode  # noqa: E402
+from quality import other_images  # noqa: E402
+from speed import machine  # noqa: E402
+
+from imgdup.demo.generate import _cover, iou, score_report, shared_test_images  # noqa: E402
+from imgdup.pipeline.split import split_panels  # noqa: E402
+
+SIDE = 256
+BORDERS = (0, 1, 2, 3, 5)
+
+
+def montage(cells: list[np.ndarray], border: int, colour: int) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """The cells in a 2 x 3 grid with a ``border``-px line of ``colour`` around and between them,
+    a letter and a scale bar burned into each (white); and each cell's box (x0, y0, x1, y1)."""
+    s = cells[0].shape[0]
+    fig = np.full((2 * s + 3 * border, 3 * s + 4 * border), colour, np.uint8)
+    boxes = []
+    for k, c in enumerate(cells):
+        r, q = divmod(k, 3)
+        p = c.copy()
+        cv2.putText(p, "ABCDEF"[k], (8, 30), cv2.FONT_HERSHEY_SIMPLEX, 1.0, 255, 2, cv2.LINE_AA)
+        cv2.rectangle(p, (s - 72, s - 14), (s - 14, s - 10), 255, -1)
+        cv2.putText(p, "50 um", (s - 70, s - 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, 255, 1, cv2.LINE_AA)
+        y0, x0 = border + r * (s + border), border + q * (s + border)
+        fig[y0:y0 + s, x0:x0 + s] = p
+        boxes.append((x0, y0, x0 + s, y0 + s))
+    return fig, boxes
+
+
+def _decode(data: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+
+
+def split_part(images: list[np.ndarray], n: int) -> dict:
+    """Cells cut out of ``n`` montages per border, colour and format."""
+    res = {}
+    for border in BORDERS:
+        for colour, cname in ((255, "white"), (0, "black")):
+            for fmt in ("PNG", "JPEG"):
+                hit = boxes = 0
+                for t in range(n):
+                    fig, truth = montage(images[6 * t:6 * t + 6], border, colour)
+                    got = split_panels(_decode(_encode(fig, fmt)))
+                    boxes += len(got)
+                    hit += sum(max(iou(b, (x0, y0, x1, y1)) for (y0, y1, x0, x1) in got) > 0.8 for b in truth)
+                res[f"border {border} {cname} {fmt}"] = {"cells": 6 * n, "cut_out": int(hit), "boxes": int(boxes)}
+    return res
+
+
+def build(images: list[np.ndarray], out: Path, border: int, colour: int, n_montages: int, seed: int) -> pd.DataFrame:
+    """A corpus paper of ``n_montages`` montages (two a page) and a manuscript that re-uses one
+    cell of each, manipulated, beside as many unrelated panels.  Returns the planted truth."""
+    rng = np.random.default_rng(seed)
+    order = iter(rng.permutation(len(images)))
+    names = list(MANIPULATIONS)
+    truth: list[dict] = []
+    (out / "corpus").mkdir(parents=True, exist_ok=True)
+    (out / "manuscript").mkdir(exist_ok=True)
+    paper, reused = pymupdf.open(), []
+    for m in range(n_montages):
+        ids = [int(next(order)) for _ in range(6)]
+        fig, boxes = montage([images[i] for i in ids], border, colour)
+        if m % 2 == 0:
+            page = paper.new_page(width=595, height=842)
+            page.insert_text((56, 60), "Results", fontsize=12, fontname="tibo")
+        top = 80 + (m % 2) * 370
+        scale = 480 / fig.shape[1]
+        rect = pymupdf.Rect(56, top, 56 + 480, top + fig.shape[0] * scale)
+        page.insert_image(rect, stream=_encode(fig, "JPEG" if m % 3 == 2 else "PNG"))
+        page.insert_text((56, rect.y1 + 14), f"Figure {m + 1}. (A-F) Montage of the fields.", fontsize=8)
+        for i, (x0, y0, x1, y1) in zip(ids, boxes):
+            truth.append({"doc": "paper.pdf", "page": m // 2 + 1, "image_id": f"img{i}", "manipulation": "original",
+                          "bbox": [rect.x0 + x0 * scale, rect.y0 + y0 * scale, rect.x0 + x1 * scale, rect.y0 + y1 * scale]})
+        reused.append(ids[int(rng.integers(6))])
+    paper.save(out / "corpus" / "paper.pdf", garbage=3, deflate=True)
+    ms = pymupdf.open()
+    for k, i in enumerate(reused):
+        if k % 4 == 0:
+            page = ms.new_page(width=595, height=842)
+        name = names[int(rng.integers(len(names)))]
+        pair = [(MANIPULATIONS[name](images[i], rng), f"img{i}", name), (images[int(next(order))], None, None)]
+        for j in rng.permutation(2):
+            im, image_id, manip = pair[j]
+            slot = (k % 4) * 2 + int(j)
+            x, y = 56 + (slot % 2) * 250, 60 + (slot // 2) * 190
+            rect = pymupdf.Rect(x, y, x + 170, y + 170)
+            page.insert_image(rect, stream=_encode(im, "PNG"))
+            if image_id:
+                truth.append({"doc": "manuscript.pdf", "page": k // 4 + 1, "image_id": image_id,
+                              "manipulation": manip, "bbox": list(rect)})
+    ms.save(out / "manuscript" / "manuscript.pdf", garbage=3, deflate=True)
+    return pd.DataFrame(truth)
+
+
+def end_to_end(images: list[np.ndarray], work: Path, border: int, colour: int, n_montages: int, seed: int) -> dict:
+    out = work / f"border{border}-{colour}"
+    truth = build(images, out, border, colour, n_montages, seed)
+    index = out / "index"
+    decoys = sorted(SHARED.glob("pdfs/tandf-decoy-*.pdf"))
+    t_ingest, _ = run(["ingest", str(out / "corpus" / "paper.pdf"), *map(str, decoys), "--index", str(index)])
+    t_query, _ = run(["query", str(out / "manuscript" / "manuscript.pdf"), "--index", str(index),
+                      "--out", str(out / "query.parquet")])
+    rep, cm = copy_moves(pd.read_parquet(out / "query.parquet"), truth)
+    sc = score_report(rep, truth, involving="manuscript.pdf")
+    ms = truth[truth.doc == "manuscript.pdf"]
+    cell = truth[truth.doc == "paper.pdf"].set_index("image_id")
+    found = 0
+    for r in ms.itertuples():
+        c = cell.loc[r.image_id]
+        for q in rep.itertuples():
+            sides = [(q.query_doc, q.query_bbox, q.match_doc, q.match_bbox), (q.match_doc, q.match_bbox, q.query_doc, q.query_bbox)]
+            if any(Path(a).name == "manuscript.pdf" and Path(b).name == "paper.pdf" and iou(ab, r.bbox) >= 0.5
+                   and _cover(bb, c.bbox) >= 0.5 for a, ab, b, bb in sides):
+                found += 1
+                break
+    return {"reused_cells": int(len(ms)), "recall_located": sc["recall"], "found": int(found),
+            "tp_rows": sc["tp_rows"], "fp_rows": sc["fp_rows"], "covering_rows": sc["ignored_rows"],
+            **cm, "missed": sc["missed"], "seconds": {"ingest": round(t_ingest, 1), "query": round(t_query, 1)}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seed", type=int, default=51)
+    ap.add_argument("--smoke", action="store_true", help="4 montages a split case, one end-to-end run")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "montages.json"))
+    args = ap.parse_args()
+    t0 = time.time()
+    fields, _ = other_images(SIDE)
+    dsb = [cv2.resize(i, (SIDE, SIDE), interpolation=cv2.INTER_AREA) for i in shared_test_images(splits=("test",))]
+    images = dsb + fields
+    np.random.default_rng(args.seed).shuffle(images)
+    res = {"command": "python benchmarks/montages.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
+           "machine": machine(), "images": {"dsb2018_test": len(dsb), "other_fields": len(fields)},
+           "split": split_part(images, 4 if args.smoke else 20)}
+    runs = ((2, 255),) if args.smoke else ((0, 255), (2, 255), (2, 0), (5, 255))
+    with tempfile.TemporaryDirectory(prefix="imgdup-montage-") as tmp:
+        res["end_to_end"] = {f"border {b} {'white' if c else 'black'}": end_to_end(images, Path(tmp), b, c, 4 if args.smoke else 12, args.seed)
+                             for b, c in runs}
+    res["seconds"] = round(time.time() - t0, 1)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=1))
+    for k, v in res["split"].items():
+        print(f"{k:24s} cut out {v['cut_out']:3d} / {v['cells']}  boxes {v['boxes']}")
+    for k, v in res["end_to_end"].items():
+        print(f"{k:16s} reused {v['reused_cells']}  located {v['recall_located']:.2f}  found {v['found']}  false rows {v['fp_rows']}")
+
+
+if __name__ == "__main__":
+    main()
