@@ -1,6 +1,6 @@
 """ImageJ-style montages: thin drawn borders, panel letters and scale bars burned in.
 
-    pip install ".[bench]"        # scikit-image (its sample fields are half the cells)
+    pip install ".[bench]"        # scikit-image (its sample fields are about a third of the cells)
     python benchmarks/montages.py [--seed 51] [--smoke]
 
 ImageJ's Image > Stacks > Make Montage lays the images of a stack in a grid with a drawn border
@@ -11,15 +11,18 @@ a white scale bar and a letter into each image.  Two parts:
   sample fields), border 0, 1, 2, 3 or 5 px, white or black, saved as PNG or JPEG q88, each cell
   with its letter and a scale bar: the cells ``split_panels`` cuts out (IoU > 0.8), and the
   boxes it returns.
-- **end to end**: for borders 0, 2 (white and black) and 5 (white), a corpus paper of such
-  montages and a manuscript that re-uses one cell of each montage on its own, manipulated
-  (other_corpus.py's manipulations), beside unrelated panels: ``ingest`` the paper (and the
-  publisher-icon decoys), ``query`` the manuscript, and score the report against the planted
-  truth: recall with both boxes at IoU >= 0.5 (the cell located), "found" when the match box at
-  least covers half the cell (a whole unsplit montage counts), and false rows; copy-move rows
-  (a region cloned inside one panel) are counted apart, as true on a panel planted "patch
-  cloned over" (figure_tools.py's rule).  The same seed
-  draws the same images and manipulations for every border.
+- **resampled** (not with --smoke): borderless grids of 1-4 x 1-2 cells of random size,
+  resampled and half of them JPEG-compressed, split right or not; and what must stay whole:
+  the pool's images resampled, compressed or inverted, and crops of a periodic texture.
+- **end to end**: for borders 0 (white and black), 1 (black), 2 (white and black) and 5
+  (white), a corpus paper of such montages and a manuscript that re-uses one cell of each
+  montage on its own, manipulated (other_corpus.py's manipulations), beside unrelated panels:
+  ``ingest`` the paper (and the publisher-icon decoys), ``query`` the manuscript, and score the
+  report against the planted truth: recall with both boxes at IoU >= 0.5 (the cell located),
+  "found" when the match box at least covers half the cell (a whole unsplit montage counts),
+  and false rows; copy-move rows (a region cloned inside one panel) are counted apart, as true
+  on a panel planted "patch cloned over" (figure_tools.py's rule).  The same seed draws the
+  same images and manipulations for every border.
 
 Writes docs/montages.json.
 """
@@ -27,6 +30,7 @@ Writes docs/montages.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -47,7 +51,8 @@ from other_corpus import MANIPULATIONS, _encode  # noqa: E402
 from quality import other_images  # noqa: E402
 from speed import machine  # noqa: E402
 
-from imgdup.demo.generate import _cover, iou, score_report, shared_test_images  # noqa: E402
+from imgdup.demo.generate import _cover, brick_wall, iou, score_report, shared_test_images  # noqa: E402
+import imgdup.pipeline.split as split_module  # noqa: E402
 from imgdup.pipeline.split import split_panels  # noqa: E402
 
 SIDE = 256
@@ -90,6 +95,66 @@ def split_part(images: list[np.ndarray], n: int) -> dict:
                     hit += sum(max(iou(b, (x0, y0, x1, y1)) for (y0, y1, x0, x1) in got) > 0.8 for b in truth)
                 res[f"border {border} {cname} {fmt}"] = {"cells": 6 * n, "cut_out": int(hit), "boxes": int(boxes)}
     return res
+
+
+def resampled_part(images: list[np.ndarray], n: int, seed: int) -> dict:
+    """Borderless grids that are not ImageJ's clean output: ``n`` grids of each shape, cells of
+    a random side (120-260 px) resampled as a whole by a random 0.5-1.0 (INTER_AREA), half of
+    them then JPEG q85; a grid counts when exactly its cells come out (IoU > 0.8 each).  Then
+    what must stay whole: every pool image at 5 scales, as is, JPEG and inverted, and 100 random
+    crops of brick walls (a periodic texture) as is, inverted and at 0.7."""
+    rng = np.random.default_rng(seed)
+    grids = {}
+    for cols, rows in ((2, 1), (1, 2), (3, 1), (2, 2), (3, 2), (4, 2)):
+        right = 0
+        for _ in range(n):
+            s = int(rng.integers(120, 261))
+            ids = rng.choice(len(images), cols * rows, replace=False)
+            cells = [cv2.resize(images[i], (s, s), interpolation=cv2.INTER_AREA) for i in ids]
+            fig = np.vstack([np.hstack(cells[r * cols:(r + 1) * cols]) for r in range(rows)])
+            f = rng.uniform(0.5, 1.0)
+            fig = cv2.resize(fig, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+            if rng.random() < 0.5:
+                fig = _decode(_encode(fig, "JPEG", 85))
+            h, w = fig.shape
+            truth = [(c * w / cols, r * h / rows, (c + 1) * w / cols, (r + 1) * h / rows) for r in range(rows) for c in range(cols)]
+            got = split_panels(fig)
+            right += len(got) == len(truth) and all(max(iou(t, (x0, y0, x1, y1)) for (y0, y1, x0, x1) in got) > 0.8 for t in truth)
+        grids[f"{cols} x {rows}"] = f"{right} / {n}"
+    singles = cut = 0
+    for g in images:
+        for f in (0.4, 0.5, 0.6, 0.75, 1.0):
+            r = cv2.resize(g, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+            for v in (r, _decode(_encode(r, "JPEG", 85)), 255 - r):
+                singles += 1
+                cut += len(split_panels(v)) > 1
+    walls = walls_cut = gutters_cut = 0
+    for k in range(100):
+        wr = np.random.default_rng(k)
+        bh = int(wr.integers(16, 48))
+        wall = brick_wall(900, 900, bh, int(wr.integers(2, 4)) * bh, k)
+        h, w = int(wr.integers(150, 500)), int(wr.integers(150, 600))
+        y, x = int(wr.integers(0, 900 - h)), int(wr.integers(0, 900 - w))
+        c = wall[y:y + h, x:x + w]
+        for v in (c, 255 - c, cv2.resize(c, None, fx=0.7, fy=0.7, interpolation=cv2.INTER_AREA)):
+            walls += 1
+            walls_cut += len(split_panels(v)) > 1
+            with _no_seams():
+                gutters_cut += len(split_panels(v)) > 1
+    return {"grids_split_right": grids, "single_images_cut": f"{cut} / {singles}",
+            "brick_wall_crops_cut": f"{walls_cut} / {walls}", "brick_wall_crops_cut_without_seams": f"{gutters_cut} / {walls}"}
+
+
+@contextlib.contextmanager
+def _no_seams():
+    """The splitter as before session 28: no piece divided at seams (the mortar lines of a
+    brick wall are light gutters to the older rules already)."""
+    keep = split_module._grid_cells
+    split_module._grid_cells = lambda grey, box, *rest: [box]
+    try:
+        yield
+    finally:
+        split_module._grid_cells = keep
 
 
 def build(images: list[np.ndarray], out: Path, border: int, colour: int, n_montages: int, seed: int) -> pd.DataFrame:
@@ -166,7 +231,7 @@ def end_to_end(images: list[np.ndarray], work: Path, border: int, colour: int, n
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=51)
-    ap.add_argument("--smoke", action="store_true", help="4 montages a split case, one end-to-end run")
+    ap.add_argument("--smoke", action="store_true", help="4 montages a split case, two end-to-end runs")
     ap.add_argument("--out", default=str(ROOT / "docs" / "montages.json"))
     args = ap.parse_args()
     t0 = time.time()
@@ -177,7 +242,9 @@ def main() -> None:
     res = {"command": "python benchmarks/montages.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
            "machine": machine(), "images": {"dsb2018_test": len(dsb), "other_fields": len(fields)},
            "split": split_part(images, 4 if args.smoke else 20)}
-    runs = ((2, 255),) if args.smoke else ((0, 255), (2, 255), (2, 0), (5, 255))
+    if not args.smoke:
+        res["resampled"] = resampled_part(images, 60, args.seed)
+    runs = ((0, 0), (2, 255)) if args.smoke else ((0, 255), (0, 0), (1, 0), (2, 255), (2, 0), (5, 255))
     with tempfile.TemporaryDirectory(prefix="imgdup-montage-") as tmp:
         res["end_to_end"] = {f"border {b} {'white' if c else 'black'}": end_to_end(images, Path(tmp), b, c, 4 if args.smoke else 12, args.seed)
                              for b, c in runs}
@@ -186,6 +253,8 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(res, indent=1))
     for k, v in res["split"].items():
         print(f"{k:24s} cut out {v['cut_out']:3d} / {v['cells']}  boxes {v['boxes']}")
+    if "resampled" in res:
+        print(json.dumps(res["resampled"]))
     for k, v in res["end_to_end"].items():
         print(f"{k:16s} reused {v['reused_cells']}  located {v['recall_located']:.2f}  found {v['found']}  false rows {v['fp_rows']}")
 

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import MICRO, PDFS, corr, iou, micrograph, need_shared, plotted_figure, png_bytes
+from imgdup.demo.generate import brick_wall
 from imgdup.pipeline import Limits, extract_document, extract_many, split_panels
 from imgdup.pipeline.extract import render_clip, rgb_to_grey, single_hue
 
@@ -361,6 +362,35 @@ def test_split_imagej_montage_with_2px_border():
         buf = io.BytesIO()
         Image.fromarray(fig).save(buf, format="JPEG", quality=88)
         _six_panels(split_panels(np.asarray(Image.open(buf).convert("L"))), 200)
+
+
+def test_split_borderless_imagej_montage():
+    """A montage with no border (ImageJ's default) or a 1-px one, PNG and JPEG q88: no gutter at
+    all, but the cell borders are steps in the pixels at an equal division, so six panels, each
+    within 2 px of its true cell."""
+    side = 200
+    cells = [micrograph(i, side) for i in (3, 6, 12, 19, 24, 30)]
+    for border, colour in ((0, 0), (1, 255), (1, 0)):
+        fig = _montage(cells, border, colour)
+        buf = io.BytesIO()
+        Image.fromarray(fig).save(buf, format="JPEG", quality=88)
+        for img in (fig, np.asarray(Image.open(buf).convert("L"))):
+            boxes = split_panels(img)
+            assert len(boxes) == 6, (border, colour, boxes)
+            for k, (y0, y1, x0, x1) in enumerate(boxes):
+                r, c = divmod(k, 3)
+                ty, tx = border + r * (side + border), border + c * (side + border)
+                assert max(abs(y0 - ty), abs(y1 - ty - side), abs(x0 - tx), abs(x1 - tx - side)) <= 2
+
+
+def test_split_leaves_periodic_texture_whole():
+    """A periodic texture has steps at the places an equal division picks too, but as strong
+    ones between them: these brick-wall crops stay whole (with SEAM_PROMINENCE = 0 they are
+    cut into 8, 6 and 3 cells)."""
+    for seed, bh, bw, y, x, h, w in ((19, 34, 68, 237, 91, 274, 566), (11, 20, 40, 278, 316, 428, 374),
+                                     (23, 17, 51, 158, 59, 297, 438)):
+        wall = brick_wall(900, 900, bh, bw, seed)[y:y + h, x:x + w]
+        assert len(split_panels(wall)) == 1
 
 
 def test_split_leaves_single_inverted_or_jpeg_photos_whole():

@@ -227,6 +227,22 @@ def truth_pairs(placements: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def brick_wall(h: int, w: int, bh: int, bw: int, seed: int) -> np.ndarray:
+    """A running-bond brick wall (``bh`` x ``bw`` bricks of random grey, 3-px light mortar, sensor
+    noise): a periodic texture that a montage splitter must leave whole."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((h, w), np.float32)
+    for r in range(0, h, bh):
+        off = (r // bh) % 2 * bw // 2
+        for c in range(-bw, w, bw):
+            img[r:r + bh, max(c + off, 0):max(c + off + bw, 0)] = rng.uniform(110, 170)
+    img += rng.normal(0, 8, (h, w))
+    yy, xx = np.mgrid[:h, :w]
+    img[(yy % bh) < 3] = 215
+    img[((xx + (yy // bh) % 2 * bw // 2) % bw) < 3] = 215
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
 def shared_test_images(kind: str = "dsb2018", splits: tuple[str, ...] = ("test",)) -> list[np.ndarray]:
     """Held-out real images (never the training split) from ../shared/data, as uint8 greyscale."""
     from ..model.train import RECIPES, load_splits

@@ -8,7 +8,9 @@ gutter), on a dark frame only near-black, almost exactly flat lines, or lines av
 full lines of content on both sides (see ``_panel_edges``), which stops cuts through the
 background of a single photo; on a dark frame a drawn black band between clearly brighter lines
 also counts (``_drawn_dark_band``: panels whose dark background reaches their edges).  Pieces
-smaller than the minimum panel size (labels, captions, thin strips) are left out.
+smaller than the minimum panel size (labels, captions, thin strips) are left out.  A piece with
+no gutter may still be a montage with no border (ImageJ's default): a grid of equal cells whose
+borders are steps in the pixels (``_grid_cells``).
 """
 
 from __future__ import annotations
@@ -252,6 +254,77 @@ def _gutter(block: np.ndarray, axis: int, a: int, b: int, min_gutter: int, light
     return drawn
 
 
+# A montage drawn with no border (ImageJ's Make Montage, border 0 or 1 px) has no gutter, but
+# each cell border is a step: the mean absolute difference between the two lines on either side
+# of it stands out from the lines around it, at exactly the places an equal division puts it.
+SEAM_RATIO = 3.0        # each seam's step over its surroundings', at least: over the median step
+                        # of the lines 3-12 away and over that of the lines 8, 16 and 24 away on
+                        # either side (JPEG's block edges; a median, so a letter burned in near
+                        # the seam does not hide it)
+SEAM_RATIO_ALONE = 5.0  # ... when the division has one seam in all (two images side by side)
+SEAM_PROMINENCE = 1.2   # the seams' median step over the (n - 1)-th strongest step elsewhere along
+                        # the axis, at least, on one axis: a periodic texture (a brick wall, a
+                        # lattice) has as many lines as strong between the places a division picks
+SEAM_FLOOR = 0.5        # grey levels: the surroundings' step counts as at least this
+SEAM_MAX_CELLS = 8      # cells along one axis, at most
+SEAM_DRAWING = 0.4      # share of a piece's pixels at the paper's white above which it is a
+                        # drawing (a plot, a chart), never divided by seams
+
+
+def _equal_division(block: np.ndarray, axis: int, min_cell: int) -> tuple[int, float, bool]:
+    """(n, strength, prominent): the most equal cells along ``axis`` (1: side by side) whose
+    every border is a seam, the weakest seam's ratio, and whether the seams stand out of the
+    whole axis (SEAM_PROMINENCE; a prominent division is preferred); (1, 0.0, False) when no
+    division into 2+ cells is."""
+    a = (block if axis == 1 else block.T).astype(np.float32)
+    length = a.shape[1]
+    step = np.abs(np.diff(a, axis=1)).mean(axis=0)     # step[x]: lines x, x + 1
+    best = (1, 0.0, False)
+    for n in range(2, SEAM_MAX_CELLS + 1):
+        if length / n < min_cell:
+            break
+        weakest, seams = np.inf, []
+        for k in range(1, n):
+            at = k * length / n       # the border; a resampled or 1-px-bordered one may sit a line off
+            near = [x for x in {int(np.floor(at)) - 1, int(np.floor(at)), int(np.ceil(at)) - 1} if 12 <= x < length - 13]
+            if not near:
+                weakest = 0.0
+                break
+            x = max(near, key=lambda i: step[i])
+            seams.append(x)
+            around = np.r_[step[x - 12:x - 2], step[x + 3:x + 13]]
+            phase = step[[x + d for d in (-24, -16, -8, 8, 16, 24) if 0 <= x + d < length - 1]]
+            weakest = min(weakest, float(step[x] / max(np.median(around), np.median(phase), SEAM_FLOOR)))
+            if weakest < SEAM_RATIO:
+                break
+        if weakest < SEAM_RATIO:
+            continue
+        others = np.ones(len(step), bool)
+        others[:2] = others[-2:] = False
+        for x in seams:
+            others[x - 3:x + 4] = False
+        rival = np.sort(step[others])[-(n - 1)]     # as many lines elsewhere as strong as the seams?
+        prominent = bool(np.median(step[seams]) >= SEAM_PROMINENCE * max(rival, SEAM_FLOOR))
+        if prominent or not best[2]:
+            best = (n, weakest, prominent)
+    return best
+
+
+def _grid_cells(grey: np.ndarray, box: Box, min_h: int, min_w: int, paper: int | None) -> list[Box]:
+    """The cells of a borderless montage filling ``box``, in reading order; [box] when it is not one."""
+    y0, y1, x0, x1 = box
+    block = grey[y0:y1, x0:x1]
+    if paper is not None and float(np.mean(block >= paper - ANNOTATION_TOL)) > SEAM_DRAWING:
+        return [box]
+    (cols, sc, pc), (rows, sr, pr) = _equal_division(block, 1, min_w), _equal_division(block, 0, min_h)
+    if not (cols > 1 and pc or rows > 1 and pr) or (cols * rows == 2 and max(sc, sr) < SEAM_RATIO_ALONE):
+        return [box]                # one axis's seams must stand out; the other's may not (a
+                                    # scale bar burned into every cell is a strong line too)
+    h, w = y1 - y0, x1 - x0
+    return [(y0 + round(r * h / rows), y0 + round((r + 1) * h / rows), x0 + round(c * w / cols), x0 + round((c + 1) * w / cols))
+            for r in range(rows) for c in range(cols)]
+
+
 def split_panels(grey: np.ndarray, min_px: int = 48, min_frac: float = 0.08, min_gutter: int = 2,
                  light_tol: int = 24, dark_tol: int = 2, max_depth: int = 6) -> list[Box]:
     """Panels of a figure as pixel boxes, in reading order; [] when the figure is blank.
@@ -265,8 +338,8 @@ def split_panels(grey: np.ndarray, min_px: int = 48, min_frac: float = 0.08, min
     min_w = max(min_px, int(min_frac * w))
     out: list[Box] = []
     light_bg = background_is_light(grey, light_tol, dark_tol)
-    if light_bg is None:
-        return [(0, h, 0, w)]
+    if light_bg is None:        # no uniform line at all: one photo, or a montage with no border
+        return _grid_cells(grey, (0, h, 0, w), min_h, min_w, None)
     paper = int(np.percentile(grey, 99)) if light_bg else None     # the white of gutters and margins
 
     def cut(box: Box, depth: int) -> None:
@@ -299,7 +372,7 @@ def split_panels(grey: np.ndarray, min_px: int = 48, min_frac: float = 0.08, min
             y0, y1, x0, x1 = _strip_annotations(grey, (y0, y1, x0, x1), paper)
             if y1 - y0 < min_h or x1 - x0 < min_w:
                 return
-        out.append((y0, y1, x0, x1))
+        out.extend(_grid_cells(grey, (y0, y1, x0, x1), min_h, min_w, paper))
 
     cut((0, h, 0, w), 0)
     return out
