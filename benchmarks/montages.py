@@ -5,7 +5,7 @@
 
 ImageJ's Image > Stacks > Make Montage lays the images of a stack in a grid with a drawn border
 of a chosen width (0 by default) and colour; Analyze > Tools > Scale Bar and the Label tool burn
-a white scale bar and a letter into each image.  Two parts:
+a white scale bar and a letter into each image.  Three parts:
 
 - **split**: 2 x 3 montages of 256-px cells (held-out DSB2018 micrographs and scikit-image
   sample fields), border 0, 1, 2, 3 or 5 px, white or black, saved as PNG or JPEG q88, each cell
@@ -21,8 +21,11 @@ a white scale bar and a letter into each image.  Two parts:
   report against the planted truth: recall with both boxes at IoU >= 0.5 (the cell located),
   "found" when the match box at least covers half the cell (a whole unsplit montage counts),
   and false rows; copy-move rows (a region cloned inside one panel) are counted apart, as true
-  on a panel planted "patch cloned over" (figure_tools.py's rule).  The same seed draws the
-  same images and manipulations for every border.
+  on a panel planted "patch cloned over" (figure_tools.py's rule).  The manuscript then shows
+  3 montages of its own (1 with --smoke) in which one cell is a manipulated copy of another,
+  the re-use inside one paper: located when a pair row's boxes are the two cells (IoU >= 0.5),
+  or caught by a copy-move row on the whole montage.  The same seed draws the same images and
+  manipulations for every border.
 
 Writes docs/montages.json.
 """
@@ -157,9 +160,12 @@ def _no_seams():
         split_module._grid_cells = keep
 
 
-def build(images: list[np.ndarray], out: Path, border: int, colour: int, n_montages: int, seed: int) -> pd.DataFrame:
+def build(images: list[np.ndarray], out: Path, border: int, colour: int, n_montages: int,
+          seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A corpus paper of ``n_montages`` montages (two a page) and a manuscript that re-uses one
-    cell of each, manipulated, beside as many unrelated panels.  Returns the planted truth."""
+    cell of each, manipulated, beside as many unrelated panels, and then shows ``n_montages / 4``
+    montages of its own in which one cell is another's manipulated copy.  Returns the planted
+    truth: the re-used cells (both papers), and the copies inside the manuscript's montages."""
     rng = np.random.default_rng(seed)
     order = iter(rng.permutation(len(images)))
     names = list(MANIPULATIONS)
@@ -198,20 +204,39 @@ def build(images: list[np.ndarray], out: Path, border: int, colour: int, n_monta
             if image_id:
                 truth.append({"doc": "manuscript.pdf", "page": k // 4 + 1, "image_id": image_id,
                               "manipulation": manip, "bbox": list(rect)})
+    within: list[dict] = []
+    for m in range(max(1, n_montages // 4)):
+        ids = [int(next(order)) for _ in range(6)]
+        src, dst = (int(v) for v in rng.choice(6, 2, replace=False))
+        name = names[int(rng.integers(len(names)))]
+        cells = [images[i] for i in ids]
+        cells[dst] = cv2.resize(MANIPULATIONS[name](images[ids[src]], rng), (SIDE, SIDE), interpolation=cv2.INTER_AREA)
+        fig, boxes = montage(cells, border, colour)
+        if m % 2 == 0:
+            page = ms.new_page(width=595, height=842)
+        top = 80 + (m % 2) * 370
+        scale = 480 / fig.shape[1]
+        rect = pymupdf.Rect(56, top, 56 + 480, top + fig.shape[0] * scale)
+        page.insert_image(rect, stream=_encode(fig, "JPEG" if m % 2 else "PNG"))
+        for k, manip in ((src, "original"), (dst, name)):
+            x0, y0, x1, y1 = boxes[k]
+            within.append({"doc": "manuscript.pdf", "page": ms.page_count, "image_id": f"img{ids[src]}", "manipulation": manip,
+                           "bbox": [rect.x0 + x0 * scale, rect.y0 + y0 * scale, rect.x0 + x1 * scale, rect.y0 + y1 * scale]})
     ms.save(out / "manuscript" / "manuscript.pdf", garbage=3, deflate=True)
-    return pd.DataFrame(truth)
+    return pd.DataFrame(truth), pd.DataFrame(within)
 
 
 def end_to_end(images: list[np.ndarray], work: Path, border: int, colour: int, n_montages: int, seed: int) -> dict:
     out = work / f"border{border}-{colour}"
-    truth = build(images, out, border, colour, n_montages, seed)
+    truth, within = build(images, out, border, colour, n_montages, seed)
     index = out / "index"
     decoys = sorted(SHARED.glob("pdfs/tandf-decoy-*.pdf"))
     t_ingest, _ = run(["ingest", str(out / "corpus" / "paper.pdf"), *map(str, decoys), "--index", str(index)])
     t_query, _ = run(["query", str(out / "manuscript" / "manuscript.pdf"), "--index", str(index),
                       "--out", str(out / "query.parquet")])
-    rep, cm = copy_moves(pd.read_parquet(out / "query.parquet"), truth)
-    sc = score_report(rep, truth, involving="manuscript.pdf")
+    full = pd.read_parquet(out / "query.parquet")
+    rep, cm = copy_moves(full, pd.concat([truth, within], ignore_index=True))
+    sc = score_report(rep, pd.concat([truth, within], ignore_index=True), involving="manuscript.pdf")
     ms = truth[truth.doc == "manuscript.pdf"]
     cell = truth[truth.doc == "paper.pdf"].set_index("image_id")
     found = 0
@@ -223,7 +248,18 @@ def end_to_end(images: list[np.ndarray], work: Path, border: int, colour: int, n
                    and _cover(bb, c.bbox) >= 0.5 for a, ab, b, bb in sides):
                 found += 1
                 break
-    return {"reused_cells": int(len(ms)), "recall_located": sc["recall"], "found": int(found),
+    copies = located = cloned = 0           # the copies inside the manuscript's own montages
+    cms = full[full.finding == "copy-move"] if "finding" in full else full.iloc[:0]
+    for _, g in within.groupby("image_id"):
+        a, b = g.bbox.iloc[0], g.bbox.iloc[1]
+        copies += 1
+        located += any({Path(q.query_doc).name, Path(q.match_doc).name} == {"manuscript.pdf"}
+                       and (iou(q.query_bbox, a) >= 0.5 and iou(q.match_bbox, b) >= 0.5 or iou(q.query_bbox, b) >= 0.5 and iou(q.match_bbox, a) >= 0.5)
+                       for q in rep.itertuples())
+        cloned += any(_cover(q.query_bbox, a) >= 0.5 and _cover(q.query_bbox, b) >= 0.5 for q in cms.itertuples())
+    cross_missed = sum(not m["within_paper"] for m in sc["missed"])
+    return {"reused_cells": int(len(ms)), "recall_located": (len(ms) - cross_missed) / len(ms), "found": int(found),
+            "copies_within_montages": {"planted": copies, "located": int(located), "by_copy_move_on_the_montage": int(cloned)},
             "tp_rows": sc["tp_rows"], "fp_rows": sc["fp_rows"], "covering_rows": sc["ignored_rows"],
             **cm, "missed": sc["missed"], "seconds": {"ingest": round(t_ingest, 1), "query": round(t_query, 1)}}
 
@@ -256,7 +292,9 @@ def main() -> None:
     if "resampled" in res:
         print(json.dumps(res["resampled"]))
     for k, v in res["end_to_end"].items():
-        print(f"{k:16s} reused {v['reused_cells']}  located {v['recall_located']:.2f}  found {v['found']}  false rows {v['fp_rows']}")
+        w = v["copies_within_montages"]
+        print(f"{k:16s} reused {v['reused_cells']}  located {v['recall_located']:.2f}  found {v['found']}  false rows {v['fp_rows']}"
+              f"  copies in own montages {w['located']} / {w['planted']} (+{w['by_copy_move_on_the_montage']} by copy-move)")
 
 
 if __name__ == "__main__":

@@ -245,3 +245,4 @@ def test_montages_benchmark_smoke(tmp_path):
     for name in ("border 2 white", "border 0 black"):
         run = data["end_to_end"][name]
         assert run["reused_cells"] == 4 and run["found"] == 4 and run["fp_rows"] == 0, (name, run)
+        assert run["copies_within_montages"]["located"] == 1, (name, run)     # a copy within a montage
