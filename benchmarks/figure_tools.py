@@ -1,7 +1,7 @@
 """End to end on figures made the way most scientific figures are made: with matplotlib.
 
     pip install ".[bench]"        # matplotlib, scikit-image
-    python benchmarks/figure_tools.py [--papers 4] [--seed 41] [--keep DIR] [--smoke]
+    python benchmarks/figure_tools.py [--papers 4] [--seed 41] [--keep DIR] [--smoke] [--style ggplot]
 
 Each paper's figures are 2 x 3 grids of ``imshow`` panels with axes, tick labels, titles and a
 colour bar, drawn in a grey or a perceptual colour map (gray, viridis, magma, cividis; a re-used
@@ -19,6 +19,10 @@ The command runs ingest, ``screen --all`` and a query of the manuscript, verifie
 ``--no-verify``, each scored against the planted truth at the panel level (a row is a hit when
 both its boxes overlap the planted placements with IoU >= 0.5); copy-move rows (a region cloned
 inside one panel) are counted apart, as true when the panel was planted "patch cloned over".
+``--style ggplot`` draws the same corpus (the same random draws) as R's ggplot2 draws faceted
+rasters, in matplotlib's "ggplot" style: grey panel background with white grid lines under the
+image, which is inset by 5 % of each axis, no frame, the title on a grey box; write it with
+``--out docs/figure_tools_ggplot.json``.
 Writes docs/figure_tools.json.
 """
 
@@ -48,20 +52,37 @@ CMAPS = ("gray", "gray", "viridis", "magma", "cividis")
 
 
 def _figure(cells: list[np.ndarray], cmaps: list[str], rng: np.random.Generator, mode: str,
-            ) -> tuple[bytes, tuple[float, float], list[tuple[float, float, float, float]]]:
+            style: str = "matplotlib") -> tuple[bytes, tuple[float, float], list[tuple[float, float, float, float]]]:
     """A 2 x 3 matplotlib figure of ``cells``; returns its bytes (PDF for "vector", PNG or JPEG
     for "raster"), its size in points and each image's box as fractions of the figure (x0, y0,
-    x1, y1; top-left origin)."""
+    x1, y1; top-left origin).  ``style="ggplot"`` draws it as R's ggplot2 draws a faceted
+    raster: grey panel background with white grid lines, no frame, the image inset by ggplot's
+    default 5 % expansion of each axis, and each facet's label on a grey strip above it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    with plt.style.context("ggplot" if style == "ggplot" else "default"):
+        return _draw(plt, cells, cmaps, rng, mode, style)
+
+
+def _draw(plt, cells, cmaps, rng, mode, style):
     fig, axes = plt.subplots(2, 3, figsize=(7.0, 4.6))
     bar = int(rng.integers(len(cells)))
     ticks = bool(rng.random() < 0.6)
+    ims = []
     for k, (ax, cell, cmap) in enumerate(zip(axes.ravel(), cells, cmaps)):
+        h, w = cell.shape[:2]
         im = ax.imshow(cell, cmap=cmap)
-        ax.set_title(f"({string.ascii_lowercase[k]}) condition {k + 1}", fontsize=8)
+        ims.append(im)
+        label = f"({string.ascii_lowercase[k]}) condition {k + 1}"
+        if style == "ggplot":
+            im.set_zorder(2)        # ggplot2 draws the panel grid behind the raster
+            ax.set_xlim(-0.5 - 0.05 * w, w - 0.5 + 0.05 * w)
+            ax.set_ylim(h - 0.5 + 0.05 * h, -0.5 - 0.05 * h)
+            ax.set_title(label, fontsize=8, backgroundcolor="#D9D9D9", pad=3)
+        else:
+            ax.set_title(label, fontsize=8)
         if ticks:
             ax.tick_params(labelsize=6)
         else:
@@ -73,9 +94,10 @@ def _figure(cells: list[np.ndarray], cmaps: list[str], rng: np.random.Generator,
     fig.canvas.draw()
     W, H = fig.bbox.width, fig.bbox.height
     boxes = []
-    for ax in axes.ravel():
-        b = ax.get_window_extent()
-        boxes.append((b.x0 / W, 1 - b.y1 / H, b.x1 / W, 1 - b.y0 / H))
+    for ax, im in zip(axes.ravel(), ims):            # the image's own box (inside the axes)
+        left, right, bottom, top = im.get_extent()
+        (x0, y1), (x1, y0) = ax.transData.transform([(left, top), (right, bottom)])
+        boxes.append((x0 / W, 1 - y1 / H, x1 / W, 1 - y0 / H))
     buf = io.BytesIO()
     if mode == "vector":
         fig.savefig(buf, format="pdf", dpi=int(rng.choice([150, 200, 300])))
@@ -87,7 +109,7 @@ def _figure(cells: list[np.ndarray], cmaps: list[str], rng: np.random.Generator,
     return buf.getvalue(), (7.0 * 72, 4.6 * 72), boxes
 
 
-def build_corpus(images: list[np.ndarray], out: Path, n_papers: int, seed: int) -> pd.DataFrame:
+def build_corpus(images: list[np.ndarray], out: Path, n_papers: int, seed: int, style: str = "matplotlib") -> pd.DataFrame:
     """Write n_papers corpus PDFs and a manuscript of matplotlib figures; return the truth (one
     row per placed panel: doc, page, bbox, image_id, manipulation)."""
     rng = np.random.default_rng(seed)
@@ -119,7 +141,7 @@ def build_corpus(images: list[np.ndarray], out: Path, n_papers: int, seed: int) 
             cells = [_cover(it[1], side, side) for it in items]
             cmaps = [str(rng.choice(CMAPS)) for _ in items]
             mode = "vector" if (page_no + len(pl.placed)) % 2 else "raster"
-            data, (fw, fh), boxes = _figure(cells, cmaps, rng, mode)
+            data, (fw, fh), boxes = _figure(cells, cmaps, rng, mode, style)
             rect = pymupdf.Rect(56, 160, 56 + 483, 160 + 483 * fh / fw)
             if mode == "vector":
                 src = pymupdf.open("pdf", data)
@@ -160,6 +182,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs" / "figure_tools.json"))
     ap.add_argument("--keep", default=None, help="keep the work folder here")
     ap.add_argument("--smoke", action="store_true", help="2 papers, verified runs only")
+    ap.add_argument("--style", choices=("matplotlib", "ggplot"), default="matplotlib",
+                    help="ggplot: figures drawn as R's ggplot2 facets (grey panels, strips, no frames)")
     args = ap.parse_args()
     papers = 2 if args.smoke else args.papers
     from imgdup.demo.generate import shared_test_images
@@ -167,11 +191,12 @@ def main() -> None:
     work = Path(args.keep or tempfile.mkdtemp(prefix="imgdup-mpl-"))
     fields, _ = other_images()
     images = fields + shared_test_images(splits=("test",))
-    truth = build_corpus(images, work, papers, args.seed)
+    truth = build_corpus(images, work, papers, args.seed, args.style)
     corpus = sorted((work / "corpus").glob("*.pdf"))
     decoys = sorted(SHARED.glob("pdfs/tandf-decoy-*.pdf"))
     index = work / "index"
-    res = {"command": "python benchmarks/figure_tools.py " + ("--smoke" if args.smoke else f"--papers {papers} --seed {args.seed}"),
+    style = "" if args.style == "matplotlib" else f" --style {args.style}"
+    res = {"command": "python benchmarks/figure_tools.py " + ("--smoke" if args.smoke else f"--papers {papers} --seed {args.seed}") + style,
            "date": time.strftime("%Y-%m-%d"), "placements": int(len(truth)),
            "modes": truth["mode"].value_counts().to_dict(), "seconds": {}}
     res["seconds"]["ingest"], _ = run(["ingest", *map(str, corpus + decoys), "--index", str(index)])

@@ -383,6 +383,48 @@ def test_split_borderless_imagej_montage():
                 assert max(abs(y0 - ty), abs(y1 - ty - side), abs(x0 - tx), abs(x1 - tx - side)) <= 2
 
 
+def _ggplot_figure(cells: list[np.ndarray]) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """A 2 x 3 figure as R's ggplot2 draws faceted rasters (theme_grey): each image on a grey
+    (235) panel background showing as a 12-px margin all around it, crossed by white grid lines
+    at the breaks, a grey (217) strip with the facet's label on top of the panel, tick labels
+    left of and below it on the white paper.  Returns the figure and each image's box."""
+    side, m, strip, pad_l, pad_b, gap = cells[0].shape[0], 12, 22, 40, 30, 14
+    pw, ph = side + 2 * m, side + 2 * m
+    cw, chh = pad_l + pw + gap, strip + ph + pad_b
+    fig = np.full((2 * chh + 10, 3 * cw + 10), 255, np.uint8)
+    boxes = []
+    for k, c in enumerate(cells):
+        r, q = divmod(k, 3)
+        y0, x0 = 10 + r * chh + strip, 10 + q * cw + pad_l
+        fig[y0 - strip:y0, x0:x0 + pw] = 217
+        cv2.putText(fig, f"condition {k + 1}", (x0 + pw // 3, y0 - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, 30, 1, cv2.LINE_AA)
+        fig[y0:y0 + ph, x0:x0 + pw] = 235
+        for t in range(0, side + 1, side // 4):       # grid lines at the breaks, under the image
+            fig[y0:y0 + ph, x0 + m + min(t, side - 1):x0 + m + min(t, side - 1) + 2] = 255
+            fig[y0 + m + min(t, side - 1):y0 + m + min(t, side - 1) + 2, x0:x0 + pw] = 255
+            cv2.putText(fig, str(t), (x0 + m + t - 6, y0 + ph + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.35, 80, 1, cv2.LINE_AA)
+            cv2.putText(fig, str(t), (x0 - 34, y0 + m + t + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, 80, 1, cv2.LINE_AA)
+        fig[y0 + m:y0 + m + side, x0 + m:x0 + m + side] = c
+        boxes.append((y0 + m, y0 + m + side, x0 + m, x0 + m + side))
+    return fig, boxes
+
+
+def test_split_ggplot_facets():
+    """ggplot2's facets (grey panel background with white grid lines, strips, tick labels), PNG
+    and JPEG q90: six panels, each its image with the grey margin and strip around it at most.
+    (Before session 28 the grid lines broke the margin into runs too short for a panel edge and
+    the rows stayed whole: figure_tools.py --style ggplot, seed 41, screen 10 -> 13 / 16.)"""
+    fig, truth = _ggplot_figure([micrograph(i, 160) for i in (4, 8, 15, 16, 23, 27)])
+    buf = io.BytesIO()
+    Image.fromarray(fig).save(buf, format="JPEG", quality=90)
+    for img in (fig, np.asarray(Image.open(buf).convert("L"))):
+        boxes = split_panels(img)
+        assert len(boxes) == 6, boxes
+        for (y0, y1, x0, x1), (ty0, ty1, tx0, tx1) in zip(boxes, truth):
+            assert ty0 - 12 - 22 - 3 <= y0 <= ty0 and ty1 <= y1 <= ty1 + 12 + 3, (y0, y1, ty0, ty1)
+            assert tx0 - 12 - 3 <= x0 <= tx0 and tx1 <= x1 <= tx1 + 12 + 3, (x0, x1, tx0, tx1)
+
+
 def test_split_leaves_periodic_texture_whole():
     """A periodic texture has steps at the places an equal division picks too, but as strong
     ones between them: these brick-wall crops stay whole (with SEAM_PROMINENCE = 0 they are

@@ -156,14 +156,16 @@ def _drawn_core(block: np.ndarray, axis: int, a: int, b: int, min_gutter: int, l
 # a few marks on it, not gutter and not panel edge.  A line is such an annotation line when at
 # least ANNOTATION_SHARE of its pixels are within ANNOTATION_TOL levels of the paper's (JPEG rings
 # around the glyphs).  A panel edge line there (a drawn axes frame, an image's edge) has at least
-# EDGE_SHARE of its pixels more than EDGE_DIFF levels off the paper in unbroken runs of EDGE_RUN
-# pixels or more: a row of a light photo crossing many dark cells (an inverted fluorescence
-# field) breaks into short runs.
+# EDGE_SHARE of its pixels more than EDGE_DIFF levels off the paper in runs of EDGE_RUN pixels
+# or more, unbroken but for gaps of EDGE_GAP pixels (the white grid lines across a ggplot2
+# panel's grey margin): a row of a light photo crossing many dark cells (an inverted
+# fluorescence field) breaks into short runs with wider gaps.
 ANNOTATION_SHARE = 0.4
 ANNOTATION_TOL = 4
 EDGE_SHARE = 0.5
 EDGE_DIFF = 10
 EDGE_RUN = 48
+EDGE_GAP = 2
 FILLED = 0.75
 
 
@@ -174,11 +176,17 @@ def _annotation_lines(block: np.ndarray, axis: int, paper: int) -> np.ndarray:
 
 
 def _edge_line(line: np.ndarray, paper: int) -> bool:
-    """Is this row or column a panel edge: mostly off the paper, in long unbroken runs?"""
+    """Is this row or column a panel edge: mostly off the paper, in long runs unbroken but for
+    gaps of EDGE_GAP pixels at most (the white grid lines crossing a ggplot2 panel's grey
+    margin)?"""
     off = np.abs(line.astype(np.int16) - paper) > EDGE_DIFF
     if off.mean() < EDGE_SHARE:
         return False
-    return sum(e - s for s, e in _runs(off) if e - s >= EDGE_RUN) >= EDGE_SHARE * len(line)
+    bridged = off.copy()
+    for s, e in _runs(~off):
+        if 0 < s and e < len(off) and e - s <= EDGE_GAP:
+            bridged[s:e] = True
+    return sum(e - s for s, e in _runs(bridged) if e - s >= EDGE_RUN) >= EDGE_SHARE * len(line)
 
 
 def _annotated_gutter(block: np.ndarray, axis: int, note: np.ndarray, a: int, b: int, paper: int,
