@@ -66,7 +66,8 @@ def _figure(cells: list[np.ndarray], cmaps: list[str], rng: np.random.Generator,
         return _draw(plt, cells, cmaps, rng, mode, style)
 
 
-def _draw(plt, cells, cmaps, rng, mode, style):
+def _draw(plt, cells: list[np.ndarray], cmaps: list[str], rng: np.random.Generator, mode: str, style: str):
+    """``_figure``'s drawing, inside its style's context."""
     fig, axes = plt.subplots(2, 3, figsize=(7.0, 4.6))
     bar = int(rng.integers(len(cells)))
     ticks = bool(rng.random() < 0.6)
