@@ -246,3 +246,12 @@ def test_montages_benchmark_smoke(tmp_path):
         run = data["end_to_end"][name]
         assert run["reused_cells"] == 4 and run["found"] == 4 and run["fp_rows"] == 0, (name, run)
         assert run["copies_within_montages"]["located"] == 1, (name, run)     # a copy within a montage
+
+
+@pytest.mark.bench
+def test_blot_strips_benchmark_smoke(tmp_path):
+    data = _smoke("blot_strips.py", tmp_path)
+    assert data["strips_cut_out"]["images"] == "15 / 15"      # strips 14-30 pt tall, each its own image
+    for run in ("screen_verified", "query_verified"):
+        assert data[run]["pairs"] >= 4 and data[run]["found"] == data[run]["pairs"], (run, data[run])
+        assert data[run]["fp_rows"] <= 2, (run, data[run])

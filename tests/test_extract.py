@@ -191,6 +191,37 @@ def test_decoy_icons_are_mostly_dropped():
     assert res.dropped.get("tiny", 0) >= 5
 
 
+def _blot_strip(lanes: int, seed: int) -> np.ndarray:
+    """A western-blot strip as printed: one row of dark bands on a light background, 60 px tall."""
+    rng = np.random.default_rng(seed)
+    h, w = 60, 48 * lanes
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    img = np.full((h, w), 235.0, np.float32)
+    for k in range(lanes):
+        depth, thick = rng.uniform(80, 200), rng.uniform(4, 8)
+        img -= depth * np.exp(-((yy - 30 - rng.uniform(-3, 3)) / thick) ** 2 - ((xx - 48 * k - 24) / 16) ** 4)
+    return np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+
+
+def test_blot_strips_kept_icons_and_rules_dropped(tmp_path):
+    """A blot strip placed 12-18 pt tall (aspect 5-11) is a figure of its own; an icon under 20 pt
+    on both sides, a rule 5 pt thick and a band 30 x longer than thick are not."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=595, height=842)
+    strips = [pymupdf.Rect(80, 100, 220, 112.5), pymupdf.Rect(80, 118, 180, 136), pymupdf.Rect(80, 142, 140, 154)]
+    for k, r in enumerate(strips):
+        page.insert_image(r, stream=png_bytes(_blot_strip(8 - 2 * k, k)), keep_proportion=False)
+    page.insert_image(pymupdf.Rect(300, 100, 318, 116), stream=png_bytes(_blot_strip(1, 5)), keep_proportion=False)
+    page.insert_image(pymupdf.Rect(80, 200, 500, 205), stream=png_bytes(_blot_strip(8, 6)), keep_proportion=False)
+    page.insert_image(pymupdf.Rect(80, 220, 380, 230), stream=png_bytes(_blot_strip(8, 7)), keep_proportion=False)
+    path = tmp_path / "blots.pdf"
+    doc.save(path)
+    res = extract_document(path)
+    assert sorted(tuple(round(v) for v in p.bbox) for p in res.panels) == sorted(tuple(round(v) for v in r) for r in strips)
+    assert all(p.kind == "figure" and p.height == 60 for p in res.panels)
+    assert res.dropped == {"tiny": 2, "thin": 1}
+
+
 def _bad_inputs(tmp_path):
     empty = tmp_path / "empty.pdf"
     empty.write_bytes(b"")

@@ -676,3 +676,26 @@ def test_panel_cache_derives_a_negatives_keypoints_from_the_packed_ones():
     assert not np.array_equal(fresh.desc, f.desc) and len(fresh.pts) > 0
     plain = V._PanelCache({k: neg}, {k: None}, negatives={k})      # no packed keypoints: SIFT on the negative
     assert not plain.derived(k) and len(plain.features(k).pts) > 0
+
+
+def test_strips_thumbnailed_and_described_with_rows_to_spare(caplog):
+    """An elongated panel (a western-blot strip, 10:1) is thumbnailed and described at more than
+    256 px on its long side (57 rows instead of 25), a re-compressed, shrunk copy of it is
+    matched, another strip is not; a thumbnail stored at an older size is brought to its
+    keypoints' frame without a warning (only one of another shape is reported)."""
+    strips = [cv2.resize(micrograph(k), (800, 80), interpolation=cv2.INTER_AREA) for k in (3, 11)]
+    assert V.long_side(80, 800, V.THUMB) == 572 and V.long_side(200, 300, V.THUMB) == V.THUMB
+    th = V.thumbnail(strips[0])
+    assert th.shape == (57, 572) and V.features(th).img.shape == th.shape
+    small = cv2.resize(strips[0], (480, 48), interpolation=cv2.INTER_AREA)
+    copy = cv2.imdecode(cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 50])[1], cv2.IMREAD_GRAYSCALE)
+    fa = V.features(strips[0])
+    assert V.match(fa, V.features(V.thumbnail(copy))).inliers >= 2 * V.MIN_INLIERS
+    assert V.match(fa, V.features(V.thumbnail(strips[1]))).inliers < V.MIN_INLIERS
+    blob = V.pack_keypoints(th)
+    old = cv2.resize(strips[0], (256, 26), interpolation=cv2.INTER_AREA)     # sessions before 29
+    with caplog.at_level("WARNING", logger=V.__name__):
+        f = V.stored_features(blob, lambda: old)
+        assert f.img.shape == th.shape and not caplog.records
+        g = V.stored_features(blob, lambda: strips[0][:, :400])
+        assert g.img.shape == th.shape and len(caplog.records) == 1

@@ -7,7 +7,8 @@
                           partial re-use, and the panel histogram-equalised, for tone changes;
                           ``imgdup.model.api.TILE_VIEWS``; 5 or 6 in older shards) +
                           where the panel's evidence lies in the shard's evidence file
-    embeddings/part-*.evidence  per panel, a PNG thumbnail (longer side 256 px, never enlarged) for
+    embeddings/part-*.evidence  per panel, a PNG thumbnail (longer side 256 px, more for an elongated
+                          panel: ``verify.long_side``; never enlarged) for
                           verification and reviewers, then its verification keypoints and
                           ``verify.PanelFacts`` (``verify.pack_keypoints``), read by offset: a
                           query reads the bytes of its candidates only.  (Shards written before

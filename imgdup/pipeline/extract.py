@@ -45,8 +45,10 @@ class Limits:
 @dataclass
 class ExtractOptions:
     min_side_px: int = 32           # smaller images are "tiny"
-    min_side_pt: float = 20.0       # placements smaller than this on the page are "tiny"
-    max_aspect: float = 12.0        # longer/shorter above this is a rule or a line: "thin"
+    min_side_pt: float = 20.0       # placements narrower than this on the page are "tiny" (icons) ...
+    strip_aspect: float = 4.0       # ... unless at least this elongated (a western-blot strip) ...
+    min_short_pt: float = 8.0       # ... and no narrower than this (rules, spacers)
+    max_aspect: float = 20.0        # longer/shorter above this is a rule or a line: "thin"
     blank_std: float = 2.0          # grey-level std below this is "blank" / single colour
     split: bool = True
     min_panel_px: int = 48
@@ -329,10 +331,12 @@ def extract_document(path: str | Path, limits: Limits | None = None,
             kept = []
             for info in infos:
                 r = pymupdf.Rect(info["bbox"]) & page.rect
-                if r.is_empty or min(r.width, r.height) < opts.min_side_pt:
+                short, long_ = min(r.width, r.height), max(r.width, r.height)
+                if r.is_empty or short < opts.min_short_pt or (
+                        short < opts.min_side_pt and long_ < opts.strip_aspect * short):
                     dropped["tiny"] += 1
                     continue
-                if max(r.width, r.height) / max(min(r.width, r.height), 1e-6) > opts.max_aspect:
+                if long_ / max(short, 1e-6) > opts.max_aspect:
                     dropped["thin"] += 1
                     continue
                 if info["width"] * info["height"] > limits.max_image_pixels:

@@ -49,6 +49,22 @@ log = logging.getLogger(__name__)
 
 THUMB = 256         # side of the thumbnail stored in the index (verification and evidence)
 PREP = 256          # side at which keypoints are computed
+ELONGATED = 2.0     # an elongated panel (a western-blot strip) gets sqrt(aspect / this) x these
+MAX_STRETCH = 3.0   # sides, at most this many times: its short side keeps enough rows for keypoints
+
+
+def long_side(h: int, w: int, side: int) -> int:
+    """The longer side, in px, at which a panel of h x w is thumbnailed or described: ``side``,
+    more for an elongated panel (a 10:1 strip: 2.2 x ``side``), so that it is not a sliver;
+    a panel already within 1 % of that (a stored thumbnail, whose rounded sides move its
+    aspect a little) keeps its own."""
+    aspect = max(h, w) / max(min(h, w), 1)
+    target = side * min(MAX_STRETCH, max(1.0, (aspect / ELONGATED) ** 0.5))
+    if target > side and abs(max(h, w) - target) <= 0.01 * target:
+        return max(h, w)
+    return int(round(target))
+
+
 SCALES = (1.0, 0.95, 0.9, 0.8, 0.7, 0.6)
 CONFIDENCE_FILE = Path(__file__).with_name("confidence.json")
 
@@ -126,9 +142,9 @@ def phash_similarity(a: np.ndarray | None, b: np.ndarray | None, hashes_a: np.nd
 
 
 def thumbnail(grey: np.ndarray, side: int = THUMB) -> np.ndarray:
-    """Aspect-kept thumbnail, longer side = ``side`` (never enlarged), uint8."""
+    """Aspect-kept thumbnail, longer side = ``long_side`` (never enlarged), uint8."""
     h, w = grey.shape
-    s = min(1.0, side / max(h, w))
+    s = min(1.0, long_side(h, w, side) / max(h, w))
     if s == 1.0 and grey.dtype == np.uint8:
         return np.ascontiguousarray(grey)
     if grey.dtype != np.uint8:
@@ -303,9 +319,11 @@ class Features:
     def img(self) -> np.ndarray:
         if self._img is None:
             img = _prep_image(self._thumb(), PREP)
-            if img.shape != self.shape:     # a damaged store: keep the keypoints' frame
-                log.warning("stored thumbnail %s does not match its keypoints' %s", img.shape, self.shape)
-                img = cv2.resize(img, self.shape[::-1], interpolation=cv2.INTER_AREA)
+            if img.shape != self.shape:     # keep the keypoints' frame
+                (h, w), (kh, kw) = img.shape, self.shape
+                if abs(np.log((h / w) / (kh / kw))) > 0.05:     # a damaged store (not an older size)
+                    log.warning("stored thumbnail %s does not match its keypoints' %s", img.shape, self.shape)
+                img = cv2.resize(img, (kw, kh), interpolation=cv2.INTER_AREA)
             self._img = img
         return self._img
 
@@ -511,10 +529,10 @@ def features(grey: np.ndarray, side: int = PREP, dense: bool = False) -> Feature
 
 
 def _prep_image(grey: np.ndarray, side: int) -> np.ndarray:
-    """The panel at ``side`` px on the longer side (small panels enlarged up to 3x), uint8."""
+    """The panel at ``long_side`` px on the longer side (small panels enlarged up to 3x), uint8."""
     g = _as_uint8(grey)
     h, w = g.shape
-    s = min(3.0, side / max(h, w))
+    s = min(3.0, long_side(h, w, side) / max(h, w))
     size = (max(8, int(round(w * s))), max(8, int(round(h * s))))
     return cv2.resize(g, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
 
