@@ -333,6 +333,56 @@ def _grid_cells(grey: np.ndarray, box: Box, min_h: int, min_w: int, paper: int |
             for r in range(rows) for c in range(cols)]
 
 
+# A western-blot strip printed on white: one band row on a background a few levels under the
+# paper's white.  That background is uniform and light: it joins the white gap between two
+# strips as gutter, or the trim takes it as the paper's margin, and what is left of the strip
+# is its band row, thinner than a panel.  Such a piece keeps (takes back) its background rows,
+# those at least STRIP_BG levels under the paper up to the gap's paper-white, when they make it
+# a panel at least STRIP_ASPECT times as wide as it is tall, STRIP_BG_SHARE of it or more
+# background (a periodic texture's row between two light lines is not a band on its
+# background); its rows are then never trimmed or cut again, and the paper-white columns at
+# its ends (its label) go.  Only figures with a piece that would otherwise be lost change.
+STRIP_BG = 3
+STRIP_ASPECT = 4.0
+STRIP_BG_SHARE = 0.2
+
+
+def _strip_rows(med: np.ndarray, top: int, width: int, edges: list[int], i: int, paper: int, min_h: int,
+                trim: Callable[[Box], Box | None]) -> tuple[int, int, bool]:
+    """The piece between ``edges[i]`` and ``edges[i + 1]`` (rows of a block ``width`` wide; the
+    gutters lie between the other consecutive edges) as (a, b, is_strip): with its background
+    rows when it is a strip that the trim would leave thinner than a panel (see STRIP_BG), else
+    as it is.  ``med``: the row medians from ``top`` rows above the block (the margin its own
+    trim took off, where the first strip's background may lie) to as far below it;
+    ``trim(box)``: the box as the splitter trims a piece (None: nothing left)."""
+    a, b = edges[i], edges[i + 1]
+    t = trim((a, b, 0, width))
+    content = 0 if t is None else t[1] - t[0]
+    if content >= min_h:
+        return a, b, False
+    lo = edges[i - 1] if i > 0 else -top
+    hi = edges[i + 2] if i + 2 < len(edges) else len(med) - top
+    while a > lo and med[a - 1 + top] <= paper - STRIP_BG:
+        a -= 1
+    while b < hi and med[b + top] <= paper - STRIP_BG:
+        b += 1
+    if b - a >= min_h and width >= STRIP_ASPECT * (b - a) and content <= (1 - STRIP_BG_SHARE) * (b - a):
+        return a, b, True
+    return edges[i], edges[i + 1], False
+
+
+def _strip_labels(grey: np.ndarray, box: Box, paper: int) -> Box:
+    """A blot strip's piece (``_strip_rows``) without the columns of paper-white at its ends, which
+    hold the labels printed beside it: a column goes while ANNOTATION_SHARE of its pixels or more
+    are within a level of the paper (the strip's own background sits STRIP_BG under it)."""
+    y0, y1, x0, x1 = box
+    white = (grey[y0:y1, x0:x1] >= paper - 1).mean(axis=0) >= ANNOTATION_SHARE
+    keep = np.flatnonzero(~white)
+    if len(keep) == 0:
+        return box
+    return y0, y1, x0 + int(keep[0]), x0 + int(keep[-1]) + 1
+
+
 def split_panels(grey: np.ndarray, min_px: int = 48, min_frac: float = 0.08, min_gutter: int = 2,
                  light_tol: int = 24, dark_tol: int = 2, max_depth: int = 6) -> list[Box]:
     """Panels of a figure as pixel boxes, in reading order; [] when the figure is blank.
@@ -350,16 +400,16 @@ def split_panels(grey: np.ndarray, min_px: int = 48, min_frac: float = 0.08, min
         return _grid_cells(grey, (0, h, 0, w), min_h, min_w, None)
     paper = int(np.percentile(grey, 99)) if light_bg else None     # the white of gutters and margins
 
-    def cut(box: Box, depth: int) -> None:
+    def cut(box: Box, depth: int, keep_rows: bool = False) -> None:
         trimmed = _trim(grey, box, light_bg, light_tol, dark_tol, paper)
         if trimmed is None:
             return
-        y0, y1, x0, x1 = trimmed
+        y0, y1, x0, x1 = (box[0], box[1], *trimmed[2:]) if keep_rows else trimmed
         if y1 - y0 < min_h or x1 - x0 < min_w:
             return
         block = grey[y0:y1, x0:x1]
         if depth < max_depth:
-            for axis in (1, 0):  # rows first (horizontal gutters), then columns
+            for axis in ((0,) if keep_rows else (1, 0)):  # rows first (horizontal gutters), then columns
                 lines = _uniform_lines(block, axis, light_bg, light_tol, dark_tol)
                 piece = min_h if axis == 1 else min_w
                 notes = cache(lambda blk=block, ax=axis: _annotation_lines(blk, ax, paper)) if light_bg else None
@@ -368,16 +418,22 @@ def split_panels(grey: np.ndarray, min_px: int = 48, min_frac: float = 0.08, min
                 if not gutters:
                     continue
                 edges = [0] + [x for g in gutters for x in g] + [len(lines)]
-                pieces = [(edges[i], edges[i + 1]) for i in range(0, len(edges), 2)]
-                big = [(a, b) for a, b in pieces if b - a >= (min_h if axis == 1 else min_w)]
+                pieces = [(edges[i], edges[i + 1], False) for i in range(0, len(edges), 2)]
+                if axis == 1 and light_bg:
+                    trim = lambda bx, blk=block: _trim(blk, bx, True, light_tol, dark_tol, paper)  # noqa: E731
+                    med = np.median(grey[box[0]:box[1], x0:x1], axis=1)
+                    pieces = [_strip_rows(med, y0 - box[0], x1 - x0, edges, i, paper, min_h, trim)
+                              for i in range(0, len(edges), 2)]
+                big = [(a, b, strip) for a, b, strip in pieces if b - a >= (min_h if axis == 1 else min_w)]
                 if len(big) < 2:
                     continue
-                for a, b in big:
+                for a, b, strip in big:
                     sub = (y0 + a, y0 + b, x0, x1) if axis == 1 else (y0, y1, x0 + a, x0 + b)
-                    cut(sub, depth + 1)
+                    cut(sub, depth + 1, keep_rows or strip)
                 return
         if light_bg and depth > 0:
-            y0, y1, x0, x1 = _strip_annotations(grey, (y0, y1, x0, x1), paper)
+            strip_cut = _strip_labels if keep_rows else _strip_annotations
+            y0, y1, x0, x1 = strip_cut(grey, (y0, y1, x0, x1), paper)
             if y1 - y0 < min_h or x1 - x0 < min_w:
                 return
         out.extend(_grid_cells(grey, (y0, y1, x0, x1), min_h, min_w, paper))
