@@ -5,9 +5,10 @@
 Blots and gels are the images most often re-used in real misconduct cases, and the classic case
 is one strip (a loading control, say) shown again under another label.  A figure here is 3-4
 strips stacked 3-8 pt apart, each 14-30 pt tall and 100-160 pt wide (aspect 4-11), labelled on
-the right; half the papers place each strip as its own image (a figure assembled in Illustrator
-or Inkscape), the other half store the whole figure as one JPEG at 300 dpi, labels burned in (a
-figure exported from PowerPoint).
+the right.  Papers 1, 3, ... place each strip as its own image (a figure assembled in
+Illustrator or Inkscape); papers 2, 4, ... (and the manuscript, at random) store each figure as
+one JPEG at 300 dpi, labels burned in, each strip resampled to its slot (a figure exported from
+PowerPoint).  Two figures a paper, one page.
 
 - Strips: the held-out (test and validation split) athenaz2 scans, contrast-stretched and
   inverted to dark bands on white; each of a scan's two band rows, cut into its left and right
