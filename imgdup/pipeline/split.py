@@ -347,19 +347,21 @@ STRIP_ASPECT = 4.0
 STRIP_BG_SHARE = 0.2
 
 
-def _strip_rows(med: np.ndarray, top: int, width: int, edges: list[int], i: int, paper: int, min_h: int,
-                trim: Callable[[Box], Box | None]) -> tuple[int, int, bool]:
+def _strip_rows(rows_median: Callable[[], np.ndarray], top: int, width: int, edges: list[int], i: int,
+                paper: int, min_h: int, trim: Callable[[int, int], Box | None]) -> tuple[int, int, bool]:
     """The piece between ``edges[i]`` and ``edges[i + 1]`` (rows of a block ``width`` wide; the
     gutters lie between the other consecutive edges) as (a, b, is_strip): with its background
     rows when it is a strip that the trim would leave thinner than a panel (see STRIP_BG), else
-    as it is.  ``med``: the row medians from ``top`` rows above the block (the margin its own
-    trim took off, where the first strip's background may lie) to as far below it;
-    ``trim(box)``: the box as the splitter trims a piece (None: nothing left)."""
+    as it is.  ``rows_median()``: the row medians from ``top`` rows above the block (the margin
+    its own trim took off, where the first strip's background may lie) to as far below it, read
+    only for such a thin piece; ``trim(a, b)``: the piece as the splitter trims it (None: nothing
+    left)."""
     a, b = edges[i], edges[i + 1]
-    t = trim((a, b, 0, width))
+    t = trim(a, b)
     content = 0 if t is None else t[1] - t[0]
     if content >= min_h:
         return a, b, False
+    med = rows_median()
     lo = edges[i - 1] if i > 0 else -top
     hi = edges[i + 2] if i + 2 < len(edges) else len(med) - top
     while a > lo and med[a - 1 + top] <= paper - STRIP_BG:
@@ -400,8 +402,11 @@ def split_panels(grey: np.ndarray, min_px: int = 48, min_frac: float = 0.08, min
         return _grid_cells(grey, (0, h, 0, w), min_h, min_w, None)
     paper = int(np.percentile(grey, 99)) if light_bg else None     # the white of gutters and margins
 
+    # each piece is trimmed once, though ``_strip_rows`` asks before ``cut`` does
+    trim_at = cache(lambda box: _trim(grey, box, light_bg, light_tol, dark_tol, paper))
+
     def cut(box: Box, depth: int, keep_rows: bool = False) -> None:
-        trimmed = _trim(grey, box, light_bg, light_tol, dark_tol, paper)
+        trimmed = trim_at(box)
         if trimmed is None:
             return
         y0, y1, x0, x1 = (box[0], box[1], *trimmed[2:]) if keep_rows else trimmed
@@ -418,12 +423,13 @@ def split_panels(grey: np.ndarray, min_px: int = 48, min_frac: float = 0.08, min
                 if not gutters:
                     continue
                 edges = [0] + [x for g in gutters for x in g] + [len(lines)]
-                pieces = [(edges[i], edges[i + 1], False) for i in range(0, len(edges), 2)]
-                if axis == 1 and light_bg:
-                    trim = lambda bx, blk=block: _trim(blk, bx, True, light_tol, dark_tol, paper)  # noqa: E731
-                    med = np.median(grey[box[0]:box[1], x0:x1], axis=1)
+                if axis == 1 and light_bg:      # a blot strip may take its background rows back
+                    med = cache(lambda bx=box, c0=x0, c1=x1: np.median(grey[bx[0]:bx[1], c0:c1], axis=1))
+                    trim = lambda a, b, r0=y0, c0=x0, c1=x1: trim_at((r0 + a, r0 + b, c0, c1))  # noqa: E731
                     pieces = [_strip_rows(med, y0 - box[0], x1 - x0, edges, i, paper, min_h, trim)
                               for i in range(0, len(edges), 2)]
+                else:
+                    pieces = [(edges[i], edges[i + 1], False) for i in range(0, len(edges), 2)]
                 big = [(a, b, strip) for a, b, strip in pieces if b - a >= (min_h if axis == 1 else min_w)]
                 if len(big) < 2:
                     continue
