@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,7 +39,7 @@ import pymupdf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from end_to_end import SHARED, run, score_runs  # noqa: E402
+from end_to_end import ingest_and_score, work_dir  # noqa: E402
 
 DPI = 300 / 72      # pixels a point in the raster figures
 
@@ -194,25 +192,14 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="2 papers, verified runs only")
     args = ap.parse_args()
     papers = 2 if args.smoke else args.papers
-    work = Path(args.keep or tempfile.mkdtemp(prefix="imgdup-blots-"))
-    if args.keep and work.exists():
-        shutil.rmtree(work)
+    work = work_dir(args.keep, "imgdup-blots-")
     strips = blot_strips()
     truth = build_corpus(strips, work, papers, args.seed)
-    corpus = sorted((work / "corpus").glob("*.pdf"))
-    decoys = sorted(SHARED.glob("pdfs/tandf-decoy-*.pdf"))
-    index = work / "index"
     res = {"command": "python benchmarks/blot_strips.py " + ("--smoke" if args.smoke else f"--papers {papers} --seed {args.seed}"),
            "date": time.strftime("%Y-%m-%d"), "strips": len(strips), "placements": int(len(truth)),
            "manipulations": truth["manipulation"].value_counts().to_dict(), "seconds": {}}
     res["strips_cut_out"] = cut_out(work, truth)
-    res["seconds"]["ingest"], _ = run(["ingest", *map(str, corpus + decoys), "--index", str(index)])
-    scores, secs = score_runs(work, index, truth, {p.name for p in corpus}, work / "manuscript" / "manuscript.pdf",
-                              modes=("verified",) if args.smoke else ("verified", "cnn_only"))
-    res.update(scores)
-    res["seconds"].update(secs)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
+    scores = ingest_and_score(work, truth, res, args.out, modes=("verified",) if args.smoke else ("verified", "cnn_only"))
     print(json.dumps({k: v for k, v in res.items() if not k.startswith(("screen", "query"))}, indent=1))
     for k, v in scores.items():
         print(k, f"{v['found']} / {v['pairs']} found, {v['fp_rows']} false rows of {v['reported']}")

@@ -76,6 +76,34 @@ def score_runs(work: Path, index: Path, truth: pd.DataFrame, docs: set[str], man
     return res, secs
 
 
+def work_dir(keep: str | None, prefix: str) -> Path:
+    """The benchmark's work folder: ``keep`` emptied first (a store or reports left there by an
+    earlier run would be scored again), else a new temporary folder."""
+    work = Path(keep or tempfile.mkdtemp(prefix=prefix))
+    if keep and work.exists():
+        shutil.rmtree(work)
+    return work
+
+
+def ingest_and_score(work: Path, truth: pd.DataFrame, res: dict, out: str,
+                     modes: tuple[str, ...] = ("verified", "cnn_only"),
+                     set_apart: Callable[[pd.DataFrame], tuple[pd.DataFrame, dict]] | None = None) -> dict:
+    """A generated corpus end to end: ingest ``work``/corpus's PDFs with the publisher-icon decoys
+    into ``work``/index, screen it and query ``work``/manuscript/manuscript.pdf (``score_runs``),
+    add the scores and the seconds to ``res`` and write it to ``out`` as JSON; returns the scores."""
+    corpus = sorted((work / "corpus").glob("*.pdf"))
+    decoys = sorted(SHARED.glob("pdfs/tandf-decoy-*.pdf"))
+    index = work / "index"
+    res.setdefault("seconds", {})["ingest"], _ = run(["ingest", *map(str, corpus + decoys), "--index", str(index)])
+    scores, secs = score_runs(work, index, truth, {p.name for p in corpus}, work / "manuscript" / "manuscript.pdf",
+                              modes=modes, set_apart=set_apart)
+    res.update(scores)
+    res["seconds"].update(secs)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(res, indent=2))
+    return scores
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--papers", type=int, default=6)
@@ -87,9 +115,7 @@ def main() -> None:
     from imgdup.demo.generate import build_corpus, shared_test_images
 
     papers = 2 if args.smoke else args.papers
-    work = Path(args.keep or tempfile.mkdtemp(prefix="imgdup-e2e-"))
-    if work.exists() and args.keep:
-        shutil.rmtree(work)
+    work = work_dir(args.keep, "imgdup-e2e-")
     images = shared_test_images(splits=("test", "val"))
     truth = build_corpus(images, work, n_papers=papers, seed=args.seed)
     corpus = sorted((work / "corpus").glob("*.pdf"))

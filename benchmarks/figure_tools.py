@@ -44,7 +44,7 @@ import pymupdf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from end_to_end import SHARED, run, score_runs  # noqa: E402
+from end_to_end import ingest_and_score  # noqa: E402
 from other_corpus import Planter, _cover  # noqa: E402
 from quality import other_images  # noqa: E402
 
@@ -193,21 +193,12 @@ def main() -> None:
     fields, _ = other_images()
     images = fields + shared_test_images(splits=("test",))
     truth = build_corpus(images, work, papers, args.seed, args.style)
-    corpus = sorted((work / "corpus").glob("*.pdf"))
-    decoys = sorted(SHARED.glob("pdfs/tandf-decoy-*.pdf"))
-    index = work / "index"
     style = "" if args.style == "matplotlib" else f" --style {args.style}"
     res = {"command": "python benchmarks/figure_tools.py " + ("--smoke" if args.smoke else f"--papers {papers} --seed {args.seed}") + style,
            "date": time.strftime("%Y-%m-%d"), "placements": int(len(truth)),
            "modes": truth["mode"].value_counts().to_dict(), "seconds": {}}
-    res["seconds"]["ingest"], _ = run(["ingest", *map(str, corpus + decoys), "--index", str(index)])
-    scores, secs = score_runs(work, index, truth, {p.name for p in corpus}, work / "manuscript" / "manuscript.pdf",
-                              modes=("verified",) if args.smoke else ("verified", "cnn_only"),
-                              set_apart=lambda rep: copy_moves(rep, truth))
-    res.update(scores)
-    res["seconds"].update(secs)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
+    ingest_and_score(work, truth, res, args.out, modes=("verified",) if args.smoke else ("verified", "cnn_only"),
+                     set_apart=lambda rep: copy_moves(rep, truth))
     print(json.dumps(res, indent=1)[:8000])
 
 

@@ -39,7 +39,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from end_to_end import SHARED, run, score_runs  # noqa: E402
+from end_to_end import ingest_and_score  # noqa: E402
 from quality import _crop, _jpeg, other_images  # noqa: E402
 
 
@@ -267,18 +267,10 @@ def main() -> None:
     fields, _ = other_images()
     images = fields + shared_test_images(splits=("test",))
     truth = build_other_corpus(images, work, args.papers, args.seed)
-    corpus = sorted((work / "corpus").glob("*.pdf"))
-    decoys = sorted(SHARED.glob("pdfs/tandf-decoy-*.pdf"))
-    index = work / "index"
     res = {"command": f"python benchmarks/other_corpus.py --papers {args.papers} --seed {args.seed}",
            "date": time.strftime("%Y-%m-%d"), "images": {"other_fields": len(fields), "dsb2018_test": len(images) - len(fields)},
            "placements": int(len(truth)), "seconds": {}}
-    res["seconds"]["ingest"], _ = run(["ingest", *map(str, corpus + decoys), "--index", str(index)])
-    scores, secs = score_runs(work, index, truth, {p.name for p in corpus}, work / "manuscript" / "manuscript.pdf")
-    res.update(scores)
-    res["seconds"].update(secs)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
+    ingest_and_score(work, truth, res, args.out)
     print(json.dumps(res, indent=1)[:6000])
 
 
