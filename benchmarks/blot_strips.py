@@ -44,13 +44,14 @@ from end_to_end import ingest_and_score, work_dir  # noqa: E402
 DPI = 300 / 72      # pixels a point in the raster figures
 
 
-def blot_strips() -> list[np.ndarray]:
-    """The held-out scans' strips: per scan, each of its two brightest band rows (80 px around
-    the row), its lanes split into a left and a right half, stretched and inverted."""
+def blot_strips(splits: tuple[str, ...] = ("test", "val")) -> list[np.ndarray]:
+    """The strips of the scans of ``splits`` (default: the held-out ones): per scan, each of its
+    two brightest band rows (80 px around the row), its lanes split into a left and a right half,
+    stretched and inverted."""
     from imgdup.demo.generate import shared_test_images
 
     out = []
-    for im in shared_test_images("athenaz2", ("test", "val")):
+    for im in shared_test_images("athenaz2", splits):
         if im.shape != (736, 1092):     # the Elias composites: lettered sheets, not single blots
             continue
         lo, hi = np.percentile(im, [0.5, 99.8])

@@ -255,3 +255,16 @@ def test_blot_strips_benchmark_smoke(tmp_path):
     for run in ("screen_verified", "query_verified"):
         assert data[run]["pairs"] >= 4 and data[run]["found"] == data[run]["pairs"], (run, data[run])
         assert data[run]["fp_rows"] <= 2, (run, data[run])
+
+
+@pytest.mark.bench
+def test_calibrate_strips_benchmark_smoke(tmp_path):
+    need_shared()
+    out, ev = tmp_path / "model.json", tmp_path / "eval.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "calibrate_strips.py"), "--smoke", "--out", str(out),
+                        "--eval-out", str(ev)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    model, res = json.loads(out.read_text()), json.loads(ev.read_text())
+    assert model["left_out"] == ["thumb_ncc"] and model["coef"][model["features"].index("thumb_ncc")] == 0
+    assert model["fitted_on"]["strips"] == 12 and model["threshold"] >= 0.5
+    assert res["held_out"]["strips"] == 8 and 0 < res["strip model"]["tpr"] <= 1

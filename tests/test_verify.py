@@ -554,7 +554,7 @@ def test_line_art_pairs_are_findings_only_when_near_identical(text_aware, monkey
     if not text_aware:
         monkeypatch.setattr(V, "_shared_text", lambda text_a, b: np.zeros(b.shape, bool))
         model = V.confidence_model()
-        monkeypatch.setattr(V, "confidence_model", lambda: {**model, "threshold": 0.0})
+        monkeypatch.setattr(V, "confidence_model", lambda kind="panels": {**model, "threshold": 0.0})
     charts = _clinsci_charts()
     a, b = charts["p4-f3-0"], charts["p4-f11-0"]
     small = cv2.resize(a, None, fx=0.8, fy=0.8, interpolation=cv2.INTER_AREA)
@@ -699,3 +699,74 @@ def test_strips_thumbnailed_and_described_with_rows_to_spare(caplog):
         assert f.img.shape == th.shape and not caplog.records
         g = V.stored_features(blob, lambda: strips[0][:, :400])
         assert g.img.shape == th.shape and len(caplog.records) == 1
+
+
+def _scan_strips(name: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """A real blot scan's strips as benchmarks/blot_strips.py cuts them (each of its two band rows,
+    80 px, left and right lanes, stretched and inverted to dark bands on white) and the whole
+    stretched, inverted scan."""
+    from conftest import SHARED, need_shared
+
+    path = SHARED / "blots" / "athenaz2" / name
+    need_shared(path)
+    im = cv2.imread(str(path), cv2.IMREAD_UNCHANGED).astype(np.float32)
+    lo, hi = np.percentile(im, [0.5, 99.8])
+    im = 255 - np.clip((im - lo) / max(hi - lo, 1.0) * 255, 0, 255).astype(np.uint8)
+    prof = cv2.GaussianBlur(255.0 - im, (0, 0), 3).mean(1)
+    out = []
+    for _ in range(2):
+        y = int(np.argmax(prof))
+        prof[max(0, y - 60):y + 60] = 0
+        out += [im[y - 40:y + 40, 130:540], im[y - 40:y + 40, 540:950]]
+    return out, im
+
+
+def test_tilted_blot_strips_need_fine_detail():
+    """Two different real strips of one lane layout (the same row of two scans of one series,
+    two days apart) register 8 degrees off level on lanes matched to other lanes, at a confidence
+    near 1: rejected by the strip rule, its fine detail too weak.  The same strip re-cut from its
+    scan turned 8 degrees (a blot straightened, then cropped) keeps its finding, as does a
+    gamma-changed copy."""
+    (a, *_), scan = _scan_strips("B2AR_Oct_10_Oct10_B2ARtop_GAPDHbottom.png")
+    sibling = _scan_strips("B2AR_Oct_8_Oct8_B2ARtop_GAPDHbottom.png")[0][2]
+    y = int(np.argmax(cv2.GaussianBlur(255.0 - scan, (0, 0), 3).mean(1)))
+    crop = scan[y - 120:y + 120, 100:980]
+    turned = cv2.warpAffine(crop, cv2.getRotationMatrix2D((440, 120), 8, 1.0), (880, 240), borderValue=255)
+    px = {"p1": a, "sibling": sibling, "turned": turned[80:160, 80:490],
+          "gamma": (255 * (a / 255.0) ** 1.7).astype(np.uint8)}
+    rep = pd.DataFrame([dict(_row(query_panel="p1", match_panel=k)._asdict()) for k in px if k != "p1"])
+    out = V.verify_report(rep, lambda side, r: px[getattr(r, f"{side}_panel")], keep_rejected=True).set_index("match_panel")
+    sib = out.loc["sibling"]
+    assert sib.confidence >= V.confidence_model()["threshold"] and not sib.verified, sib
+    assert sib.reject_reason.startswith("blot strips") and V.STRIP_MAX_TILT < abs(sib.verify_rotation - 360) < 15
+    assert out.loc["turned"].verified and abs(out.loc["turned"].verify_rotation - 352) < 1.5, out.loc["turned"]
+    assert out.loc["gamma"].verified
+    m = V.Match.none()
+    assert V.strip_tilt(dataclasses.replace(m, inliers=9, rotation=93.0), (80, 410), (400, 90)) == 3.0
+    assert V.strip_tilt(dataclasses.replace(m, inliers=9, rotation=8.0), (80, 410), (200, 300)) is None
+
+
+def test_blot_strips_with_other_lane_strengths_are_other_blots():
+    """The two halves of one real gel row (lanes at the same places, other samples) register
+    level on 9 inliers at a confidence over the threshold: rejected, their lane profiles apart.
+    Copies of one half keep their finding: gamma-changed, shrunk to 60 % + JPEG q40, and with one
+    band erased (the edit to find: the profiles differ in that band only)."""
+    strips, _ = _scan_strips("B2AR_Oct_8_Oct8_B2ARtop_GAPDHbottom.png")
+    a, other = strips[2], strips[3]
+    small = cv2.resize(a, None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA)
+    erased = a.copy()
+    x = int(np.argmin(cv2.GaussianBlur(a.astype(np.float32), (0, 0), 4).mean(0)[40:-40])) + 40
+    erased[:, x - 20:x + 20] = np.median(a[:8])      # the darkest band painted over with background
+    px = {"p1": a, "other": other, "gamma": (255 * (a / 255.0) ** 0.6).astype(np.uint8),
+          "shrunk": cv2.imdecode(cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 40])[1], cv2.IMREAD_GRAYSCALE),
+          "erased": erased}
+    rep = pd.DataFrame([dict(_row(query_panel="p1", match_panel=k)._asdict()) for k in px if k != "p1"])
+    out = V.verify_report(rep, lambda side, r: px[getattr(r, f"{side}_panel")], keep_rejected=True).set_index("match_panel")
+    sib = out.loc["other"]
+    assert sib.confidence >= V.confidence_model("strips")["threshold"] and abs((sib.verify_rotation + 180) % 360 - 180) < 2
+    assert not sib.verified and sib.reject_reason.startswith("blot strips on both sides whose lanes differ"), sib
+    for k in ("gamma", "shrunk", "erased"):
+        assert out.loc[k].verified, out.loc[k]
+    fa = V.features(a)
+    m = V.match(fa, V.features(px["erased"]))
+    assert m.lane_diff < V.STRIP_LANE_DIFF / 2 and V.match(fa, V.features(other)).lane_diff > V.STRIP_LANE_DIFF

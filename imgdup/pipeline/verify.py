@@ -22,8 +22,11 @@ though, lines up with its source once the geometry is undone.  Two independent c
 
 A sign-constrained logistic model over ``FEATURES``, fitted on held-out calibration pairs
 (``benchmarks/calibrate.py`` writes ``confidence.json``), turns them into one calibrated
-``confidence``; the pair is accepted at or above the threshold stored with it.  ``copy_move``
-finds a region duplicated inside one panel with the same machinery.
+``confidence``; the pair is accepted at or above the threshold stored with it.  A pair of two
+blot strips (``is_strip``) has its own model (``confidence_strips.json``, from
+``benchmarks/calibrate_strips.py``) and two more checks: its registration's tilt
+(``strip_tilt``) and its lane profiles (``_lane_diff``).  ``copy_move`` finds a region
+duplicated inside one panel with the same machinery.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ def long_side(h: int, w: int, side: int) -> int:
 
 SCALES = (1.0, 0.95, 0.9, 0.8, 0.7, 0.6)
 CONFIDENCE_FILE = Path(__file__).with_name("confidence.json")
+STRIP_CONFIDENCE_FILE = Path(__file__).with_name("confidence_strips.json")   # pairs of blot strips
 
 
 # ---------------------------------------------------------------- whole-panel alignment
@@ -739,6 +743,7 @@ class Match:
     pts_a: np.ndarray           # inlier keypoints in a (normalised), for the evidence picture
     pts_b: np.ndarray           # ... and in b
     pearson: float = float("nan")   # linear correlation of the registered overlap (line art: ``line_art``)
+    lane_diff: float | None = None      # two strips' lane profiles apart (``_lane_diff``; None: not both strips)
 
     @staticmethod
     def none() -> "Match":
@@ -852,6 +857,27 @@ class _Overlap:
     detail: float = float("nan")
     detail_raw: float = float("nan")
     pearson: float = float("nan")
+    lane_diff: float | None = None
+
+
+def _lane_diff(ea: np.ndarray, eb: np.ndarray, mask: np.ndarray) -> float:
+    """Two registered strips' lane profiles apart: at each position along the long axis, the mean
+    across the strip's thickness of each tone-equalised panel (``ea``, ``eb``: ``_equalise``d in
+    ``mask``); the median over positions of their difference, in grey levels (nan: too few).
+    Equalised, a copy's lanes keep their darkness relative to each other whatever its tone curve
+    (JPEG, shrinking and gamma: 0-4.2); a different strip of the same lane layout has its bands
+    at the same places but of other strengths (1.9-14, 18 of 21 over ``STRIP_LANE_DIFF``).  The
+    median, not the mean: a copy with one band edited (the misconduct to find) differs in that
+    band only (docs/VERIFICATION.md, "Western-blot strip pairs")."""
+    m = mask > 0
+    axis = 0 if m.shape[1] >= m.shape[0] else 1     # average across the thickness
+    n = m.sum(axis)
+    ok = n >= max(1.0, 0.5 * float(n.max()))
+    if ok.sum() < 16:
+        return float("nan")
+    pa = (ea * m).sum(axis)[ok] / n[ok]
+    pb = (eb * m).sum(axis)[ok] / n[ok]
+    return float(np.median(np.abs(pa - pb)))
 
 
 def _overlap(fa: Features, fb: Features, T: np.ndarray) -> _Overlap:
@@ -878,13 +904,17 @@ def _overlap(fa: Features, fb: Features, T: np.ndarray) -> _Overlap:
     pearson = float(np.corrcoef(sa.astype(np.float64), sb.astype(np.float64))[0, 1]) \
         if sa.std() > 0 and sb.std() > 0 else float("nan")
     detail = detail_raw = float("nan")
+    lanes = None
+    ea, eb = _equalise(fa.img, mask), _equalise(warped, mask)
     inner = (cv2.erode(mask, np.ones((9, 9), np.uint8)) > 0) & ~_shared_text(fa.text_blocks(), warped)
     if inner.sum() >= 400:
         band_a, band_b = _blocks(_band(fa.img)), _blocks(_band(warped))
         sel = _detailed(band_a, band_b, inner)
         detail_raw = _block_corr(band_a[sel], band_b[sel])
-        detail = _block_corr(_blocks(_band(_equalise(fa.img, mask)))[sel], _blocks(_band(_equalise(warped, mask)))[sel])
-    return _Overlap(poly_a, poly_b, frac, mask, ncc, detail, detail_raw, pearson)
+        detail = _block_corr(_blocks(_band(ea))[sel], _blocks(_band(eb))[sel])
+    if is_strip(fa.shape) and is_strip(fb.shape):
+        lanes = _lane_diff(ea, eb, mask)
+    return _Overlap(poly_a, poly_b, frac, mask, ncc, detail, detail_raw, pearson, lanes)
 
 
 def match(fa: Features, fb: Features) -> Match:
@@ -928,7 +958,7 @@ def match(fa: Features, fb: Features) -> Match:
         n, ncc, detail, detail_raw, mirrored, rot, math.sqrt(abs(det)), float(A3[0, 2] / wa), float(A3[1, 2] / ha),
         [tuple(map(float, p)) for p in np.round(poly_a / norm_a, 4)],
         [tuple(map(float, p)) for p in np.round(poly_b / norm_b, 4)],
-        float(frac), (pa / norm_a).astype(np.float32), (pb / norm_b).astype(np.float32), pearson)
+        float(frac), (pa / norm_a).astype(np.float32), (pb / norm_b).astype(np.float32), pearson, ov.lane_diff)
 
 
 def _jacobian(T: np.ndarray, x: float, y: float) -> np.ndarray:
@@ -998,10 +1028,25 @@ def copy_move(f: Features, min_inliers: int = 10, min_ncc: float = 0.8) -> CopyM
 
 # ---------------------------------------------------------------- calibrated confidence
 
-@lru_cache(maxsize=1)
-def confidence_model() -> dict:
-    """Coefficients and threshold fitted by ``benchmarks/calibrate.py`` (see docs/VERIFICATION.md)."""
-    return json.loads(CONFIDENCE_FILE.read_text())
+@lru_cache(maxsize=2)
+def confidence_model(kind: str = "panels") -> dict:
+    """Coefficients and threshold fitted by ``benchmarks/calibrate.py`` (see docs/VERIFICATION.md);
+    ``kind`` "strips": those for a pair of blot strips (``is_strip`` both), fitted by
+    ``benchmarks/calibrate_strips.py`` on strip pairs."""
+    return json.loads((STRIP_CONFIDENCE_FILE if kind == "strips" else CONFIDENCE_FILE).read_text())
+
+
+STRIP_ASPECT = 3.0      # a panel at least this many times as long as it is thick is a strip (a blot's band row)
+
+
+def is_strip(shape: tuple[int, ...]) -> bool:
+    """A panel of this (h, w) is a strip: one band row of a western blot, as journals print them."""
+    return max(shape[:2]) >= STRIP_ASPECT * min(shape[:2])
+
+
+def pair_model(fa: "Features", fb: "Features") -> dict:
+    """The confidence model of a pair: the strips' when both panels are strips, else the main one."""
+    return confidence_model("strips" if is_strip(fa.shape) and is_strip(fb.shape) else "panels")
 
 
 FEATURES = ["cnn_distance", "log1p_inliers", "aligned_ncc", "thumb_ncc", "aligned_ncc*log1p_inliers",
@@ -1044,7 +1089,7 @@ def verify(fa: Features, fb: Features, f: float = float("nan"), a_thumb: np.ndar
     """Both checks and the calibrated confidence for one pair."""
     m = match(fa, fb)
     al = align_pair(a_thumb if a_thumb is not None else fa.img, b_thumb if b_thumb is not None else fb.img)
-    return Verdict(m, al, float(confidence(feature_vector(f, m, al))[0]))
+    return Verdict(m, al, float(confidence(feature_vector(f, m, al), pair_model(fa, fb))[0]))
 
 
 # ---------------------------------------------------------------- pair reports
@@ -1101,6 +1146,26 @@ def line_art(grey: np.ndarray) -> bool:
     return float((flat & (g >= 200)).mean()) >= LINE_ART_SHARE
 
 
+STRIP_MAX_TILT = 5.0    # degrees off a quarter turn beyond which two strips' keypoints are not evidence ...
+STRIP_TILT_DETAIL = 0.8  # ... and their fine detail must agree this well for a finding
+STRIP_LANE_DIFF = 6.0   # grey levels: two strips whose lane profiles are further apart are different blots
+
+
+def strip_tilt(m: Match, shape_a: tuple[int, int], shape_b: tuple[int, int]) -> float | None:
+    """Degrees by which the keypoint registration of two strips (panels both at least
+    ``STRIP_ASPECT`` long: western-blot band rows) turns one against the other, off the nearest
+    quarter turn; None when either panel is not a strip or no keypoints registered them.
+    A strip's keypoints lie along one row of look-alike bands, which pins a rotation poorly:
+    different strips of one lane layout registered at 5-60 degrees (lanes matched to other
+    lanes).  Such a pair is a finding only when its fine detail agrees (``STRIP_TILT_DETAIL``):
+    those siblings 0.46-0.74, a strip re-cut from its scan turned 8-12 degrees 0.94-0.99
+    (docs/VERIFICATION.md)."""
+    if m.inliers < MIN_INLIERS or not (is_strip(shape_a) and is_strip(shape_b)):
+        return None
+    r = m.rotation % 90.0
+    return min(r, 90.0 - r)
+
+
 def trivial_reason(row, a: np.ndarray | None, b: np.ndarray | None,
                    low: tuple[bool, bool] | None = None) -> str:
     """Why a candidate pair is not a finding (publisher furniture, icon, blank), or "".
@@ -1154,14 +1219,14 @@ NEGATIVE_RECHECK_PHASH = 0.0    # hash similarity above which a derived negative
 
 
 def recheck_negative(m: Match, conf: float, thr: float, al: Alignment, f: float,
-                     fresh: Callable[[], Features], fb: Features) -> tuple[Match, float]:
+                     fresh: Callable[[], Features], fb: Features, model: dict | None = None) -> tuple[Match, float]:
     """``NEGATIVE_RECHECK`` for a pair matched with a derived negative's keypoints: when it is
     under ``thr`` and the panels share some hash similarity, the better of ``m`` and a match
     of ``fresh()`` (SIFT run on the negative) against ``fb``, with its confidence."""
     if conf >= thr or not al.phash > NEGATIVE_RECHECK_PHASH:
         return m, conf
     m2 = match(fresh(), fb)
-    conf2 = float(confidence(feature_vector(f, m2, al))[0])
+    conf2 = float(confidence(feature_vector(f, m2, al), model)[0])
     return (m2, conf2) if conf2 > conf else (m, conf)
 
 
@@ -1297,29 +1362,34 @@ class _PanelCache:
         return self._hashes[key]
 
 
-def _verify_rows(rows: list[tuple[tuple, tuple, SimpleNamespace]], cache: _PanelCache, thr: float) -> list[dict]:
+def _verify_rows(rows: list[tuple[tuple, tuple, SimpleNamespace]], cache: _PanelCache,
+                 threshold: float | None) -> list[dict]:
     """The verification columns of each (query key, match key, row fields) triple; the panels'
     pixels and per-panel work are in ``cache``, which lets a panel go after its last pair."""
     out: list[dict] = []
     for ka, kb, row in rows:
-        out.append(_verify_pair(ka, kb, row, cache, thr))
+        out.append(_verify_pair(ka, kb, row, cache, threshold))
         cache.done(ka)
         cache.done(kb)
     return out
 
 
-def _verify_pair(ka: tuple, kb: tuple, row: SimpleNamespace, cache: _PanelCache, thr: float) -> dict:
-    if ka[-1] == "negative":
-        thr = max(thr, NEGATIVE_MIN_CONFIDENCE)
+def _verify_pair(ka: tuple, kb: tuple, row: SimpleNamespace, cache: _PanelCache, threshold: float | None) -> dict:
+    """One pair's verification columns; ``threshold`` None: the pair's model's own (``pair_model``)."""
     has = cache.has_pixels(ka), cache.has_pixels(kb)
     reason = trivial_reason(row, None, None, (has[0] and cache.low(ka), has[1] and cache.low(kb)))
     if reason or not all(has):
         return _columns(None, None, float("nan"), not reason, reason or "not verified: pixels unavailable")
-    m = match(cache.features(ka), cache.features(kb))
+    fa, fb = cache.features(ka), cache.features(kb)
+    m = match(fa, fb)
+    model = pair_model(fa, fb)
+    thr = float(threshold if threshold is not None else model["threshold"])
+    if ka[-1] == "negative":
+        thr = max(thr, NEGATIVE_MIN_CONFIDENCE)
     # the whole-panel correlation (half the cost of a pair) enters the model linearly: when
     # even its best or worst value cannot lift the pair over the threshold, skip it
     ph = phash_similarity(None, None, cache.hashes(ka), cache.hashes(kb))
-    bound = max(float(confidence(feature_vector(float(row.distance), m, Alignment(c, "", 1.0, "", ph)))[0])
+    bound = max(float(confidence(feature_vector(float(row.distance), m, Alignment(c, "", 1.0, "", ph)), model)[0])
                 for c in (-1.0, 1.0))
     derived = cache.derived(ka)         # a negative's keypoints derived: may be rechecked (NEGATIVE_RECHECK)
     if bound < thr and not (derived and ph > NEGATIVE_RECHECK_PHASH):
@@ -1327,10 +1397,9 @@ def _verify_pair(ka: tuple, kb: tuple, row: SimpleNamespace, cache: _PanelCache,
                         f"confidence at most {bound:.2f} < {thr:.2f} ({m.inliers} keypoint inliers, overlap "
                         f"correlation {m.aligned_ncc:.2f}, fine-detail correlation {_detail(m):.2f})")
     al = align_pair(cache.thumb(ka), cache.thumb(kb), phash=ph)
-    conf = float(confidence(feature_vector(float(row.distance), m, al))[0])
+    conf = float(confidence(feature_vector(float(row.distance), m, al), model)[0])
     if derived:
-        m, conf = recheck_negative(m, conf, thr, al, float(row.distance), lambda: cache.fresh_features(ka),
-                                   cache.features(kb))
+        m, conf = recheck_negative(m, conf, thr, al, float(row.distance), lambda: cache.fresh_features(ka), fb, model)
     ok = conf >= thr
     why = "" if ok else (f"confidence {conf:.2f} < {thr:.2f} ({m.inliers} keypoint inliers, "
                          f"overlap correlation {m.aligned_ncc:.2f}, fine-detail correlation {_detail(m):.2f}, "
@@ -1339,6 +1408,15 @@ def _verify_pair(ka: tuple, kb: tuple, row: SimpleNamespace, cache: _PanelCache,
         ok, why = False, (f"line art on both sides (chart, diagram or drawing on white: shared axes, labels and "
                           f"templates match keypoints); registered overlap correlation {m.pearson:.3f} < "
                           f"{LINE_ART_MIN_CORR:.2f}, so not the same drawing")
+    tilt = strip_tilt(m, fa.shape, fb.shape) if ok else None
+    if tilt is not None and tilt > STRIP_MAX_TILT and not (_detail(m) >= STRIP_TILT_DETAIL):
+        ok, why = False, (f"blot strips on both sides registered {tilt:.1f} degrees off level with fine-detail "
+                          f"correlation {_detail(m):.2f} < {STRIP_TILT_DETAIL:.1f}: keypoints along one row of "
+                          f"look-alike bands matched other lanes, not the same strip")
+    if ok and m.lane_diff is not None and m.lane_diff > STRIP_LANE_DIFF:
+        ok, why = False, (f"blot strips on both sides whose lanes differ: registered and tone-equalised, their lane "
+                          f"profiles are {m.lane_diff:.1f} grey levels apart (median, > {STRIP_LANE_DIFF:.0f}): bands "
+                          f"at the same places but of other strengths, another blot of the same lane layout")
     return _columns(m, al, conf, ok, why)
 
 
@@ -1383,7 +1461,6 @@ def verify_report(report, lookup, keep_rejected: bool = False, threshold: float 
 
     from ..index.report import VERIFY_FIELDS
 
-    thr = float(threshold if threshold is not None else confidence_model()["threshold"])
     if report.empty:
         return report.assign(**{c: pd.Series(dtype=k) for c, (k, _) in VERIFY_FIELDS.items()})
     sources: dict[tuple, object] = {}
@@ -1418,7 +1495,7 @@ def verify_report(report, lookup, keep_rejected: bool = False, threshold: float 
     with tqdm(total=len(rows), desc="verify", unit="pair", disable=not progress) as bar, \
             _one_thread_each(n), ThreadPoolExecutor(n) as pool:
         run = pool.map if n > 1 else map
-        for chunk, res in zip(chunks, run(lambda c: _verify_rows(c, cache, thr), chunks)):
+        for chunk, res in zip(chunks, run(lambda c: _verify_rows(c, cache, threshold), chunks)):
             results += res
             bar.update(len(chunk))
     out = report.copy()
