@@ -724,7 +724,7 @@ def _scan_strips(name: str) -> tuple[list[np.ndarray], np.ndarray]:
 def test_tilted_blot_strips_need_fine_detail():
     """Two different real strips of one lane layout (the same row of two scans of one series,
     two days apart) register 8 degrees off level on lanes matched to other lanes, at a confidence
-    near 1: rejected by the strip rule, its fine detail too weak.  The same strip re-cut from its
+    near 1: rejected by the tilt rule, its fine detail too weak.  The same strip re-cut from its
     scan turned 8 degrees (a blot straightened, then cropped) keeps its finding, as does a
     gamma-changed copy."""
     (a, *_), scan = _scan_strips("B2AR_Oct_10_Oct10_B2ARtop_GAPDHbottom.png")
@@ -737,7 +737,7 @@ def test_tilted_blot_strips_need_fine_detail():
     rep = pd.DataFrame([dict(_row(query_panel="p1", match_panel=k)._asdict()) for k in px if k != "p1"])
     out = V.verify_report(rep, lambda side, r: px[getattr(r, f"{side}_panel")], keep_rejected=True).set_index("match_panel")
     sib = out.loc["sibling"]
-    assert sib.confidence >= V.confidence_model()["threshold"] and not sib.verified, sib
+    assert sib.confidence >= V.confidence_model("strips")["threshold"] and not sib.verified, sib
     assert sib.reject_reason.startswith("blot strips") and V.STRIP_MAX_TILT < abs(sib.verify_rotation - 360) < 15
     assert out.loc["turned"].verified and abs(out.loc["turned"].verify_rotation - 352) < 1.5, out.loc["turned"]
     assert out.loc["gamma"].verified
