@@ -905,14 +905,16 @@ def _overlap(fa: Features, fb: Features, T: np.ndarray) -> _Overlap:
         if sa.std() > 0 and sb.std() > 0 else float("nan")
     detail = detail_raw = float("nan")
     lanes = None
-    ea, eb = _equalise(fa.img, mask), _equalise(warped, mask)
     inner = (cv2.erode(mask, np.ones((9, 9), np.uint8)) > 0) & ~_shared_text(fa.text_blocks(), warped)
-    if inner.sum() >= 400:
+    detailed, strips = inner.sum() >= 400, is_strip(fa.shape) and is_strip(fb.shape)
+    if detailed or strips:      # both panels tone-equalised, only for the checks that use them
+        ea, eb = _equalise(fa.img, mask), _equalise(warped, mask)
+    if detailed:
         band_a, band_b = _blocks(_band(fa.img)), _blocks(_band(warped))
         sel = _detailed(band_a, band_b, inner)
         detail_raw = _block_corr(band_a[sel], band_b[sel])
         detail = _block_corr(_blocks(_band(ea))[sel], _blocks(_band(eb))[sel])
-    if is_strip(fa.shape) and is_strip(fb.shape):
+    if strips:
         lanes = _lane_diff(ea, eb, mask)
     return _Overlap(poly_a, poly_b, frac, mask, ncc, detail, detail_raw, pearson, lanes)
 
