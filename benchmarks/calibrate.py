@@ -65,10 +65,11 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = 1e-2, 
 SIGNS = {"cnn_distance": -1}
 
 
-def fit_monotone(x: np.ndarray, y: np.ndarray, w: np.ndarray, names: list[str]):
+def fit_monotone(x: np.ndarray, y: np.ndarray, w: np.ndarray, names: list[str], left_out: tuple[str, ...] = ()):
     """``fit_logistic`` with sign constraints (``SIGNS``; +1 for the rest): a feature whose fitted
-    coefficient has the wrong sign is dropped (coefficient 0) and the rest refitted."""
-    active = list(range(x.shape[1]))
+    coefficient has the wrong sign is dropped (coefficient 0) and the rest refitted.  Features
+    named in ``left_out`` are never fitted (coefficient 0)."""
+    active = [k for k, name in enumerate(names) if name not in left_out]
     while True:
         c, b = fit_logistic(x[:, active], y, w)
         wrong = [k for k, ci in zip(active, c) if ci * SIGNS.get(names[k], 1) < 0]
@@ -79,6 +80,19 @@ def fit_monotone(x: np.ndarray, y: np.ndarray, w: np.ndarray, names: list[str]):
         # drop the most wrongly signed (relative to its spread) and refit
         worst = max(wrong, key=lambda k: abs(c[active.index(k)]) * x[:, k].std())
         active.remove(worst)
+
+
+def fit_calibrated(xp: np.ndarray, xn: np.ndarray, names: list[str], left_out: tuple[str, ...] = ()):
+    """The confidence model of positive pairs ``xp`` and negative pairs ``xn`` (feature rows):
+    ``fit_monotone`` with the negatives weighted so that the fitted probability reflects one re-use
+    per ten candidate pairs, and its threshold: the smallest confidence that keeps the false
+    positive rate on ``xn`` at or below 1e-3, at least 0.5.  Returns (coef, intercept, threshold)."""
+    x = np.concatenate([xp, xn])
+    y = np.concatenate([np.ones(len(xp)), np.zeros(len(xn))])
+    w = np.where(y == 1, 1.0, 10.0 * len(xp) / len(xn))
+    coef, b = fit_monotone(x, y, w, names, left_out)
+    cn = np.sort(1 / (1 + np.exp(-(xn @ coef + b))))[::-1]
+    return coef, b, float(max(0.5, cn[int(np.floor(1e-3 * len(cn)))] + 1e-6))
 
 
 def main() -> None:
@@ -133,15 +147,9 @@ def main() -> None:
             np.savez(args.cache, xn=xn, xp=xp, xns=xns, xps=xps)
     sets = {"full resolution": (xp, xn), "as stored": (xps, xns)}
     xp, xn = np.concatenate([xp, xps]), np.concatenate([xn, xns])
-    x = np.concatenate([xp, xn])
-    y = np.concatenate([np.ones(len(xp)), np.zeros(len(xn))])
-    # weight so that the fitted probability reflects one re-use per ten candidate pairs
-    w = np.where(y == 1, 1.0, 10.0 * len(xp) / len(xn))
-    coef, b = fit_monotone(x, y, w, FEATURES)
+    coef, b, thr = fit_calibrated(xp, xn, FEATURES)
     conf = lambda m: 1 / (1 + np.exp(-(m @ coef + b)))  # noqa: E731
-    cn, cp = np.sort(conf(xn))[::-1], conf(xp)
-    k = int(np.floor(1e-3 * len(cn)))
-    thr = float(max(0.5, cn[k] + 1e-6))
+    cn, cp = conf(xn), conf(xp)
     out = {"features": FEATURES, "coef": coef.tolist(), "intercept": b, "threshold": thr,
            "fitted_on": {"split": "val+train (never test)", "images": len(imgs), "positives": int(len(xp)), "negatives": int(len(xn)),
                          "prior": "1 re-use : 10 candidates", "command": "python benchmarks/calibrate.py "

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from blot_strips import MANIPULATIONS, blot_strips  # noqa: E402
-from calibrate import fit_monotone  # noqa: E402
+from calibrate import fit_calibrated  # noqa: E402
 from quality import parallel_features  # noqa: E402
 
 from imgdup.pipeline.verify import CONFIDENCE_FILE, FEATURES, STRIP_CONFIDENCE_FILE, confidence  # noqa: E402
@@ -107,15 +107,9 @@ def main() -> None:
         train, held = train[::8][:12], held[::4][:8]
     tr = features(train, args.seed, Path(args.cache) if args.cache else None)
     xp, xn = tr["xp"], tr["xn"]
-    keep = [k for k, name in enumerate(FEATURES) if name not in LEFT_OUT]
-    x = np.concatenate([xp, xn])[:, keep]
-    y = np.concatenate([np.ones(len(xp)), np.zeros(len(xn))])
-    w = np.where(y == 1, 1.0, 10.0 * len(xp) / len(xn))
-    coef = np.zeros(len(FEATURES))
-    coef[keep], b = fit_monotone(x, y, w, [FEATURES[k] for k in keep])
+    coef, b, thr = fit_calibrated(xp, xn, FEATURES, tuple(LEFT_OUT))
     model = {"coef": coef.tolist(), "intercept": b}
-    cn, cp = np.sort(confidence(xn, model))[::-1], confidence(xp, model)
-    thr = float(max(0.5, cn[int(np.floor(1e-3 * len(cn)))] + 1e-6))
+    cn, cp = confidence(xn, model), confidence(xp, model)
     out = {"features": FEATURES, **model, "left_out": LEFT_OUT, "threshold": thr,
            "fitted_on": {"split": "train (never test or validation)", "strips": int(tr["strips"]),
                          "positives": int(len(xp)), "negatives": int(len(xn)), "prior": "1 re-use : 10 candidates",
