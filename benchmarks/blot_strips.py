@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from end_to_end import ingest_and_score, work_dir  # noqa: E402
+from quality import _jpeg, _rescale  # noqa: E402
 
 DPI = 300 / 72      # pixels a point in the raster figures
 
@@ -78,8 +79,7 @@ def _lanes(s: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _shrunk_jpeg(s: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    r = cv2.resize(s, None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA)
-    return cv2.imdecode(cv2.imencode(".jpg", r, [cv2.IMWRITE_JPEG_QUALITY, 40])[1], cv2.IMREAD_GRAYSCALE)
+    return _jpeg(_rescale(s, 0.6), 40)
 
 
 MANIPULATIONS = {

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from blot_strips import MANIPULATIONS, blot_strips  # noqa: E402
 from calibrate import fit_calibrated  # noqa: E402
-from quality import parallel_features  # noqa: E402
+from quality import _jpeg, parallel_features  # noqa: E402
 
 from imgdup.pipeline.verify import CONFIDENCE_FILE, FEATURES, STRIP_CONFIDENCE_FILE, confidence  # noqa: E402
 
@@ -49,8 +49,7 @@ def _slot(s: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A strip resampled to its slot in a figure exported as one image (each axis on its own),
     JPEG q85."""
     w, h = int(s.shape[1] * rng.uniform(0.7, 1.3)), int(s.shape[0] * rng.uniform(0.6, 1.2))
-    r = cv2.resize(s, (w, h), interpolation=cv2.INTER_AREA)
-    return cv2.imdecode(cv2.imencode(".jpg", r, [cv2.IMWRITE_JPEG_QUALITY, 85])[1], cv2.IMREAD_GRAYSCALE)
+    return _jpeg(cv2.resize(s, (w, h), interpolation=cv2.INTER_AREA), 85)
 
 
 FAMILIES = {**MANIPULATIONS, "resampled to a slot + jpeg q85": _slot}
