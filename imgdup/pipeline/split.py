@@ -10,7 +10,9 @@ background of a single photo; on a dark frame a drawn black band between clearly
 also counts (``_drawn_dark_band``: panels whose dark background reaches their edges).  Pieces
 smaller than the minimum panel size (labels, captions, thin strips) are left out.  A piece with
 no gutter may still be a montage with no border (ImageJ's default): a grid of equal cells whose
-borders are steps in the pixels (``_grid_cells``).
+borders are steps in the pixels (``_grid_cells``).  A final panel that is an image inset in a
+plot's grey panel background (ggplot2's facets) loses that frame and what lies outside it
+(``_frame``).
 """
 
 from __future__ import annotations
@@ -240,6 +242,105 @@ def _strip_annotations(grey: np.ndarray, box: Box, paper: int) -> Box:
     return out[0], out[1], out[2], out[3]
 
 
+# A plot's panel background around an image inset in it: R's ggplot2 draws a raster on a grey
+# panel (grey92, white grid lines) and expands each axis by 5 %, so a raster figure's panel is the
+# image inside a flat grey frame, with the facet's title above it and tick labels beside it.
+# Trimmed, an inverted copy's panel is the source's negative (the frame is not inverted with the
+# image: with it, the negative was not within the threshold) and every copy's box is the image's
+# own.  A frame line is flat: FRAME_SHARE of its pixels within FRAME_TOL of its two commonest
+# levels (the panel's grey and its grid lines), the commonest a mid grey (FRAME_GREY: not the
+# black of a fluorescence field nor the white of a bright-field one, which can reach a photo's
+# edge flat) or white (a grid line along it).  On every side, within FRAME_REACH of the edge
+# (annotations may lie outside the frame), the image starts where a run of frame lines gives way
+# to FRAME_RUN lines that are not; each run is FRAME_MIN_PX to FRAME_MAX of the side thick, the
+# left and right ones as thick (FRAME_SKEW), those of the left, right and bottom of one grey, and
+# the image's edge lines FRAME_EDGE (on average) or more off that grey (a straight edge, not a photo's flat
+# background fading into its content).
+FRAME_TOL = 4
+FRAME_SHARE = 0.9
+FRAME_GREY = (24, 240)
+FRAME_REACH = 0.35
+FRAME_RUN = 16
+FRAME_MIN_PX = 2
+FRAME_MAX = 0.15
+FRAME_SKEW = 2      # px, or 2 % of the width
+FRAME_EDGE = 0.6       # on average over the four sides, and
+FRAME_EDGE_SIDE = 0.4  # on each (an image's light corner may match the frame's grey)
+
+
+def _frame_lines(block: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row (axis=1) or column (axis=0): is it flat (see FRAME_TOL), and its commonest level."""
+    lines = block if axis == 1 else block.T
+    n, m = lines.shape
+    hist = np.bincount((np.arange(n)[:, None] * 256 + lines).ravel(), minlength=n * 256).reshape(n, 256)
+    csum = np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(hist, 1)], 1)
+    lvl = np.arange(256)
+    win = csum[:, np.minimum(lvl + FRAME_TOL + 1, 256)] - csum[:, np.maximum(lvl - FRAME_TOL, 0)]
+    first = win.argmax(1)
+    rest = np.where(np.abs(lvl[None, :] - first[:, None]) <= 2 * FRAME_TOL, 0, win)
+    return win[np.arange(n), first] + rest.max(1) >= FRAME_SHARE * m, first
+
+
+def _frame_side(grey_line: np.ndarray, white_line: np.ndarray) -> tuple[int, int] | None:
+    """(where the image starts, the frame's thickness in lines of its grey) counted from the start
+    of one side's lines (outermost first; ``grey_line``: flat lines of the frame's grey,
+    ``white_line``: flat white ones, its grid lines), or None when no frame is found there.  The
+    frame's run may be broken by one line (a JPEG figure's ringing); three white lines in a row
+    end it (the paper or an annotation's margin beyond it)."""
+    frame = grey_line | white_line
+    n = len(frame)
+    for i in range(1, int(FRAME_REACH * n) + 1):
+        if frame[i - 1] and not frame[i:i + FRAME_RUN].any():
+            k = i
+            while k > 0 and (frame[k - 1] or k > 1 and frame[k - 2]) and not white_line[max(k - 3, 0):k].all():
+                k -= 1
+            return i, int(grey_line[k:i].sum())
+    return None
+
+
+def _frame(grey: np.ndarray, box: Box) -> Box:
+    """``box`` without a plot's panel background framing an image inset in it (see FRAME_TOL) and
+    what lies outside that frame, or as it is."""
+    y0, y1, x0, x1 = box
+    block = grey[y0:y1, x0:x1]
+    h, w = block.shape
+    if min(h, w) < 4 * FRAME_RUN:
+        return box
+    (flat_r, lvl_r), (flat_c, lvl_c) = _frame_lines(block, 1), _frame_lines(block, 0)
+    # the frame's grey: on each side, the level of the outermost flat mid-grey line (a title box
+    # may be the top's); their median
+    outer = []
+    for flat, lvl in ((flat_r, lvl_r), (flat_r[::-1], lvl_r[::-1]), (flat_c, lvl_c), (flat_c[::-1], lvl_c[::-1])):
+        k = np.flatnonzero(flat & (lvl >= FRAME_GREY[0]) & (lvl <= FRAME_GREY[1]))
+        if not len(k) or k[0] > FRAME_REACH * len(flat):
+            return box
+        outer.append(int(lvl[k[0]]))
+    grey_level = int(np.median(outer))
+    g_r, w_r = flat_r & (np.abs(lvl_r - grey_level) <= 2 * FRAME_TOL), flat_r & (lvl_r > FRAME_GREY[1])
+    g_c, w_c = flat_c & (np.abs(lvl_c - grey_level) <= 2 * FRAME_TOL), flat_c & (lvl_c > FRAME_GREY[1])
+    sides = [_frame_side(g_r, w_r), _frame_side(g_r[::-1], w_r[::-1]),
+             _frame_side(g_c, w_c), _frame_side(g_c[::-1], w_c[::-1])]
+    if any(s is None for s in sides):
+        return box
+    (top, tt), (bottom, tb), (left, tl), (right, tr) = sides
+    if min(tt, tb, tl, tr) < FRAME_MIN_PX or max(tt, tb) > FRAME_MAX * h or max(tl, tr) > FRAME_MAX * w \
+            or abs(tl - tr) > max(FRAME_SKEW, 0.02 * w):
+        return box
+    levels = [float(np.median(block[top:h - bottom, left - tl:left])),
+              float(np.median(block[top:h - bottom, w - right:w - right + tr])),
+              float(np.median(block[h - bottom:h - bottom + tb, left:w - right]))]
+    if max(levels) - min(levels) > 2 * FRAME_TOL or not FRAME_GREY[0] <= min(levels) <= FRAME_GREY[1]:
+        return box
+    # the image's edge, on every side: its first lines (one may blend into the frame) mostly off
+    # the frame's grey; a bright-field photo's own flat background fades into its content instead
+    off = np.abs(block[top:h - bottom, left:w - right].astype(np.int16) - int(np.median(levels))) > 2 * FRAME_TOL
+    edges = [off[:2].mean(1), off[-2:].mean(1), off[:, :2].mean(0), off[:, -2:].mean(0)]
+    share = [float(e.max()) for e in edges]
+    if min(share) < FRAME_EDGE_SIDE or sum(share) / 4 < FRAME_EDGE:
+        return box
+    return y0 + top, y1 - bottom, x0 + left, x1 - right
+
+
 def _gutter(block: np.ndarray, axis: int, a: int, b: int, min_gutter: int, light_bg: bool = True,
             paper: int | None = None, notes: Callable[[], np.ndarray] | None = None,
             min_piece: int = 48) -> tuple[int, int] | None:
@@ -442,6 +543,8 @@ def split_panels(grey: np.ndarray, min_px: int = 48, min_frac: float = 0.08, min
             y0, y1, x0, x1 = strip_cut(grey, (y0, y1, x0, x1), paper)
             if y1 - y0 < min_h or x1 - x0 < min_w:
                 return
+        if light_bg:
+            y0, y1, x0, x1 = _frame(grey, (y0, y1, x0, x1))
         out.extend(_grid_cells(grey, (y0, y1, x0, x1), min_h, min_w, paper))
 
     cut((0, h, 0, w), 0)
