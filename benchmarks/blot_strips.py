@@ -189,7 +189,7 @@ def main() -> None:
     ap.add_argument("--papers", type=int, default=3)
     ap.add_argument("--seed", type=int, default=61)
     ap.add_argument("--out", default=str(ROOT / "docs" / "blot_strips.json"))
-    ap.add_argument("--keep", default=None, help="keep the work folder here")
+    ap.add_argument("--keep", default=None, help="keep the work folder here (emptied first)")
     ap.add_argument("--smoke", action="store_true", help="2 papers, verified runs only")
     args = ap.parse_args()
     papers = 2 if args.smoke else args.papers

@@ -10,6 +10,7 @@ icons, no scientific duplicate).  Writes docs/end_to_end.json and prints a summa
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import shutil
 import subprocess
@@ -78,10 +79,15 @@ def score_runs(work: Path, index: Path, truth: pd.DataFrame, docs: set[str], man
 
 def work_dir(keep: str | None, prefix: str) -> Path:
     """The benchmark's work folder: ``keep`` emptied first (a store or reports left there by an
-    earlier run would be scored again), else a new temporary folder."""
-    work = Path(keep or tempfile.mkdtemp(prefix=prefix))
-    if keep and work.exists():
-        shutil.rmtree(work)
+    earlier run would be scored again), else a new temporary folder, removed when the process
+    exits (a corpus, its store and reports: 10-20 MB a run, more at scale)."""
+    if keep:
+        work = Path(keep)
+        if work.exists():
+            shutil.rmtree(work)
+        return work
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
     return work
 
 
@@ -110,7 +116,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "docs" / "end_to_end.json"))
-    ap.add_argument("--keep", default=None, help="keep the work folder here")
+    ap.add_argument("--keep", default=None, help="keep the work folder here (emptied first)")
     args = ap.parse_args()
     from imgdup.demo.generate import build_corpus, shared_test_images
 

@@ -33,7 +33,6 @@ import io
 import json
 import string
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -44,7 +43,7 @@ import pymupdf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from end_to_end import ingest_and_score  # noqa: E402
+from end_to_end import ingest_and_score, work_dir  # noqa: E402
 from other_corpus import Planter, _cover  # noqa: E402
 from quality import other_images  # noqa: E402
 
@@ -181,7 +180,7 @@ def main() -> None:
     ap.add_argument("--papers", type=int, default=4)
     ap.add_argument("--seed", type=int, default=41)
     ap.add_argument("--out", default=str(ROOT / "docs" / "figure_tools.json"))
-    ap.add_argument("--keep", default=None, help="keep the work folder here")
+    ap.add_argument("--keep", default=None, help="keep the work folder here (emptied first)")
     ap.add_argument("--smoke", action="store_true", help="2 papers, verified runs only")
     ap.add_argument("--style", choices=("matplotlib", "ggplot"), default="matplotlib",
                     help="ggplot: figures drawn as R's ggplot2 facets (grey panels, strips, no frames)")
@@ -189,7 +188,7 @@ def main() -> None:
     papers = 2 if args.smoke else args.papers
     from imgdup.demo.generate import shared_test_images
 
-    work = Path(args.keep or tempfile.mkdtemp(prefix="imgdup-mpl-"))
+    work = work_dir(args.keep, "imgdup-mpl-")
     fields, _ = other_images()
     images = fields + shared_test_images(splits=("test",))
     truth = build_corpus(images, work, papers, args.seed, args.style)

@@ -26,7 +26,6 @@ import io
 import json
 import string
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from end_to_end import ingest_and_score  # noqa: E402
+from end_to_end import ingest_and_score, work_dir  # noqa: E402
 from quality import _crop, _jpeg, other_images  # noqa: E402
 
 
@@ -259,11 +258,11 @@ def main() -> None:
     ap.add_argument("--papers", type=int, default=4)
     ap.add_argument("--seed", type=int, default=31)
     ap.add_argument("--out", default=str(ROOT / "docs" / "other_corpus.json"))
-    ap.add_argument("--keep", default=None, help="keep the work folder here")
+    ap.add_argument("--keep", default=None, help="keep the work folder here (emptied first)")
     args = ap.parse_args()
     from imgdup.demo.generate import shared_test_images
 
-    work = Path(args.keep or tempfile.mkdtemp(prefix="imgdup-other-"))
+    work = work_dir(args.keep, "imgdup-other-")
     fields, _ = other_images()
     images = fields + shared_test_images(splits=("test",))
     truth = build_other_corpus(images, work, args.papers, args.seed)
