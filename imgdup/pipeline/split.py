@@ -268,9 +268,13 @@ FRAME_EDGE = 0.6       # on average over the four sides, and
 FRAME_EDGE_SIDE = 0.4  # on each (an image's light corner may match the frame's grey)
 
 
+FRAME_SAMPLE = 512  # pixels read along a line (evenly spaced): a big scan's lines are subsampled
+
+
 def _frame_lines(block: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row (axis=1) or column (axis=0): is it flat (see FRAME_TOL), and its commonest level."""
     lines = block if axis == 1 else block.T
+    lines = lines[:, ::max(1, lines.shape[1] // FRAME_SAMPLE)]
     n, m = lines.shape
     hist = np.bincount((np.arange(n)[:, None] * 256 + lines).ravel(), minlength=n * 256).reshape(n, 256)
     csum = np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(hist, 1)], 1)
@@ -306,15 +310,19 @@ def _frame(grey: np.ndarray, box: Box) -> Box:
     h, w = block.shape
     if min(h, w) < 4 * FRAME_RUN:
         return box
-    (flat_r, lvl_r), (flat_c, lvl_c) = _frame_lines(block, 1), _frame_lines(block, 0)
     # the frame's grey: on each side, the level of the outermost flat mid-grey line (a title box
-    # may be the top's); their median
+    # may be the top's); their median.  The rows first: most panels have no such line there
     outer = []
-    for flat, lvl in ((flat_r, lvl_r), (flat_r[::-1], lvl_r[::-1]), (flat_c, lvl_c), (flat_c[::-1], lvl_c[::-1])):
-        k = np.flatnonzero(flat & (lvl >= FRAME_GREY[0]) & (lvl <= FRAME_GREY[1]))
-        if not len(k) or k[0] > FRAME_REACH * len(flat):
-            return box
-        outer.append(int(lvl[k[0]]))
+    for axis in (1, 0):
+        flat, lvl = _frame_lines(block, axis)
+        for f, v in ((flat, lvl), (flat[::-1], lvl[::-1])):
+            k = np.flatnonzero(f & (v >= FRAME_GREY[0]) & (v <= FRAME_GREY[1]))
+            if not len(k) or k[0] > FRAME_REACH * len(f):
+                return box
+            outer.append(int(v[k[0]]))
+        if axis == 1:
+            flat_r, lvl_r = flat, lvl
+    flat_c, lvl_c = flat, lvl
     grey_level = int(np.median(outer))
     g_r, w_r = flat_r & (np.abs(lvl_r - grey_level) <= 2 * FRAME_TOL), flat_r & (lvl_r > FRAME_GREY[1])
     g_c, w_c = flat_c & (np.abs(lvl_c - grey_level) <= 2 * FRAME_TOL), flat_c & (lvl_c > FRAME_GREY[1])
