@@ -254,8 +254,10 @@ def _strip_annotations(grey: np.ndarray, box: Box, paper: int) -> Box:
 # (annotations may lie outside the frame), the image starts where a run of frame lines gives way
 # to FRAME_RUN lines that are not; each run is FRAME_MIN_PX to FRAME_MAX of the side thick, the
 # left and right ones as thick (FRAME_SKEW), those of the left, right and bottom of one grey, and
-# the image's edge lines FRAME_EDGE (on average) or more off that grey (a straight edge, not a photo's flat
-# background fading into its content).
+# the image's edge lines FRAME_EDGE (on average) or more off that grey: a straight edge, not a
+# photo's flat background fading into its content.  A frame missing on one side (an image flush
+# with its panel's edge) leaves the panel as it is.  Set looking at figure_tools.py --style ggplot
+# (seeds 41-43) and split_layouts.py (docs/BENCHMARKS.md, "The grey frame trimmed").
 FRAME_TOL = 4
 FRAME_SHARE = 0.9
 FRAME_GREY = (24, 240)
@@ -263,12 +265,10 @@ FRAME_REACH = 0.35
 FRAME_RUN = 16
 FRAME_MIN_PX = 2
 FRAME_MAX = 0.15
-FRAME_SKEW = 2      # px, or 2 % of the width
-FRAME_EDGE = 0.6       # on average over the four sides, and
-FRAME_EDGE_SIDE = 0.4  # on each (an image's light corner may match the frame's grey)
-
-
-FRAME_SAMPLE = 512  # pixels read along a line (evenly spaced): a big scan's lines are subsampled
+FRAME_SKEW = 2          # px, or 2 % of the width
+FRAME_EDGE = 0.6        # on average over the four sides, and
+FRAME_EDGE_SIDE = 0.4   # on each (an image's light corner may match the frame's grey)
+FRAME_SAMPLE = 512      # pixels read along a line (evenly spaced): a big scan's lines are subsampled
 
 
 def _frame_lines(block: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
