@@ -42,7 +42,7 @@ from blot_strips import MANIPULATIONS, blot_strips  # noqa: E402
 from calibrate import fit_calibrated  # noqa: E402
 from quality import _jpeg, parallel_features  # noqa: E402
 
-from imgdup.pipeline.verify import CONFIDENCE_FILE, FEATURES, STRIP_CONFIDENCE_FILE, confidence  # noqa: E402
+from imgdup.pipeline.verify import FEATURES, STRIP_CONFIDENCE_FILE, confidence, confidence_model  # noqa: E402
 
 
 def _slot(s: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -120,10 +120,9 @@ def main() -> None:
 
     # held out: the test and validation scans' strips, under the main model and this one
     ev = features(held, args.seed + 1, Path(args.eval_cache) if args.eval_cache else None)
-    main_model = json.loads(CONFIDENCE_FILE.read_text())
     res: dict = {"command": f"python benchmarks/calibrate_strips.py --seed {args.seed}",
                  "held_out": {"strips": int(ev["strips"]), "positives": int(len(ev["xp"])), "negatives": int(len(ev["xn"]))}}
-    for name, mdl in (("main model", main_model), ("strip model", out)):
+    for name, mdl in (("main model", confidence_model("panels")), ("strip model", out)):
         cp, cn = confidence(ev["xp"], mdl), confidence(ev["xn"], mdl)
         fams = {f: rates(cp[ev["family"] == f], mdl["threshold"]) for f in FAMILIES}
         res[name] = {"threshold": mdl["threshold"], "tpr": rates(cp, mdl["threshold"]),
