@@ -341,9 +341,9 @@ def _frame(grey: np.ndarray, box: Box) -> Box:
         return box
     # the image's edge, on every side: its first lines (one may blend into the frame) mostly off
     # the frame's grey; a bright-field photo's own flat background fades into its content instead
-    off = np.abs(block[top:h - bottom, left:w - right].astype(np.int16) - int(np.median(levels))) > 2 * FRAME_TOL
-    edges = [off[:2].mean(1), off[-2:].mean(1), off[:, :2].mean(0), off[:, -2:].mean(0)]
-    share = [float(e.max()) for e in edges]
+    inner, g = block[top:h - bottom, left:w - right], int(np.median(levels))
+    edges = [(inner[:2], 1), (inner[-2:], 1), (inner[:, :2], 0), (inner[:, -2:], 0)]
+    share = [float((np.abs(e.astype(np.int16) - g) > 2 * FRAME_TOL).mean(ax).max()) for e, ax in edges]
     if min(share) < FRAME_EDGE_SIDE or sum(share) / 4 < FRAME_EDGE:
         return box
     return y0 + top, y1 - bottom, x0 + left, x1 - right
